@@ -1,0 +1,120 @@
+"""Verification methods (SPEC §4) as frozen dataclasses carrying their parameters."""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .types import Method
+
+
+@dataclass(frozen=True)
+class Exact(Method):
+    """EAGLE/SpecInfer tree verification: lossless."""
+
+    name = "exact"
+
+
+@dataclass(frozen=True, eq=False)
+class Lantern(Method):
+    """LANTERN (``lam=None``) or LANTERN++ (``lam > 1``) latent-neighbour relaxation.
+
+    ``neighbors [V, K]`` int64: each token's nearest codebook entries, nearest first, ``-1`` padded,
+    never the token itself, no duplicates (checked here, once). ``k=None`` uses ``min(K, 1000)``
+    neighbours for LANTERN and ``min(K, 10)`` for LANTERN++.
+    """
+
+    neighbors: torch.Tensor
+    k: Optional[int] = None
+    delta: float = 0.1
+    lam: Optional[float] = None
+    name = "lantern"
+
+    def __post_init__(self):
+        nb = self.neighbors
+        if not isinstance(nb, torch.Tensor):
+            raise TypeError("Lantern.neighbors must be a torch.Tensor [V, K]")
+        if nb.dim() != 2 or nb.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"Lantern.neighbors must be an int64 tensor [V, K], got {tuple(nb.shape)} {nb.dtype}")
+        V = nb.shape[0]
+        if nb.numel() and (int(nb.min()) < -1 or int(nb.max()) >= V):
+            raise ValueError("Lantern.neighbors holds ids outside [-1, V)")
+        own = torch.arange(V, device=nb.device).unsqueeze(1)
+        if bool((nb == own).any()):
+            raise ValueError("Lantern.neighbors: a row lists its own token")
+        srt = nb.sort(dim=1).values
+        if bool(((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any()):
+            raise ValueError("Lantern.neighbors: a row lists a token twice")
+        if self.k is not None and (not isinstance(self.k, int) or self.k < 0):
+            raise ValueError(f"Lantern.k must be a non-negative int or None, got {self.k!r}")
+        if not (self.delta >= 0):
+            raise ValueError(f"Lantern.delta must be >= 0, got {self.delta!r}")
+        if self.lam is not None and not (self.lam >= 1):
+            raise ValueError(f"Lantern.lam must be >= 1 (LANTERN++), got {self.lam!r}")
+        object.__setattr__(self, "neighbors", nb.to(torch.int64).contiguous())
+
+    @property
+    def n_neighbors(self) -> int:
+        default = 10 if self.lam is not None else 1000
+        return min(self.neighbors.shape[1], self.k if self.k is not None else default)
+
+
+@dataclass(frozen=True)
+class GSD(Method):
+    """Grouped acceptance: up to ``G`` tokens within ``dp`` of q(x) in target probability."""
+
+    G: int = 14
+    dp: float = 0.15
+    name = "gsd"
+
+    def __post_init__(self):
+        if not isinstance(self.G, int) or self.G < 0:
+            raise ValueError(f"GSD.G must be a non-negative int, got {self.G!r}")
+        if not (self.dp >= 0):
+            raise ValueError(f"GSD.dp must be >= 0, got {self.dp!r}")
+
+
+@dataclass(frozen=True)
+class Cascade(Method):
+    """CASCADE: interchangeable siblings and converging children by hidden-state cosine."""
+
+    tau_pos: float = 0.85
+    tau_seq: float = 0.5
+    eps: float = 0.5
+    use_interchange: bool = True
+    use_convergence: bool = True
+    name = "cascade"
+
+    def __post_init__(self):
+        for attr in ("tau_pos", "tau_seq"):
+            v = getattr(self, attr)
+            if not isinstance(v, (int, float)) or math.isnan(v):  # > 1 empties the set
+                raise ValueError(f"Cascade.{attr} must be a number, got {v!r}")
+        if not (self.eps >= 0):
+            raise ValueError(f"Cascade.eps must be >= 0, got {self.eps!r}")
+
+    @property
+    def default_eps(self) -> float:
+        return self.eps
+
+
+@dataclass(frozen=True)
+class Cool(Method):
+    """COOL-SD annealed relaxation: r(x) = min(1, w_d q(x)), w_d = max(w_min, delta e^{-nu(d-1)})."""
+
+    delta: float = 2.0
+    nu: float = 0.7
+    w_min: float = 1.0
+    name = "cool"
+
+    def __post_init__(self):
+        if not (self.w_min >= 1.0):
+            raise ValueError(f"Cool.w_min must be >= 1, got {self.w_min!r}")
+        if not (self.delta >= 0 and self.nu >= 0):
+            raise ValueError(f"Cool.delta and Cool.nu must be >= 0, got {self.delta!r}, {self.nu!r}")
+
+    def scale(self, depth: int) -> float:
+        return max(self.w_min, self.delta * math.exp(-self.nu * (depth - 1)))
+
+
+METHODS = {m.name: m for m in (Exact, Lantern, GSD, Cascade, Cool)}

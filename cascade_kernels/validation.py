@@ -1,0 +1,174 @@
+"""Every check at the Python boundary, in one place (SPEC §1, issue 3).
+
+Each failure is a ``ValueError`` (or ``TypeError`` for a wrong type) whose message starts with the
+argument's name. Backends receive only validated, normalized tensors; no kernel re-checks.
+"""
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+from .types import Method
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+RESIDUALS = ("transport", "standard")
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_tensor(x, name: str, *, ndim: int, dtypes, device: Optional[torch.device] = None) -> torch.Tensor:
+    """Type, rank, dtype and device of one tensor argument."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {x.dtype}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the other inputs are on {device}")
+    return x
+
+
+def check_shape(x: torch.Tensor, name: str, shape) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
+
+
+def check_parents(parents, name: str = "parents", max_depth: Optional[int] = None,
+                  device: Optional[torch.device] = None) -> torch.Tensor:
+    """``[B, N]`` or ``[N]`` integer parents -> validated int32 ``[B, N]`` (SPEC §1 tree rules)."""
+    if isinstance(parents, torch.Tensor) and parents.dim() == 1:
+        parents = parents.unsqueeze(0)
+    parents = check_tensor(parents, name, ndim=2, dtypes=_INT_DTYPES, device=device)
+    B, N = parents.shape
+    if N == 0:
+        raise ValueError(f"{name} must hold at least the root (N >= 1), got N = 0")
+    if N >= 2**31 - 1:
+        raise ValueError(f"{name}: N = {N} overflows int32 node indices")
+    p = parents.to(torch.int64).cpu()
+    if bool((p[:, 0] != -1).any()):
+        raise ValueError(f"{name}[:, 0] must be -1 (the root has no parent)")
+    idx = torch.arange(N)
+    if bool(((p < -1) | (p >= idx)).any()):
+        b, i = (torch.nonzero((p < -1) | (p >= idx))[0]).tolist()
+        raise ValueError(f"{name}[{b}, {i}] = {int(p[b, i])} is not topological: a parent must be "
+                         f"-1 or an earlier node (a cycle or forward edge)")
+    real = p >= 0
+    real[:, 0] = True
+    par_real = torch.gather(real, 1, p.clamp(min=0))
+    bad = (p >= 0) & ~par_real
+    if bool(bad.any()):
+        b, i = torch.nonzero(bad)[0].tolist()
+        raise ValueError(f"{name}[{b}, {i}]: node's parent {int(p[b, i])} is a padding node")
+    if max_depth is not None:
+        from .trees import depths  # local: trees imports nothing from here
+        deepest = int(depths(p).max())
+        if deepest > max_depth:
+            raise ValueError(f"{name}: tree depth {deepest} exceeds max_depth = {max_depth}")
+    return parents.to(torch.int32)
+
+
+def check_number(value, name: str, *, lo=None, hi=None, lo_open=False, hi_open=False, allow_inf=False,
+                 integer=False):
+    """A real (or integer) scalar within bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if integer and not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value!r}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value!r}")
+    return value
+
+
+def check_sampling(temperature, top_k, top_p, cfg_scale, V: int):
+    check_number(temperature, "temperature", lo=0.0)
+    check_number(top_k, "top_k", lo=0, integer=True)
+    if top_k > V:
+        raise ValueError(f"top_k = {top_k} exceeds the vocabulary size V = {V}")
+    check_number(top_p, "top_p", lo=0.0, hi=1.0, lo_open=True)
+    if cfg_scale is not None:
+        check_number(cfg_scale, "cfg_scale")
+
+
+def check_seed(seed, B: int, device) -> torch.Tensor:
+    """int or int64 tensor ``[B]`` (or ``[1]``) -> int64 ``[B]`` on ``device``."""
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64:
+            raise TypeError(f"seed tensor must be int64, got {seed.dtype}")
+        if seed.dim() == 0:
+            seed = seed.view(1)
+        if seed.dim() != 1 or seed.shape[0] not in (1, B):
+            raise ValueError(f"seed must be an int or an int64 tensor [B={B}], got shape {tuple(seed.shape)}")
+        return seed.to(device).expand(B).contiguous()
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or an int64 tensor [B], got {type(seed).__name__}")
+    if not (-(2**63) <= int(seed) < 2**63):
+        raise ValueError(f"seed = {seed} does not fit in int64")
+    return torch.full((B,), int(seed), dtype=torch.int64, device=device)
+
+
+def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
+                        temperature, top_k, top_p, cfg_scale, seed):
+    """Validate ``ck.verify``'s arguments; returns them normalized (dict) for a backend."""
+    from .methods import Cascade, Lantern  # noqa: F401  (types only)
+
+    target_logits = check_tensor(target_logits, "target_logits", ndim=3, dtypes=FLOAT_DTYPES)
+    device = target_logits.device
+    tokens = check_tensor(tokens, "tokens", ndim=2, dtypes=_INT_DTYPES, device=device)
+    B, N = tokens.shape
+    if B == 0:
+        raise ValueError("tokens must hold at least one sequence (B >= 1)")
+    rows = 2 * B if cfg_scale is not None else B
+    if target_logits.shape[0] != rows or target_logits.shape[1] != N:
+        what = "[2B, N, V] (cfg_scale given)" if cfg_scale is not None else "[B, N, V]"
+        raise ValueError(f"target_logits must be {what} with B={B}, N={N}, got {tuple(target_logits.shape)}")
+    V = target_logits.shape[2]
+    if V == 0:
+        raise ValueError("target_logits has an empty vocabulary (V = 0)")
+    if not isinstance(parents, torch.Tensor):
+        raise TypeError(f"parents must be a torch.Tensor, got {type(parents).__name__}")
+    if parents.dim() == 2:
+        check_shape(parents, "parents", (B, N))
+    parents = check_parents(parents, device=device)
+    check_shape(parents, "parents", (B, N))
+    tk = tokens.to(torch.int64)
+    if bool(((tk < -1) | (tk >= V)).any()):
+        b, i = torch.nonzero((tk < -1) | (tk >= V))[0].tolist()
+        raise ValueError(f"tokens[{b}, {i}] = {int(tk[b, i])} is outside [0, V={V}) (and not -1 padding)")
+    if not isinstance(method, Method) or not method.name:
+        raise TypeError(f"method must be ck.Exact(), ck.Lantern(...), ck.GSD(), ck.Cascade() or ck.Cool(), "
+                        f"got {type(method).__name__}")
+    if method.name == "lantern":
+        if method.neighbors.shape[0] != V:
+            raise ValueError(f"method.neighbors has {method.neighbors.shape[0]} rows but V = {V}")
+        if method.neighbors.device != device:
+            raise ValueError(f"method.neighbors is on {method.neighbors.device} but target_logits on {device}")
+    if draft_logits is not None:
+        draft_logits = check_tensor(draft_logits, "draft_logits", ndim=3, dtypes=FLOAT_DTYPES, device=device)
+        check_shape(draft_logits, "draft_logits", (B, N, V))
+    if method.name == "cascade":
+        if hidden is None:
+            raise ValueError("hidden [B, N, D] is required by ck.Cascade (the target's hidden states)")
+    if hidden is not None:
+        hidden = check_tensor(hidden, "hidden", ndim=3, dtypes=FLOAT_DTYPES + (torch.float64,), device=device)
+        if hidden.shape[:2] != (B, N) or hidden.shape[2] == 0:
+            raise ValueError(f"hidden must have shape [B={B}, N={N}, D>0], got {tuple(hidden.shape)}")
+    if residual not in RESIDUALS:
+        raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+    if eps is None:
+        eps = method.default_eps
+        eps = math.inf if eps is None else float(eps)
+    else:
+        eps = float(check_number(eps, "eps", lo=0.0, allow_inf=True))
+    check_sampling(temperature, top_k, top_p, cfg_scale, V)
+    seed = check_seed(seed, B, device)
+    return dict(tokens=tk.contiguous(), parents=parents.contiguous(), target_logits=target_logits.contiguous(),
+                method=method, draft_logits=None if draft_logits is None else draft_logits.contiguous(),
+                hidden=None if hidden is None else hidden.contiguous(), residual=residual, eps=eps,
+                temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                cfg_scale=None if cfg_scale is None else float(cfg_scale), seed=seed)
