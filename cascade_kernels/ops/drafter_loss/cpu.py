@@ -1,6 +1,6 @@
 """CPU path of the drafter soft cross-entropy (SPEC §7): row chunks, gradient computed in forward.
 
-Per chunk of rows (float32): ``logp = log_softmax(draft)`` and ``q = softmax(target)`` are computed
+Per chunk of rows (float32 math; float64 for float64 inputs): ``logp = log_softmax(draft)`` and ``q = softmax(target)`` are computed
 once, the row loss is ``-<q, logp>``, and the gradient ``scale_k * (exp(logp) - q)`` is written
 straight into a buffer of the draft dtype that ``forward`` saves. ``backward`` only multiplies that
 buffer by the (scalar) incoming gradient, as Liger's fused linear cross-entropy does. The chunk's
@@ -22,7 +22,8 @@ def _forward(draft: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, chu
     live = torch.nonzero(scale != 0).flatten().tolist()  # rows that count (never read the rest)
     alloc = torch.empty if len(live) == rows else torch.zeros
     grad = alloc((rows, v), dtype=draft.dtype, device=draft.device)
-    loss = torch.zeros((), dtype=torch.float32, device=draft.device)
+    acc = torch.float64 if draft.dtype == torch.float64 else torch.float32
+    loss = torch.zeros((), dtype=acc, device=draft.device)
     if not live:
         return loss, grad
     step = max(1, chunk_elems // max(v, 1))
@@ -34,12 +35,12 @@ def _forward(draft: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, chu
         while j < n and j - i < step and live[j] == live[j - 1] + 1:
             j += 1
         r0, r1 = live[i], live[j - 1] + 1
-        s = scale[r0:r1]
-        logp = torch.log_softmax(draft[r0:r1].float(), dim=-1)
-        q = torch.softmax(target[r0:r1].float(), dim=-1)
+        s = scale[r0:r1].to(acc)
+        logp = torch.log_softmax(draft[r0:r1].to(acc), dim=-1)
+        q = torch.softmax(target[r0:r1].to(acc), dim=-1)
         ce = -torch.linalg.vecdot(q, logp)  # [rows]
         loss = loss + (s * ce).sum()
-        if grad.dtype == torch.float32:
+        if grad.dtype == acc:
             torch.exp(logp, out=grad[r0:r1])
             grad[r0:r1].sub_(q).mul_(s[:, None])
         else:

@@ -1,8 +1,8 @@
 """Plain PyTorch form of CASCADE's drafter training loss (SPEC §7, CASCADE Eq. 4).
 
 This file is the executable form of the contract for the loss: the fused Triton kernel
-(``triton.py``) and the CPU path (``cpu.py``) must match it. All math is float32; autograd does the
-backward. Inputs are assumed validated (``api.py`` does that at the boundary) and flattened:
+(``triton.py``) and the CPU path (``cpu.py``) must match it. All math is float32 (float64 when the
+inputs are float64, so that gradcheck and float64 ground truths work); autograd does the backward. Inputs are assumed validated (``api.py`` does that at the boundary) and flattened:
 
 - ``draft_logits``, ``target_logits``: ``[B, T, V]``
 - ``target_hidden``: ``[B, T, D]``
@@ -18,6 +18,11 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+def _acc(x: torch.Tensor) -> torch.dtype:
+    """Math dtype: float32, or float64 for float64 inputs (gradcheck and float64 ground truth)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
 
 __all__ = [
     "position_weights",
@@ -62,10 +67,10 @@ def feature_regression_loss(
     detached; masked positions contribute nothing (their values are never read into the sum)."""
     d = feature_pred.shape[-1]
     m = mask.to(torch.bool)
-    pred = feature_pred[m].float()
-    tgt = feature_target.detach()[m].float()
+    pred = feature_pred[m].to(_acc(feature_pred))
+    tgt = feature_target.detach()[m].to(pred.dtype)
     total = F.smooth_l1_loss(pred, tgt, reduction="sum", beta=1.0)
-    return total / (n_valid.clamp_min(1).to(torch.float32) * d)
+    return total / (n_valid.clamp_min(1).to(total.dtype) * d)
 
 
 def soft_cross_entropy_reference(
@@ -81,10 +86,11 @@ def soft_cross_entropy_reference(
         draft_logits = draft_logits[keep]
         target_logits = target_logits[keep]
         row_scale = row_scale[keep]
-    q = torch.softmax(target_logits.detach().float(), dim=-1)
-    logp = torch.log_softmax(draft_logits.float(), dim=-1)
+    acc = _acc(draft_logits)
+    q = torch.softmax(target_logits.detach().to(acc), dim=-1)
+    logp = torch.log_softmax(draft_logits.to(acc), dim=-1)
     ce = -(q * logp).sum(-1)
-    return (row_scale * ce).sum()
+    return (row_scale.to(acc) * ce).sum()
 
 
 def cascade_drafter_loss_reference(

@@ -16,6 +16,8 @@ returns it untouched when ``grad_output == 1``), like Liger's fused linear cross
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -30,6 +32,20 @@ __all__ = [
 MAX_BLOCK = 4096
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _bf16_rne(x):
+    # float32 -> bfloat16, round to nearest even, with integer ops. A GPU's cast already rounds
+    # this way; Triton's CPU interpreter truncates, so the interpreter uses this instead.
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + (0x7FFF + ((bits >> 16) & 1))
+    out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return tl.where(x != x, x.to(tl.bfloat16), out)
+
+
 @triton.jit
 def _drafter_ce_fwd_kernel(
     draft_ptr,
@@ -42,6 +58,7 @@ def _drafter_ce_fwd_kernel(
     loss_ptr,
     V,
     BLOCK: tl.constexpr,
+    BF16_RNE_BITS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     draft_ptr += row * draft_stride
@@ -97,7 +114,10 @@ def _drafter_ce_fwd_kernel(
             p = tl.exp(z - lse_d)
             q = tl.exp(t - m_t) * inv_d_t
             g = s * (p - q)
-            tl.store(grad_ptr + cols, g.to(grad_ptr.dtype.element_ty), mask=msk)
+            if BF16_RNE_BITS:
+                tl.store(grad_ptr + cols, _bf16_rne(g), mask=msk)
+            else:
+                tl.store(grad_ptr + cols, g.to(grad_ptr.dtype.element_ty), mask=msk)
 
 
 def _num_warps(block: int) -> int:
@@ -143,6 +163,7 @@ def drafter_ce_forward(draft: torch.Tensor, target: torch.Tensor, scale: torch.T
         loss_rows,
         v,
         BLOCK=block,
+        BF16_RNE_BITS=(draft.dtype == torch.bfloat16 and _interpreting()),
         num_warps=_num_warps(block),
     )
     return loss_rows.sum(), grad
