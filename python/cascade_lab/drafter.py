@@ -1,0 +1,120 @@
+"""EAGLE-1 drafter for the target transformer.
+
+Input at drafter position p: concat(tok_emb(x_{p+1}), f_p) where f_p is the target's feature at
+position p (final-layer hidden state *after* the target's final RMSNorm, i.e. exactly what the
+target feeds its LM head, like HF ``hidden_states[-1]`` in EAGLE) and x_{p+1} the token sampled
+at position p+1 (image token p).  -> Linear(2D -> D) -> one decoder Block (same block type as
+the target) -> predicted feature f^_{p+1}.  Logits = target's frozen LM head applied directly to
+f^ (no extra norm, since features are post-norm).  The token embedding and LM head are frozen
+copies of the target's.
+
+Drafter position ids = the position p of the input feature (so the drafter's KV cache slot p
+holds the entry made from (f_p, x_{p+1})).  Tree forward / cache semantics are identical to the
+target's (``model.KVCache``: pending K/V, ``commit``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import Block, KVCache, Transformer, run_blocks
+
+
+@dataclass
+class DrafterConfig:
+    vocab_size: int = 512
+    dim: int = 256
+    n_heads: int = 8
+    mlp_hidden: int = 688
+    max_seq_len: int = 257
+    rope_base: float = 10000.0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class Drafter(nn.Module):
+    def __init__(self, cfg: DrafterConfig | None = None, **kw):
+        super().__init__()
+        cfg = cfg or DrafterConfig(**kw)
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.tok_emb.requires_grad_(False)
+        self.head.requires_grad_(False)
+        self.fc = nn.Linear(2 * cfg.dim, cfg.dim)
+        self.layers = nn.ModuleList([Block(cfg.dim, cfg.n_heads, cfg.mlp_hidden)])
+        for m in [self.fc, *self.layers.modules()]:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+
+    @classmethod
+    def from_target(cls, target: Transformer) -> "Drafter":
+        t = target.cfg
+        d = cls(DrafterConfig(t.vocab_size, t.dim, t.n_heads, t.mlp_hidden, t.max_seq_len, t.rope_base))
+        d.tok_emb.weight.data.copy_(target.tok_emb.weight.data)
+        d.head.weight.data.copy_(target.head.weight.data)
+        return d
+
+    def _inp(self, tokens, feats):
+        return self.fc(torch.cat([self.tok_emb(tokens), feats.to(self.fc.weight.dtype)], -1))
+
+    def forward(self, tokens: torch.Tensor, feats: torch.Tensor, position_ids: torch.Tensor | None = None):
+        """Causal training forward. tokens [B,T] = x_{p+1}, feats [B,T,D] = f_p for p = 0..T-1 ->
+        (logits [B,T,V], predicted features [B,T,D] = f^_{p+1})."""
+        b, n = tokens.shape
+        if position_ids is None:
+            position_ids = torch.arange(n, device=tokens.device).expand(b, n)
+        h = run_blocks(self.layers, self._inp(tokens, feats), position_ids, self.cfg.rope_base, causal=True)
+        return self.head(h), h
+
+    def new_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None) -> KVCache:
+        p = self.fc.weight
+        return KVCache(1, batch, self.cfg.n_heads, self.cfg.dim // self.cfg.n_heads,
+                       max_len or self.cfg.max_seq_len, dtype or p.dtype, device or p.device)
+
+    @torch.no_grad()
+    def forward_tree(self, cache: KVCache, tokens: torch.Tensor, feats: torch.Tensor,
+                     mask: torch.Tensor, position_ids: torch.Tensor):
+        """tokens [B,N] (x_{p+1} of each node), feats [B,N,D] (parent feature f_p: the target's
+        feature for committed context, or the drafter's own predicted feature for drafted
+        nodes), mask [B,N,N] bool tree mask, position_ids [B,N] = p ->
+        (logits [B,N,V], predicted features [B,N,D]).  K/V stay pending until cache.commit."""
+        h = run_blocks(self.layers, self._inp(tokens, feats), position_ids, self.cfg.rope_base, cache, mask)
+        return self.head(h), h
+
+
+# ------------------------------------------------------------------------- losses
+def eagle_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None, w_feat=1.0, w_ce=0.1):
+    """EAGLE-1 loss: smooth-L1 on features (w 1.0) + soft CE to the target distribution (w 0.1).
+    All [B,T,*]; valid [B,T] bool or None.  Returns (loss, {name: float})."""
+    fl = F.smooth_l1_loss(pred_feat, target_feat, reduction="none").mean(-1)
+    p = target_logits.float().softmax(-1)
+    ce = -(p * pred_logits.float().log_softmax(-1)).sum(-1)
+    if valid is None:
+        valid = torch.ones_like(fl, dtype=torch.bool)
+    v = valid.float()
+    fl, ce = (fl * v).sum() / v.sum(), (ce * v).sum() / v.sum()
+    loss = w_feat * fl + w_ce * ce
+    return loss, {"feat_smooth_l1": float(fl.detach()), "soft_ce": float(ce.detach())}
+
+
+def eq4_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None):
+    """Hook for the CASCADE drafter loss (``--loss eq4``): delegates to
+    ``cascade_kernels.cascade_drafter_loss`` (written elsewhere).  Adapter assumed signature:
+    cascade_drafter_loss(draft_logits, target_logits, ...) -> scalar loss; adjust here once
+    that function lands."""
+    try:
+        from cascade_kernels import cascade_drafter_loss
+    except ImportError as e:
+        raise NotImplementedError("--loss eq4 needs cascade_kernels.cascade_drafter_loss, not available yet") from e
+    if valid is not None:
+        pred_logits, target_logits = pred_logits[valid], target_logits[valid]
+    loss = cascade_drafter_loss(pred_logits, target_logits)
+    return loss, {"eq4": float(loss.detach())}
+
+
+LOSSES = {"eagle": eagle_loss, "eq4": eq4_loss}

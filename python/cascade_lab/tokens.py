@@ -1,0 +1,39 @@
+"""Token datasets (VQ-encoded crops) cached in the run dir."""
+from __future__ import annotations
+
+import os
+
+import torch
+from tqdm import tqdm
+
+from . import data
+
+
+@torch.no_grad()
+def encode_batches(vq, images, bs=128, desc=None):
+    out = []
+    for i in tqdm(range(0, len(images), bs), desc=desc, disable=desc is None):
+        out.append(vq.encode(images[i:i + bs]))
+    return torch.cat(out)
+
+
+def train_tokens(vq, n: int, seed: int, run_dir: str):
+    """n random training crops (seeded), VQ-encoded. Returns (ids [n,256], class_ids [n])."""
+    path = os.path.join(run_dir, f"train_tokens_n{n}_s{seed}.pt")
+    if os.path.exists(path):
+        d = torch.load(path)
+        return d["ids"], d["cls"]
+    gen = torch.Generator().manual_seed(seed)
+    ids, cls = [], []
+    for i in tqdm(range(0, n, 512), desc="encode train crops"):
+        x, c = data.random_crops(min(512, n - i), gen)
+        ids.append(encode_batches(vq, x)); cls.append(c)
+    ids, cls = torch.cat(ids), torch.cat(cls)
+    os.makedirs(run_dir, exist_ok=True)
+    torch.save({"ids": ids, "cls": cls}, path)
+    return ids, cls
+
+
+def heldout_tokens(vq):
+    x, c = data.heldout_crops()
+    return encode_batches(vq, x), c
