@@ -1,0 +1,74 @@
+// Row kernels of the CPU backend: one pass over a vocabulary row each, vectorised with
+// `#pragma omp simd`. kernels_impl.h is compiled twice (kernels_generic.cpp: baseline ISA,
+// kernels_avx2.cpp: AVX2) and select_kernels() picks one at run time.
+#pragma once
+#include <cstdint>
+
+namespace ck {
+
+enum DType : int { DT_F32 = 0, DT_BF16 = 1, DT_F16 = 2, DT_F64 = 3 };
+
+struct RowStats {
+    float max;      // max over the non-NaN entries (-inf if none)
+    int64_t n_nan;  // NaN entries
+};
+
+struct Kernels {
+    // out[i] = g_i / T with g = guided logit (float32): c (no CFG) or u + s * (c - u).
+    RowStats (*prep_row)(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V);
+    // a[i] = exp(a[i] - m); returns the sum (lane order).
+    float (*exp_sum)(float* a, float m, int64_t n);
+    // dst[i] = src[i] / d over [lo, hi); returns the sum of dst.
+    float (*div_sum)(const float* src, float d, float* dst, int64_t lo, int64_t hi);
+    // dst[i] = max(src[i]/d - p[i]/dp, 0) over [lo, hi); returns the sum of dst.
+    float (*sub_sum)(const float* src, float d, const float* p, float dp, float* dst, int64_t lo, int64_t hi);
+    // COOL: f = p > 0 ? min(1, (w * q) / p) : 1; dst = max(q - p * f, 0); returns the sum.
+    float (*cool_sum)(const float* src, float d, const float* p, float dp, float w, float* dst, int64_t lo,
+                      int64_t hi);
+    // max of src[i] / d over [lo, hi) (-inf when empty).
+    float (*max_div)(const float* src, float d, int64_t lo, int64_t hi);
+    // dst[i] = src[i] >= t ? src[i] : 0 over [0, n); returns the sum of dst (top-p keep).
+    float (*keep_ge_sum)(const float* src, float t, float* dst, int64_t n);
+    // sum of src[i] / d over [lo, hi) (block sums of the inverse CDF).
+    float (*sum_div)(const float* src, float d, int64_t lo, int64_t hi);
+    const char* isa;
+};
+
+const Kernels* kernels_generic();
+const Kernels* kernels_avx2();  // nullptr when not compiled for this target
+const Kernels* select_kernels();
+
+// Scalar helpers shared by the walk.
+inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    return f;
+}
+
+inline float f16_to_float(uint16_t h) {
+    const uint32_t sign = (static_cast<uint32_t>(h) & 0x8000u) << 16;
+    const uint32_t em = static_cast<uint32_t>(h) & 0x7fffu;
+    uint32_t eb = em << 13;
+    float mag;
+    __builtin_memcpy(&mag, &eb, 4);
+    mag *= 0x1p112f;  // exact for normal and subnormal halves
+    uint32_t mb;
+    __builtin_memcpy(&mb, &mag, 4);
+    mb = em >= 0x7c00u ? (mb | 0x7f800000u) : mb;  // inf / NaN
+    mb |= sign;
+    float out;
+    __builtin_memcpy(&out, &mb, 4);
+    return out;
+}
+
+inline float load_float(const void* base, int dtype, int64_t i) {
+    switch (dtype) {
+        case DT_F32: return static_cast<const float*>(base)[i];
+        case DT_BF16: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
+        case DT_F16: return f16_to_float(static_cast<const uint16_t*>(base)[i]);
+        default: return static_cast<float>(static_cast<const double*>(base)[i]);
+    }
+}
+
+}  // namespace ck

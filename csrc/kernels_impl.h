@@ -1,0 +1,162 @@
+// The row kernels' bodies (see kernels.h). Included by kernels_generic.cpp and kernels_avx2.cpp inside
+// an anonymous namespace, so each copy has internal linkage and is compiled for its own ISA.
+// Only plain loops over raw pointers: no std:: templates that could be shared between the two copies.
+// No FMA is enabled in either copy, so every a + b * c rounds twice, as torch's separate ops do.
+
+static inline float k_bits_to_float(uint32_t b) { float f; __builtin_memcpy(&f, &b, 4); return f; }
+static inline uint32_t k_float_to_bits(float f) { uint32_t b; __builtin_memcpy(&b, &f, 4); return b; }
+
+static inline float k_bf16(uint16_t h) { return k_bits_to_float(static_cast<uint32_t>(h) << 16); }
+
+static inline float k_f16(uint16_t h) {
+    const uint32_t sign = (static_cast<uint32_t>(h) & 0x8000u) << 16;
+    const uint32_t em = static_cast<uint32_t>(h) & 0x7fffu;
+    uint32_t mb = k_float_to_bits(k_bits_to_float(em << 13) * 0x1p112f);
+    mb = em >= 0x7c00u ? (mb | 0x7f800000u) : mb;
+    return k_bits_to_float(mb | sign);
+}
+
+// exp(x) for x <= 0 (x = logit - row max), within ~1 ulp; 0 below -104 (and for -inf).
+// Cephes expf: Cody-Waite reduction by ln 2 and a degree-6 polynomial; the scale 2^n is applied in two
+// halves so that results in the subnormal range round once.
+static inline float k_exp(float x) {
+    const float xc = x < -104.0f ? -104.0f : x;
+    const float t = xc * 1.44269504088896341f;
+    const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = p * r * r + r + 1.0f;
+    const int32_t ni = static_cast<int32_t>(n);
+    const int32_t n1 = ni / 2;
+    const int32_t n2 = ni - n1;
+    const float s1 = k_bits_to_float(static_cast<uint32_t>(n1 + 127) << 23);
+    const float s2 = k_bits_to_float(static_cast<uint32_t>(n2 + 127) << 23);
+    const float out = (y * s1) * s2;
+    return x < -104.0f ? 0.0f : out;
+}
+
+template <int DT>
+static inline float k_load(const void* base, int64_t i) {
+    if (DT == 0) return static_cast<const float*>(base)[i];
+    if (DT == 1) return k_bf16(static_cast<const uint16_t*>(base)[i]);
+    return k_f16(static_cast<const uint16_t*>(base)[i]);
+}
+
+template <int DT, bool CFG>
+static RowStats k_prep_row_t(const void* c, const void* u, float s, float T, float* out, int64_t V) {
+    float m = -__builtin_inff();
+    int64_t nn = 0;
+#pragma omp simd reduction(max : m) reduction(+ : nn)
+    for (int64_t i = 0; i < V; ++i) {
+        float g = k_load<DT>(c, i);
+        if (CFG) {
+            const float un = k_load<DT>(u, i);
+            g = un + s * (g - un);
+        }
+        const float x = g / T;
+        out[i] = x;
+        const bool isnan = x != x;
+        nn += isnan ? 1 : 0;
+        const float xv = isnan ? -__builtin_inff() : x;
+        m = xv > m ? xv : m;
+    }
+    return RowStats{m, nn};
+}
+
+static RowStats k_prep_row(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V) {
+    const bool cfg = u != nullptr;
+    switch (dtype) {
+        case 0: return cfg ? k_prep_row_t<0, true>(c, u, s, T, out, V) : k_prep_row_t<0, false>(c, u, s, T, out, V);
+        case 1: return cfg ? k_prep_row_t<1, true>(c, u, s, T, out, V) : k_prep_row_t<1, false>(c, u, s, T, out, V);
+        default: return cfg ? k_prep_row_t<2, true>(c, u, s, T, out, V) : k_prep_row_t<2, false>(c, u, s, T, out, V);
+    }
+}
+
+static float k_exp_sum(float* a, float m, int64_t n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) {
+        const float e = k_exp(a[i] - m);
+        a[i] = e;
+        s += e;
+    }
+    return s;
+}
+
+static float k_div_sum(const float* src, float d, float* dst, int64_t lo, int64_t hi) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = lo; i < hi; ++i) {
+        const float v = src[i] / d;
+        dst[i] = v;
+        s += v;
+    }
+    return s;
+}
+
+static float k_sub_sum(const float* src, float d, const float* p, float dp, float* dst, int64_t lo, int64_t hi) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = lo; i < hi; ++i) {
+        const float v = src[i] / d - p[i] / dp;
+        const float o = v < 0.0f ? 0.0f : v;  // clamp(min=0) keeps NaN
+        dst[i] = o;
+        s += o;
+    }
+    return s;
+}
+
+static float k_cool_sum(const float* src, float d, const float* p, float dp, float w, float* dst, int64_t lo,
+                        int64_t hi) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = lo; i < hi; ++i) {
+        const float q = src[i] / d;
+        const float pi = p[i] / dp;
+        float f = (w * q) / pi;
+        f = f > 1.0f ? 1.0f : f;  // clamp(max=1) keeps NaN
+        f = pi > 0.0f ? f : 1.0f;
+        const float v = q - pi * f;
+        const float o = v < 0.0f ? 0.0f : v;
+        dst[i] = o;
+        s += o;
+    }
+    return s;
+}
+
+static float k_max_div(const float* src, float d, int64_t lo, int64_t hi) {
+    float m = -__builtin_inff();
+#pragma omp simd reduction(max : m)
+    for (int64_t i = lo; i < hi; ++i) {
+        const float v = src[i] / d;
+        m = v > m ? v : m;
+    }
+    return m;
+}
+
+static float k_keep_ge_sum(const float* src, float t, float* dst, int64_t n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = src[i] >= t ? src[i] : 0.0f;
+        dst[i] = v;
+        s += v;
+    }
+    return s;
+}
+
+static float k_sum_div(const float* src, float d, int64_t lo, int64_t hi) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = lo; i < hi; ++i) s += src[i] / d;
+    return s;
+}
+
+static const Kernels k_table = {k_prep_row, k_exp_sum, k_div_sum, k_sub_sum, k_cool_sum, k_max_div, k_keep_ge_sum,
+                                k_sum_div, K_ISA_NAME};
