@@ -222,8 +222,12 @@ def test_cpu_path_row_chunks(device):
     scale = _rows_scale(hidden, mask).to(device)
     d2, t2 = draft.reshape(-1, 33), target.reshape(-1, 33)
     a = d2.clone().requires_grad_(True)
-    la = soft_cross_entropy_cpu(a, t2, scale, chunk_elems=70)  # 2 rows per chunk
+    threads = torch.get_num_threads()
+    la = soft_cross_entropy_cpu(a, t2, scale, chunk_elems=70)  # 2 rows per chunk, worker threads
     la.backward()
+    assert torch.get_num_threads() == threads  # the worker threads' setting does not leak
+    again = soft_cross_entropy_cpu(d2, t2, scale, chunk_elems=70)
+    assert torch.equal(again, la.detach())  # fixed-order partial sums: deterministic
     b = d2.clone().requires_grad_(True)
     lb = soft_cross_entropy_reference(b, t2, scale)
     lb.backward()
