@@ -216,6 +216,19 @@ def test_api_parity_fp32_with_features(B, T, V, D, block, backend, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize("offset", [pytest.param(1e3, id="plus1e3"), pytest.param(-3e4, id="minus3e4")])
+def test_large_common_logit_offset(offset, backend, device):
+    # softmax is shift-invariant; the fused forms must not lose the loss to cancellation
+    draft, target, hidden, mask = _inputs(0, 5, 130, 4, device=device, seed=47, mask_p=0.0)
+    draft, target = draft + offset, target - offset  # (fp32 rounding of the inputs is kept)
+    truth_loss, truth_grad = _run("reference", draft.double(), target.double(), hidden, mask)
+    loss, grad = _run(backend, draft, target, hidden, mask)
+    _assert_close("loss", loss, truth_loss, 2e-6, 1e-5)
+    _assert_close("grad", grad, truth_grad, 1e-6, 1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_cpu_path_row_chunks(device):
     # chunk smaller than the row count and a mask that splits the runs of live rows
     draft, target, hidden, mask = _inputs(2, 9, 33, 4, device=device, seed=17, mask_p=0.4)

@@ -60,6 +60,8 @@ def _forward(draft, target, scale, chunk_elems, num_workers=None):
     tasks = _row_tasks(live, max(1, chunk_elems // max(v, 1)))
     threads = torch.get_num_threads()
     workers = min(threads if num_workers is None else num_workers, len(tasks))
+    if draft.device.type != "cpu":
+        workers = 1  # (the CPU path on another device: plain chunk loop)
     if workers <= 1:
         return _run_tasks(tasks, draft, target, scale, grad, acc), grad
     # Row-parallel over Python threads, each running cache-sized single-threaded ops: with many

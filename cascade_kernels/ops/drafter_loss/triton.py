@@ -4,8 +4,9 @@ One program per row ``k`` (``int64`` row offsets, so ``R * V`` may pass ``2**31`
 
 - pass 1, chunked over ``V`` by ``BLOCK``: online max / sum-of-exponentials of the target row
   (``m_t``, ``d_t``), the same for the draft row (``m_d``, ``d_d``), and the target-weighted sum of
-  draft logits ``a = sum_j exp(t_j - m_t) z_j`` (rescaled with ``m_t`` like the denominator). Then
-  ``CE_k = logsumexp(z) - a / d_t`` (``sum_j q_j = 1``);
+  shifted draft logits ``a = sum_j exp(t_j - m_t) (z_j - z0)`` (rescaled with ``m_t`` like the
+  denominator; ``z0`` = max of the row's first chunk, so a large common offset does not cancel).
+  Then ``CE_k = (logsumexp(z) - z0) - a / d_t`` (``sum_j q_j = 1``);
 - pass 2, chunked again: the gradient ``scale_k * (softmax(z)_j - q_j)`` is written into a buffer of
   the draft dtype (float32 math, one rounding at the store).
 
@@ -80,6 +81,10 @@ def _drafter_ce_fwd_kernel(
         acc = 0.0
         m_d = neg_inf
         d_d = 0.0
+        # fixed shift of the draft logits for the target-weighted sum (the first chunk's max), so
+        # that CE = (lse - z0) - sum q (z - z0) does not cancel a large common logit offset
+        z0 = tl.max(tl.load(draft_ptr + offs, mask=offs < V, other=neg_inf).to(tl.float32), axis=0)
+        z0 = tl.where(z0 == neg_inf, 0.0, z0)
         for start in range(0, V, BLOCK):
             cols = start + offs
             msk = cols < V
@@ -94,7 +99,7 @@ def _drafter_ce_fwd_kernel(
             e_t = tl.exp(t - shift_t)
             d_t = d_t * alpha_t + tl.sum(e_t, axis=0)
             # 0 * z := 0 where the target has no mass (also keeps padded lanes out of the sum)
-            acc = acc * alpha_t + tl.sum(e_t * tl.where(e_t > 0.0, z, 0.0), axis=0)
+            acc = acc * alpha_t + tl.sum(e_t * tl.where(e_t > 0.0, z - z0, 0.0), axis=0)
             m_t = mt_new
             # draft: online log-sum-exp
             md_new = tl.maximum(m_d, tl.max(z, axis=0))
@@ -102,8 +107,8 @@ def _drafter_ce_fwd_kernel(
             alpha_d = tl.exp(m_d - shift_d)
             d_d = d_d * alpha_d + tl.sum(tl.exp(z - shift_d), axis=0)
             m_d = md_new
-        lse_d = m_d + tl.log(d_d)
-        ce = lse_d - acc / d_t
+        log_d_d = tl.log(d_d)
+        ce = (m_d - z0) + log_d_d - acc / d_t
         tl.store(loss_ptr + row, s * ce)
         inv_d_t = 1.0 / d_t
         for start in range(0, V, BLOCK):
@@ -111,7 +116,7 @@ def _drafter_ce_fwd_kernel(
             msk = cols < V
             t = tl.load(target_ptr + cols, mask=msk, other=neg_inf).to(tl.float32)
             z = tl.load(draft_ptr + cols, mask=msk, other=neg_inf).to(tl.float32)
-            p = tl.exp(z - lse_d)
+            p = tl.exp((z - m_d) - log_d_d)  # not z - (m_d + log d): m_d may be large
             q = tl.exp(t - m_t) * inv_d_t
             g = s * (p - q)
             if BF16_RNE_BITS:
