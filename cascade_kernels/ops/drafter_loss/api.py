@@ -151,6 +151,9 @@ def cascade_drafter_loss(
 ) -> torch.Tensor:
     """CASCADE's drafter training loss (SPEC §7, CASCADE Eq. 4), as a 0-d float32 tensor.
 
+    (float64 inputs are computed and returned in float64 by the ``reference`` and ``cpu`` backends,
+    for gradcheck and ground truths; the Triton kernel always computes in float32.)
+
     Args:
         draft_logits: ``[T, V]`` or ``[B, T, V]`` drafter logits (float32 / bfloat16 / float16 /
             float64). The only input, with ``feature_pred``, that receives a gradient.
