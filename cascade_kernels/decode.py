@@ -1,0 +1,394 @@
+"""A minimal speculative decoder over any target and drafter that follow a small protocol.
+
+Protocol (``cascade_lab`` implements it; ``R`` = rows = B, or 2B with CFG: conditional rows first):
+
+* ``target.prefill(class_ids [R], max_len) -> (cache, logits [R, V], hidden [R, D])``: the class
+  token is committed; ``logits`` predict the first image token; the cache holds ``max_len`` slots.
+* ``target.forward_tree(cache, tokens [R, N], mask [R, N, N], position_ids [R, N])
+  -> (logits [R, N, V], hidden [R, N, D])``: node i sees the committed cache and the tree nodes j
+  with ``mask[r, i, j]``; their K/V stay pending.
+* ``cache.commit(node_indices [R, L])`` appends the pending nodes listed (``-1`` trailing padding)
+  and drops the rest; ``cache.lengths [R]`` are the committed lengths.
+* ``drafter.new_cache(R, max_len)`` and ``drafter.forward_tree(cache, tokens, feats, mask, position_ids)
+  -> (logits, feats)`` (EAGLE-1: the entry made of ``(feature of position p, token at p + 1)`` sits
+  at drafter position p).
+* ``target.null_class``: the class id of the unconditional half (CFG).
+
+Seeds (SPEC §6 asks the loop to document them): sequence ``b`` has the base seed ``seed + b`` (or
+``seed[b]`` when a list/tensor is given); step ``t`` (0 = the token sampled from the prefill) uses
+``step_seed(base, t) = splitmix64(base + t * 0x9E3779B97F4A7C15)`` as the ``ck.verify`` seed, and
+sampled drafting draws node ``i``'s token with ``philox.uniform(step_seed, DRAFT, i)``.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from . import philox
+from .api import process_logits, tree_buffers, verify
+from .methods import Exact
+from .reference.logits import guide
+from .trees import MC_SIM_7B_63, tree_from_choices
+
+DRAFT = 2  # Philox stream of the drafting draws
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def step_seed(base: int, step: int) -> int:
+    """The int64 verify seed of one sequence at one step (see the module docstring)."""
+    v = splitmix64((base + step * 0x9E3779B97F4A7C15) & _MASK64)
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+@dataclass(frozen=True)
+class DynamicTree:
+    """EAGLE-2 dynamic tree: expand the ``top_k`` best frontier nodes by cumulative draft
+    log-probability for ``depth`` levels, then keep the ``total_tokens`` best nodes."""
+
+    total_tokens: int = 25
+    depth: int = 5
+    top_k: int = 4
+
+
+@dataclass
+class SequenceStats:
+    accept_lengths: List[int] = field(default_factory=list)  # per verification step
+    target_forwards: int = 0  # including the prefill
+    tvd: float = 0.0  # sum of per-step tvd
+    wall_time: float = 0.0  # the batch's wall time divided by B
+
+    @property
+    def alpha(self) -> float:
+        """Mean tokens per target forward (the paper's acceptance length α)."""
+        return (sum(self.accept_lengths) + len(self.accept_lengths)) / max(1, self.target_forwards)
+
+
+@dataclass
+class GenerateOutput:
+    tokens: torch.Tensor  # [B, num_tokens] int64
+    stats: List[SequenceStats]
+
+
+def _base_seeds(seed, B) -> List[int]:
+    if isinstance(seed, int):
+        return [seed + b for b in range(B)]
+    seeds = [int(s) for s in (seed.tolist() if isinstance(seed, torch.Tensor) else seed)]
+    if len(seeds) != B:
+        raise ValueError(f"seed must be an int or hold B={B} values, got {len(seeds)}")
+    return seeds
+
+
+def _seeds_at(bases, step, device):
+    return torch.tensor([step_seed(b, step) for b in bases], dtype=torch.int64, device=device)
+
+
+def _rows(x: torch.Tensor, cfg: bool) -> torch.Tensor:
+    """Duplicate a per-sequence tensor for the unconditional half."""
+    return torch.cat([x, x]) if cfg else x
+
+
+class _Sampling:
+    """The user's processing settings, applied to draft logits the way verify applies them."""
+
+    def __init__(self, temperature, top_k, top_p, cfg_scale):
+        self.temperature, self.top_k, self.top_p, self.cfg_scale = temperature, top_k, top_p, cfg_scale
+
+    def guided(self, logits_rows: torch.Tensor) -> torch.Tensor:
+        return guide(logits_rows, self.cfg_scale) if self.cfg_scale is not None else logits_rows.float()
+
+    def probs(self, guided: torch.Tensor) -> torch.Tensor:
+        p = process_logits(guided, self.temperature, self.top_k, self.top_p)
+        return torch.nan_to_num(p, nan=0.0)
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draws, one per row of probs [M, V] (zero-probability ids are never returned)."""
+    cum = probs.double().cumsum(-1)
+    idx = torch.searchsorted(cum, (u.double() * cum[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    idx = idx.clamp(max=probs.shape[-1] - 1)
+    bad = probs.gather(-1, idx.unsqueeze(-1)).squeeze(-1) <= 0
+    if bad.any():
+        idx[bad] = probs[bad].argmax(-1)
+    return idx
+
+
+class _TreeDrafter:
+    """Drafts one tree per sequence from the drafter's state at the root (EAGLE-1 / EAGLE-2)."""
+
+    def __init__(self, drafter, sampling: _Sampling, tree, sampled: bool, cfg: bool):
+        self.drafter, self.sampling, self.sampled, self.cfg = drafter, sampling, sampled, cfg
+        self.dynamic = tree if isinstance(tree, DynamicTree) else None
+        if self.dynamic is None:
+            choices = MC_SIM_7B_63 if tree in (None, "eagle") else tree
+            self.parents = tree_from_choices(choices)
+            ranks = {n + 1: c[-1] for n, c in enumerate(sorted((tuple(c) for c in choices), key=lambda c: (len(c), c)))}
+            self.rank = torch.tensor([0] + [ranks[i] for i in range(1, len(self.parents))])
+        elif sampled:
+            raise ValueError("DynamicTree drafting is deterministic (top-k expansion); use a static tree to sample")
+
+    def draft(self, dcache, root_tok, root_feat, root_logits, pos0, seeds):
+        """Returns tokens [B, N], parents [B, N] int32, draft_logits [B, N, V] (guided) and
+        drafter rows' calls. ``pos0`` [B]: the target position of the root."""
+        if self.dynamic is not None:
+            return self._draft_dynamic(dcache, root_tok, root_feat, root_logits, pos0)
+        return self._draft_static(dcache, root_tok, root_feat, root_logits, pos0, seeds)
+
+    def _expand(self, dcache, tokens, parents, feats, pos0, upto):
+        """Drafter forward over drafted nodes 1..upto-1 (root excluded) -> (logits, feats) [R, n, *]."""
+        B = tokens.shape[0]
+        sub = parents[:, 1:upto].clone().to(torch.int64)
+        sub = torch.where(sub >= 1, sub - 1, torch.full_like(sub, -1))  # root's children become roots
+        mask = _forest_mask(sub)
+        depth = _depths(parents[:, :upto])[:, 1:]
+        par = parents[:, 1:upto].long().clamp(min=0)
+        in_feats = torch.gather(feats, 1, _rows(par, self.cfg).unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+        positions = _rows(pos0.unsqueeze(1) + depth - 1, self.cfg)
+        logits, out_feats = self.drafter.forward_tree(dcache, _rows(tokens[:, 1:upto], self.cfg), in_feats,
+                                                      _rows(mask, self.cfg), positions)
+        return logits, out_feats
+
+    def _draft_static(self, dcache, root_tok, root_feat, root_logits, pos0, seeds):
+        B = root_tok.shape[0]
+        R, D = root_feat.shape
+        V = root_logits.shape[-1]
+        N = len(self.parents)
+        parents = self.parents.expand(B, N).contiguous()
+        depth = _depths(parents)[0]
+        tokens = torch.zeros(B, N, dtype=torch.int64, device=root_tok.device)
+        tokens[:, 0] = root_tok
+        feats = root_feat.new_zeros(R, N, D)
+        feats[:, 0] = root_feat
+        guided = root_logits.new_zeros(B, N, V, dtype=torch.float32)
+        guided[:, 0] = self.sampling.guided(root_logits)
+        max_depth = int(depth.max())
+        for d in range(1, max_depth + 1):
+            level = torch.nonzero(depth == d).flatten().tolist()
+            for i in level:
+                par = int(self.parents[i])
+                p = self.sampling.probs(guided[:, par])
+                if self.sampled:
+                    u = philox.uniform(seeds, DRAFT, torch.full((B,), i, dtype=torch.int64, device=seeds.device))
+                    tokens[:, i] = _draw(p, u)
+                else:
+                    rank = int(self.rank[i])
+                    tokens[:, i] = torch.topk(p, rank + 1, dim=-1).indices[:, rank]
+            if d == max_depth:
+                break
+            upto = level[-1] + 1
+            logits, out_feats = self._expand(dcache, tokens, parents, feats, pos0, upto)
+            for i in level:
+                feats[:, i] = out_feats[:, i - 1]
+                guided[:, i] = self.sampling.guided(logits[:, i - 1])
+        return tokens, parents, guided
+
+    def _draft_dynamic(self, dcache, root_tok, root_feat, root_logits, pos0):
+        k, depth_max, total = self.dynamic.top_k, self.dynamic.depth, self.dynamic.total_tokens
+        B = root_tok.shape[0]
+        R, D = root_feat.shape
+        V = root_logits.shape[-1]
+        n_slots = 1 + k * depth_max
+        dev = root_tok.device
+        tokens = torch.zeros(B, n_slots, dtype=torch.int64, device=dev)
+        parents = torch.full((B, n_slots), -1, dtype=torch.int32, device=dev)
+        score = torch.full((B, n_slots), -math.inf, device=dev)
+        feats = root_feat.new_zeros(R, n_slots, D)
+        tokens[:, 0], score[:, 0], feats[:, 0] = root_tok, 0.0, root_feat
+        logp_frontier = torch.log(self.sampling.probs(self.sampling.guided(root_logits)))  # [B, V]
+        frontier = torch.zeros(B, 1, dtype=torch.int64, device=dev)  # slots of the current frontier
+        for d in range(1, depth_max + 1):
+            cand = score.gather(1, frontier).unsqueeze(-1) + logp_frontier.view(B, frontier.shape[1], V)
+            best = torch.topk(cand.view(B, -1), k, dim=-1)
+            slots = torch.arange(1 + (d - 1) * k, 1 + d * k, device=dev).expand(B, k)
+            tokens.scatter_(1, slots, best.indices % V)
+            parents.scatter_(1, slots, frontier.gather(1, best.indices // V).to(torch.int32))
+            score.scatter_(1, slots, best.values)
+            if d == depth_max:
+                break
+            logits, out_feats = self._expand(dcache, tokens, parents, feats, pos0, 1 + d * k)
+            feats[:, slots[0]] = out_feats[:, slots[0] - 1]
+            guided = self.sampling.guided(logits[:, slots[0] - 1].reshape(-1, V)).view(B, k, V)
+            logp_frontier = torch.log(self.sampling.probs(guided))
+            frontier = slots
+        return _select_best(tokens, parents, score, total)
+
+
+def _max_depth(tree) -> int:
+    if isinstance(tree, DynamicTree):
+        return tree.depth
+    return max(len(c) for c in (MC_SIM_7B_63 if tree in (None, "eagle") else tree))
+
+
+def _depths(parents: torch.Tensor) -> torch.Tensor:
+    from .trees import depths
+    return depths(parents)
+
+
+def _forest_mask(parents: torch.Tensor) -> torch.Tensor:
+    """Ancestor mask of a forest (several roots marked -1, no padding)."""
+    from .reference.trees import ancestor_mask
+    return ancestor_mask(parents)
+
+
+def _select_best(tokens, parents, score, total):
+    """Keep the root and the ``total`` best-scoring drafted nodes per sequence as a compact tree
+    (topological, children in decreasing score); pad sequences with -1 nodes."""
+    B, S = tokens.shape
+    level = _depths(parents)
+    order_key = score - 1e-6 * level  # a parent outranks its children, ties included
+    order_key[:, 0] = math.inf
+    keep = torch.topk(order_key, min(total + 1, S), dim=-1).indices  # root first
+    N = keep.shape[1]
+    out_tok = torch.zeros(B, N, dtype=torch.int64, device=tokens.device)
+    out_par = torch.full((B, N), -1, dtype=torch.int32, device=tokens.device)
+    for b in range(B):
+        slots = [s for s in keep[b].tolist() if score[b, s] > -math.inf]
+        par, sc, lv = parents[b].tolist(), score[b].tolist(), level[b].tolist()
+        assert all(par[s] in slots for s in slots if s), "dynamic tree selection lost an ancestor"
+        ordered = sorted(slots, key=lambda s: (lv[s], -sc[s], s))  # topological, rank order within a parent
+        new = {s: i for i, s in enumerate(ordered)}
+        for s, i in new.items():
+            out_tok[b, i] = tokens[b, s]
+            out_par[b, i] = -1 if s == 0 else new[par[s]]
+    return out_tok, out_par, None
+
+
+def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int = 256,
+             method=Exact(), tree: Union[str, Sequence, DynamicTree, None] = "eagle", sampled_drafting=False,
+             cfg_scale: Optional[float] = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             residual: str = "transport", eps: Optional[float] = None, seed=0, backend: str = "auto",
+             progress: bool = False) -> GenerateOutput:
+    """Generate ``num_tokens`` image tokens per class id: speculative when a ``drafter`` is given,
+    plain AR decoding otherwise (the baseline). Returns the tokens and per-sequence statistics."""
+    if not isinstance(class_ids, torch.Tensor) or class_ids.dim() != 1:
+        raise ValueError("class_ids must be a 1-D integer tensor [B]")
+    if not (isinstance(num_tokens, int) and num_tokens >= 1):
+        raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+    B, dev = class_ids.shape[0], class_ids.device
+    cfg = cfg_scale is not None
+    rows = torch.cat([class_ids, torch.full_like(class_ids, target.null_class)]) if cfg else class_ids
+    bases = _base_seeds(seed, B)
+    sampling = _Sampling(temperature, top_k, top_p, cfg_scale)
+    vkw = dict(residual=residual, eps=eps, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
+               backend=backend)
+    stats = [SequenceStats() for _ in range(B)]
+    out = torch.full((B, num_tokens), -1, dtype=torch.int64, device=dev)
+    count = torch.zeros(B, dtype=torch.int64, device=dev)
+    bar = _progress(num_tokens * B, progress)
+    t0 = time.perf_counter()
+
+    max_len = num_tokens + 2 + (0 if drafter is None else _max_depth(tree))
+    tcache, logits0, hidden0 = target.prefill(rows, max_len)
+    for s in stats:
+        s.target_forwards += 1
+    single = torch.full((B, 1), -1, dtype=torch.int32, device=dev)
+    first = verify(torch.zeros(B, 1, dtype=torch.int64, device=dev), single, logits0.unsqueeze(1),
+                   seed=_seeds_at(bases, 0, dev), **vkw)
+    root = first.next_token
+    _append(out, count, root.unsqueeze(1), torch.zeros(B, dtype=torch.int64, device=dev), bar)
+    step = 1
+    if drafter is None:
+        while bool((count < num_tokens).any()):
+            pos = tcache.lengths.unsqueeze(1)
+            ones = torch.ones(len(rows), 1, 1, dtype=torch.bool, device=dev)
+            logits, _ = target.forward_tree(tcache, _rows(root.unsqueeze(1), cfg), ones, pos)
+            tcache.commit(torch.zeros(len(rows), 1, dtype=torch.int64, device=dev))
+            res = verify(torch.zeros(B, 1, dtype=torch.int64, device=dev), single, logits, seed=_seeds_at(bases, step, dev),
+                         **vkw)
+            active = count < num_tokens
+            for b in torch.nonzero(active).flatten().tolist():
+                stats[b].target_forwards += 1
+                stats[b].accept_lengths.append(0)
+            root = res.next_token
+            _append(out, count, root.unsqueeze(1), torch.zeros(B, dtype=torch.int64, device=dev), bar)
+            step += 1
+    else:
+        drafting = _TreeDrafter(drafter, sampling, tree, sampled_drafting, cfg)
+        dcache = drafter.new_cache(len(rows), max_len)
+        # drafter entry (feature of the class position, first image token) at drafter position 0
+        root_logits, root_feat = _catch_up(drafter, dcache, root.unsqueeze(1), hidden0.unsqueeze(1),
+                                           torch.zeros(B, dtype=torch.int64, device=dev), cfg)
+        while bool((count < num_tokens).any()):
+            seeds = _seeds_at(bases, step, dev)
+            pos0 = tcache.lengths[:B]
+            tokens, parents, guided = drafting.draft(dcache, root, root_feat, root_logits, pos0, seeds)
+            bufs = tree_buffers(parents, pos0)
+            logits, hidden = target.forward_tree(tcache, _rows(tokens, cfg), _rows(bufs.mask, cfg),
+                                                 _rows(bufs.position_ids, cfg))
+            res = verify(tokens, parents, logits, method=method, hidden=hidden[:B],
+                         draft_logits=guided if sampled_drafting else None, seed=seeds, **vkw)
+            active = count < num_tokens
+            nodes = res.accepted_nodes.long()
+            nodes = torch.where(active.unsqueeze(1), nodes, torch.full_like(nodes, -1))
+            tcache.commit(_rows(nodes, cfg))
+            for b in torch.nonzero(active).flatten().tolist():
+                stats[b].target_forwards += 1
+                stats[b].accept_lengths.append(int(res.accept_len[b]))
+                stats[b].tvd += float(res.tvd[b])
+            n_acc = res.accept_len.long()
+            path_tokens = torch.gather(tokens, 1, nodes.clamp(min=0))[:, 1:]  # accepted draft tokens
+            emitted = torch.cat([path_tokens, torch.zeros(B, 1, dtype=torch.int64, device=dev)], 1)
+            emitted.scatter_(1, n_acc.unsqueeze(1), res.next_token.unsqueeze(1))
+            _append(out, count, emitted, torch.where(active, n_acc + 1, 0) - 1, bar, active)
+            # drafter catch-up over (H[root], a_1), ..., (H[a_k], next) at positions pos0 .. pos0 + k
+            path_feats = torch.gather(hidden, 1, _rows(nodes.clamp(min=0), cfg).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            lengths = torch.where(active, n_acc + 1, 0)
+            root_logits, root_feat = _catch_up(drafter, dcache, emitted, path_feats, pos0, cfg, lengths)
+            root = res.next_token
+            step += 1
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    for s in stats:
+        s.wall_time = wall / B
+    return GenerateOutput(out, stats)
+
+
+def _catch_up(drafter, dcache, tokens, feats, pos0, cfg, lengths=None):
+    """Commit the drafter entries (feats[:, j], tokens[:, j]) at positions pos0 + j (j < lengths)
+    and return the drafter's logits/feature after the last one (they draft the next tree)."""
+    B, n = tokens.shape
+    if lengths is None:
+        lengths = torch.full((B,), n, dtype=torch.int64, device=tokens.device)
+    mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril().expand(B, n, n)
+    pos = pos0.unsqueeze(1) + torch.arange(n, device=tokens.device)
+    logits, out_feats = drafter.forward_tree(dcache, _rows(tokens, cfg), feats[:, :n], _rows(mask, cfg), _rows(pos, cfg))
+    idx = torch.arange(n, device=tokens.device).unsqueeze(0)
+    commit = torch.where(idx < lengths.unsqueeze(1), idx, torch.full_like(idx, -1))
+    dcache.commit(_rows(commit, cfg))
+    last = _rows((lengths - 1).clamp(min=0), cfg)
+    r = torch.arange(last.shape[0], device=tokens.device)
+    return logits[r, last], out_feats[r, last]
+
+
+def _append(out, count, emitted, last_index, bar, active=None):
+    """Write emitted[b, :last_index[b] + 1] after the tokens sequence b already has (truncating)."""
+    B, total = out.shape
+    for b in range(B):
+        if active is not None and not bool(active[b]):
+            continue
+        n = min(int(last_index[b]) + 1, total - int(count[b]))
+        if n <= 0:
+            continue
+        out[b, count[b]: count[b] + n] = emitted[b, :n]
+        count[b] += n
+        if bar is not None:
+            bar.update(n)
+
+
+def _progress(total, enabled):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, unit="tok", desc="decode", leave=False)
