@@ -35,6 +35,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--run-dir", default=os.path.join(DEFAULT_RUN_DIR, "vq"))
+    ap.add_argument("--init-from", default=None, help="checkpoint (ckpt.pt) whose model weights start this run; "
+                    "the codebook is then re-initialised by k-means on encoder outputs (--kmeans-crops crops)")
+    ap.add_argument("--kmeans-crops", type=int, default=1024)
     ap.add_argument("--no-export", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -50,6 +53,13 @@ def main(argv=None):
         model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"]); step, wall = st["step"], st["wall"]
         print(f"resumed from step {step}")
+    if st is None and a.init_from:
+        model.load_state_dict(torch.load(a.init_from, map_location="cpu", weights_only=False)["model"])
+        x, _ = data.random_crops(a.kmeans_crops, gen)
+        with torch.no_grad():
+            z = torch.cat([model._flat(model.enc(x[i:i + 128])) for i in range(0, len(x), 128)])
+        model.codebook.kmeans_init(z[torch.randperm(len(z), generator=gen)[:65536]], generator=gen)
+        print("k-means codebook init from", a.init_from, "usage", eval_psnr(model))
     t0 = time.time() - wall
     bar = tqdm(range(step, a.steps), initial=step, total=a.steps, desc="vq")
     rec_l = com_l = float("nan")

@@ -21,13 +21,29 @@ class ResBlock(nn.Module):
 
 
 class EMACodebook(nn.Module):
-    def __init__(self, num_codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5):
+    def __init__(self, num_codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5, dead_threshold: float = 1.0):
         super().__init__()
         self.num_codes, self.dim, self.decay, self.eps = num_codes, dim, decay, eps
+        self.dead_threshold = dead_threshold
         embed = torch.randn(num_codes, dim) * 0.1
         self.register_buffer("embed", embed)
         self.register_buffer("cluster_size", torch.ones(num_codes))
         self.register_buffer("embed_sum", embed.clone())
+
+    @torch.no_grad()
+    def kmeans_init(self, z: torch.Tensor, iters: int = 15, generator=None) -> None:
+        """Initialise the codebook by k-means on encoder outputs z [N, d] (fixes code collapse)."""
+        c = z[torch.randperm(z.shape[0], generator=generator)[: self.num_codes]].clone()
+        for _ in range(iters):
+            a = (z.pow(2).sum(1, keepdim=True) - 2 * z @ c.t() + c.pow(2).sum(1)[None]).argmin(1)
+            cnt = torch.bincount(a, minlength=self.num_codes).float()
+            s = torch.zeros_like(c).index_add_(0, a, z)
+            empty = cnt == 0
+            c = torch.where(empty[:, None], z[torch.randint(0, z.shape[0], (self.num_codes,), generator=generator)],
+                            s / cnt.clamp_min(1)[:, None])
+        self.embed.copy_(c)
+        self.embed_sum.copy_(c)
+        self.cluster_size.fill_(1.0)
 
     def ids(self, z: torch.Tensor) -> torch.Tensor:
         # z [N, d] -> nearest code ids [N]
@@ -49,7 +65,7 @@ class EMACodebook(nn.Module):
                 cs = (self.cluster_size + self.eps) / (tot + self.num_codes * self.eps) * tot
                 self.embed.copy_(self.embed_sum / cs[:, None])
                 # dead-code restart: codes with tiny usage jump to random encoder outputs
-                dead = self.cluster_size < 1e-2
+                dead = self.cluster_size < self.dead_threshold
                 nd = int(dead.sum())
                 if nd > 0:
                     pick = z[torch.randint(0, z.shape[0], (nd,), device=z.device)]

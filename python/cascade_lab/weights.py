@@ -78,9 +78,22 @@ def record_training(component: str, entry: dict, weights_dir: str = WEIGHTS_DIR)
     entry.setdefault("command", "python -m " + " ".join([f"cascade_lab.{component_script(component)}"] + sys.argv[1:]))
     entry.setdefault("finished", time.strftime("%Y-%m-%d %H:%M:%S"))
     entry.setdefault("torch", torch.__version__)
-    log[component] = entry
+    log[component] = _no_nan(entry)
     with open(path, "w") as f:
         json.dump(log, f, indent=2)
+
+
+def _no_nan(x):
+    """JSON-safe: NaN/inf floats -> None (recursively)."""
+    import math
+
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_no_nan(v) for v in x]
+    return x
 
 
 def component_script(component: str) -> str:

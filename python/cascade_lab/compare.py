@@ -1,0 +1,105 @@
+"""Run AR and every verification method on the same classes and seeds; shared by the demo and the
+end-to-end benchmark (``benchmarks/e2e.py``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import cascade_kernels as ck
+
+# name -> (constructor, uses the relaxed residual option)
+METHODS = ["ar", "exact", "lantern", "lantern++", "gsd", "cool", "cascade", "cascade-I", "cascade-C"]
+
+
+def build_method(name: str, codebook: torch.Tensor, tau_pos: float = 0.85, tau_seq: float = 0.5, eps: float = 0.5):
+    """The verify method object for a method name (None for plain AR decoding)."""
+    if name == "ar":
+        return None
+    if name == "exact":
+        return ck.Exact()
+    if name in ("lantern", "lantern++"):
+        k = 1000 if name == "lantern" else 10
+        neighbors = ck.lantern_neighbors(codebook.float(), min(k, codebook.shape[0] - 1))
+        return ck.Lantern(neighbors, delta=0.1) if name == "lantern" else ck.Lantern(neighbors, lam=5.0)
+    if name == "gsd":
+        return ck.GSD()
+    if name == "cool":
+        return ck.Cool()
+    if name.startswith("cascade"):
+        return ck.Cascade(tau_pos=tau_pos, tau_seq=tau_seq, eps=eps, use_interchange=name != "cascade-C",
+                          use_convergence=name != "cascade-I")
+    raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+
+
+@dataclass
+class MethodRun:
+    name: str
+    residual: str
+    tokens: torch.Tensor  # [B, 256]
+    stats: list  # ck.SequenceStats per image
+    wall: float  # seconds for the batch
+
+    def summary(self, ar_wall: float | None = None) -> dict:
+        alpha = [s.alpha for s in self.stats]
+        acc = [np.mean(s.accept_lengths) if s.accept_lengths else 0.0 for s in self.stats]
+        out = {
+            "method": self.name, "residual": self.residual,
+            "alpha": float(np.mean(alpha)), "mean_accept_len": float(np.mean(acc)),
+            "target_forwards": float(np.mean([s.target_forwards for s in self.stats])),
+            "tvd_per_image": [round(s.tvd, 6) for s in self.stats],
+            "mean_tvd_per_image": float(np.mean([s.tvd for s in self.stats])),
+            "wall_s": self.wall,
+        }
+        out["speedup"] = (ar_wall / self.wall) if ar_wall else None
+        return out
+
+
+def run_method(target, drafter, codebook, name: str, class_ids: torch.Tensor, *, residual="transport",
+               tree="eagle", cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0, seed=0, sampled=False,
+               tau_pos=0.85, tau_seq=0.5, eps=None, progress=False, num_tokens=256) -> MethodRun:
+    method = build_method(name, codebook, tau_pos, tau_seq)
+    out = ck.generate(target, class_ids, drafter=None if method is None else drafter, method=method or ck.Exact(),
+                      num_tokens=num_tokens, tree=tree, sampled_drafting=sampled, cfg_scale=cfg_scale,
+                      temperature=temperature, top_k=top_k, top_p=top_p, residual=residual, eps=eps,
+                      seed=[seed + b for b in range(len(class_ids))], progress=progress)
+    wall = sum(s.wall_time for s in out.stats)
+    return MethodRun(name, residual, out.tokens, out.stats, wall)
+
+
+def tree_arg(name: str):
+    """--tree flag: eagle | deep | dynamic."""
+    if name == "eagle":
+        return ck.MC_SIM_7B_63
+    if name == "deep":
+        return ck.DEEP_CHOICES
+    if name == "dynamic":
+        return ck.DynamicTree(total_tokens=25, depth=6, top_k=4)
+    raise ValueError(f"unknown tree {name!r} (eagle | deep | dynamic)")
+
+
+def label_grid(rows: list[tuple[str, torch.Tensor]], path: str, scale: int = 2) -> None:
+    """PNG grid: one row per (label, images [n,3,64,64] in [-1,1]), the label drawn on the left."""
+    from PIL import Image, ImageDraw
+
+    from .data import to_uint8
+
+    n = max(len(im) for _, im in rows)
+    h = w = 64 * scale
+    label_w, pad = 190, 4
+    canvas = Image.new("RGB", (label_w + n * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, images) in enumerate(rows):
+        y = pad + r * (h + pad)
+        for line_no, line in enumerate(label.split("\n")):
+            draw.text((6, y + 8 + 16 * line_no), line, fill=(0, 0, 0))
+        for c, arr in enumerate(to_uint8(images)):
+            tile = Image.fromarray(arr).resize((w, h), Image.NEAREST)
+            canvas.paste(tile, (label_w + pad + c * (w + pad), y))
+    canvas.save(path)
+
+
+def fmt_speedup(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"x{x:.2f}"

@@ -1,0 +1,71 @@
+"""Shipped weights: checksums, named error, tokenizer round trip + PSNR floor, target sanity."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from cascade_lab import WeightsError, data, load_target, load_vq
+from cascade_lab.vq import psnr
+from cascade_lab.weights import WEIGHTS_DIR, load_weights, sha256_file
+
+torch.set_num_threads(2)
+
+PSNR_FLOOR_DB = 20.0  # measured value is recorded in weights/training_log.json
+
+
+def test_checksums_match():
+    import json
+
+    sums = json.load(open(os.path.join(WEIGHTS_DIR, "checksums.json")))
+    for name in ["vq.pt", "target.pt", "drafter_eagle.pt", "classifier.pt"]:
+        assert name in sums, name
+        assert sha256_file(os.path.join(WEIGHTS_DIR, name)) == sums[name], name
+    total = sum(os.path.getsize(os.path.join(WEIGHTS_DIR, f)) for f in os.listdir(WEIGHTS_DIR))
+    assert total < 40e6
+
+
+def test_corrupt_and_missing_give_named_error(tmp_path):
+    for f in ["vq.pt", "checksums.json"]:
+        shutil.copy(os.path.join(WEIGHTS_DIR, f), tmp_path / f)
+    load_weights("vq.pt", str(tmp_path))  # intact copy loads
+    with open(tmp_path / "vq.pt", "r+b") as fh:
+        fh.seek(1000)
+        b = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(WeightsError, match="vq.pt"):
+        load_vq(str(tmp_path))
+    os.remove(tmp_path / "vq.pt")
+    with pytest.raises(WeightsError, match="vq.pt"):
+        load_vq(str(tmp_path))
+    with pytest.raises(WeightsError, match="target.pt"):
+        load_target(str(tmp_path))
+
+
+def test_tokenizer_roundtrip_and_psnr():
+    vq = load_vq()
+    x, _ = data.heldout_crops()
+    x = x[::3]
+    ids = vq.encode(x)
+    assert ids.shape == (len(x), 256) and ids.dtype == torch.int64
+    assert int(ids.min()) >= 0 and int(ids.max()) < vq.num_codes
+    rec = vq.decode(ids)
+    assert rec.shape == x.shape
+    assert vq.embedding.shape == (vq.num_codes, vq.code_dim)
+    assert psnr(rec, x) > PSNR_FLOOR_DB
+
+
+def test_target_shipped_is_class_conditional():
+    vq, m = load_vq(), load_target()
+    x, c = data.heldout_crops()
+    ids = vq.encode(x[::4])
+    c = c[::4]
+    import torch.nn.functional as F
+
+    lc, _ = m(c, ids[:, :-1])
+    lu, _ = m(torch.full_like(c, m.null_class), ids[:, :-1])
+    loss_c = F.cross_entropy(lc.reshape(-1, lc.shape[-1]), ids.reshape(-1))
+    loss_u = F.cross_entropy(lu.reshape(-1, lu.shape[-1]), ids.reshape(-1))
+    assert loss_c < loss_u  # the class helps
+    assert loss_c < 0.9 * torch.log(torch.tensor(float(m.cfg.vocab_size)))  # learned something
