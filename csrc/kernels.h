@@ -1,6 +1,7 @@
 // Row kernels of the CPU backend: one pass over a vocabulary row each, vectorised with
-// `#pragma omp simd`. kernels_impl.h is compiled twice (kernels_generic.cpp: baseline ISA,
-// kernels_avx2.cpp: AVX2) and select_kernels() picks one at run time.
+// `#pragma omp simd` or GCC vector extensions. kernels_impl.h is compiled three times
+// (kernels_generic.cpp: baseline ISA, kernels_avx2.cpp: AVX2, kernels_avx512.cpp: AVX-512) and
+// select_kernels() picks the best the CPU supports at run time (CASCADE_KERNELS_ISA=generic|avx2|avx512 caps it).
 #pragma once
 #include <cstdint>
 
@@ -35,7 +36,8 @@ struct Kernels {
 };
 
 const Kernels* kernels_generic();
-const Kernels* kernels_avx2();  // nullptr when not compiled for this target
+const Kernels* kernels_avx2();    // nullptr when not compiled for this target
+const Kernels* kernels_avx512();  // idem
 const Kernels* select_kernels();
 
 // Scalar helpers shared by the walk.

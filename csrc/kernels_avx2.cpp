@@ -5,6 +5,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2")
+#pragma GCC optimize("fp-contract=off")
 namespace ck {
 namespace {
 #define K_ISA_NAME "avx2"

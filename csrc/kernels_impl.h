@@ -48,7 +48,7 @@ static inline float k_load(const void* base, int64_t i) {
     return k_f16(static_cast<const uint16_t*>(base)[i]);
 }
 
-template <int DT, bool CFG>
+template <int DT, bool CFG, bool DIV>
 static RowStats k_prep_row_t(const void* c, const void* u, float s, float T, float* out, int64_t V) {
     float m = -__builtin_inff();
     int64_t nn = 0;
@@ -59,7 +59,7 @@ static RowStats k_prep_row_t(const void* c, const void* u, float s, float T, flo
             const float un = k_load<DT>(u, i);
             g = un + s * (g - un);
         }
-        const float x = g / T;
+        const float x = DIV ? g / T : g;  // g / 1.0f == g exactly
         out[i] = x;
         const bool isnan = x != x;
         nn += isnan ? 1 : 0;
@@ -69,19 +69,65 @@ static RowStats k_prep_row_t(const void* c, const void* u, float s, float T, flo
     return RowStats{m, nn};
 }
 
-static RowStats k_prep_row(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V) {
+template <bool DIV>
+static RowStats k_prep_row_d(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V) {
     const bool cfg = u != nullptr;
     switch (dtype) {
-        case 0: return cfg ? k_prep_row_t<0, true>(c, u, s, T, out, V) : k_prep_row_t<0, false>(c, u, s, T, out, V);
-        case 1: return cfg ? k_prep_row_t<1, true>(c, u, s, T, out, V) : k_prep_row_t<1, false>(c, u, s, T, out, V);
-        default: return cfg ? k_prep_row_t<2, true>(c, u, s, T, out, V) : k_prep_row_t<2, false>(c, u, s, T, out, V);
+        case 0: return cfg ? k_prep_row_t<0, true, DIV>(c, u, s, T, out, V) : k_prep_row_t<0, false, DIV>(c, u, s, T, out, V);
+        case 1: return cfg ? k_prep_row_t<1, true, DIV>(c, u, s, T, out, V) : k_prep_row_t<1, false, DIV>(c, u, s, T, out, V);
+        default: return cfg ? k_prep_row_t<2, true, DIV>(c, u, s, T, out, V) : k_prep_row_t<2, false, DIV>(c, u, s, T, out, V);
     }
 }
 
+static RowStats k_prep_row(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V) {
+    return T == 1.0f ? k_prep_row_d<false>(c, u, dtype, s, T, out, V) : k_prep_row_d<true>(c, u, dtype, s, T, out, V);
+}
+
+#ifndef K_LANES
+#define K_LANES 8
+#endif
+typedef float k_v8f __attribute__((vector_size(4 * K_LANES)));
+typedef int32_t k_v8i __attribute__((vector_size(4 * K_LANES)));
+
+static inline k_v8f k_bc(float f) { return k_v8f{} + f; }
+
+// k_exp on K_LANES lanes with GCC vector extensions (the same operations in the same order: identical results).
+static inline k_v8f k_exp8(k_v8f x) {
+    const k_v8i small = x < k_bc(-104.0f);
+    const k_v8f xc = small ? k_bc(-104.0f) : x;
+    const k_v8f t = xc * 1.44269504088896341f;
+    const k_v8f n = (t + 12582912.0f) - 12582912.0f;
+    k_v8f r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    k_v8f p = k_bc(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const k_v8f y = p * r * r + r + 1.0f;
+    const k_v8i ni = __builtin_convertvector(n, k_v8i);
+    const k_v8i n1 = ni / 2;
+    const k_v8i n2 = ni - n1;
+    const k_v8f s1 = reinterpret_cast<k_v8f>((n1 + 127) << 23);
+    const k_v8f s2 = reinterpret_cast<k_v8f>((n2 + 127) << 23);
+    const k_v8f out = (y * s1) * s2;
+    return small ? k_bc(0.0f) : out;
+}
+
 static float k_exp_sum(float* a, float m, int64_t n) {
+    k_v8f acc = k_bc(0.0f);
+    int64_t i = 0;
+    for (; i + K_LANES <= n; i += K_LANES) {
+        k_v8f x;
+        __builtin_memcpy(&x, a + i, sizeof(x));
+        const k_v8f e = k_exp8(x - m);
+        __builtin_memcpy(a + i, &e, sizeof(e));
+        acc += e;
+    }
     float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; ++i) {
+    for (int l = 0; l < K_LANES; ++l) s += acc[l];
+    for (; i < n; ++i) {
         const float e = k_exp(a[i] - m);
         a[i] = e;
         s += e;

@@ -1,0 +1,24 @@
+// AVX-512 copy of the row kernels (kernels_impl.h, 16 lanes), chosen at run time when the CPU has
+// AVX-512F/BW/DQ/VL. No FMA contraction: a + b * c rounds twice, like torch's separate element-wise ops.
+#include "kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2")
+#pragma GCC optimize("fp-contract=off")
+namespace ck {
+namespace {
+#define K_ISA_NAME "avx512"
+#define K_LANES 16
+#include "kernels_impl.h"
+#undef K_LANES
+#undef K_ISA_NAME
+}  // namespace
+const Kernels* kernels_avx512() { return &k_table; }
+}  // namespace ck
+#pragma GCC pop_options
+#else
+namespace ck {
+const Kernels* kernels_avx512() { return nullptr; }
+}  // namespace ck
+#endif
