@@ -102,18 +102,17 @@ def eagle_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None, w
     return loss, {"feat_smooth_l1": float(fl.detach()), "soft_ce": float(ce.detach())}
 
 
-def eq4_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None):
-    """Hook for the CASCADE drafter loss (``--loss eq4``): delegates to
-    ``cascade_kernels.cascade_drafter_loss`` (written elsewhere).  Adapter assumed signature:
-    cascade_drafter_loss(draft_logits, target_logits, ...) -> scalar loss; adjust here once
-    that function lands."""
+def eq4_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None, c=2.0, tau_seq=0.5):
+    """CASCADE drafter loss (``--loss eq4``, CASCADE Eq. 4): delegates to
+    ``cascade_kernels.cascade_drafter_loss`` (owned by cascade_kernels).  The position weights use
+    the target hidden states at the *predicted* positions (``target_feat`` = f_{p+1}, aligned with
+    ``target_logits``); the EAGLE feature-regression pair is (pred_feat, target_feat)."""
     try:
         from cascade_kernels import cascade_drafter_loss
     except ImportError as e:
-        raise NotImplementedError("--loss eq4 needs cascade_kernels.cascade_drafter_loss, not available yet") from e
-    if valid is not None:
-        pred_logits, target_logits = pred_logits[valid], target_logits[valid]
-    loss = cascade_drafter_loss(pred_logits, target_logits)
+        raise NotImplementedError("--loss eq4 needs cascade_kernels.cascade_drafter_loss") from e
+    loss = cascade_drafter_loss(pred_logits, target_logits.detach(), target_feat.detach(), valid, c=c,
+                                tau_seq=tau_seq, feature_pred=pred_feat, feature_target=target_feat.detach())
     return loss, {"eq4": float(loss.detach())}
 
 

@@ -24,6 +24,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--run-dir", default=os.path.join(DEFAULT_RUN_DIR, "classifier"))
+    ap.add_argument("--vq-aug", type=float, default=0.5,
+                    help="fraction of each batch replaced by its VQ round trip (generated images are VQ decodings)")
+    ap.add_argument("--init-from", default=None, help="start from this checkpoint's model weights")
     ap.add_argument("--no-export", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -38,6 +41,13 @@ def main(argv=None):
     if st is not None:
         model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); gen.set_state(st["gen"])
         step, wall = st["step"], st["wall"]
+    if st is None and a.init_from:
+        model.load_state_dict(torch.load(a.init_from, map_location="cpu", weights_only=False)["model"])
+    vq = None
+    if a.vq_aug > 0:
+        from .loaders import load_vq
+
+        vq = load_vq()
     t0 = time.time() - wall
     loss = float("nan")
     bar = tqdm(range(step, a.steps), initial=step, total=a.steps, desc="classifier")
@@ -46,6 +56,10 @@ def main(argv=None):
         for g in opt.param_groups:
             g["lr"] = a.lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
         x, c = data.random_crops(a.batch, gen)
+        if vq is not None:
+            k = int(round(a.vq_aug * a.batch))
+            if k:
+                x[:k] = vq.decode(vq.encode(x[:k]))
         # light colour/brightness jitter so the classifier does not key on exact pixel stats
         x = (x * (1 + 0.1 * torch.randn(a.batch, 1, 1, 1, generator=gen))
              + 0.1 * torch.randn(a.batch, 3, 1, 1, generator=gen)).clamp(-1, 1)
@@ -64,7 +78,7 @@ def main(argv=None):
     try:  # accuracy on VQ reconstructions of held-out crops (upper bound for generated images)
         from .loaders import load_vq
 
-        vq = load_vq()
+        vq = vq or load_vq()
         lo2, _ = classify(model, vq.decode(vq.encode(xv)))
         extra["heldout_vq_recon_accuracy"] = float((lo2.argmax(-1) == cv).float().mean())
     except Exception as e:  # noqa: BLE001
@@ -73,7 +87,8 @@ def main(argv=None):
     if not a.no_export:
         save_weights("classifier.pt", model.state_dict(), cfg)
         record_training("classifier", dict(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, wall_time_s=round(wall, 1),
-                                           final_train_loss=loss, heldout_accuracy=acc, **extra))
+                                           final_train_loss=loss, heldout_accuracy=acc, vq_aug=a.vq_aug,
+                                           init_from=a.init_from, **extra))
 
 
 if __name__ == "__main__":

@@ -164,3 +164,18 @@ def test_drafter_shapes_and_tree(tiny):
     # frozen embedding / head copies
     assert not d.tok_emb.weight.requires_grad and not d.head.weight.requires_grad
     torch.testing.assert_close(d.head.weight, tiny.head.weight)
+
+
+def test_eq4_hook_matches_eagle_at_c1():
+    ck = pytest.importorskip("cascade_kernels")
+    if not hasattr(ck, "cascade_drafter_loss"):
+        pytest.skip("cascade_kernels.cascade_drafter_loss not available")
+    from cascade_lab.drafter import LOSSES, eq4_loss
+
+    assert set(LOSSES) >= {"eagle", "eq4"}
+    g = torch.Generator().manual_seed(5)
+    pf, pl = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 16, generator=g)
+    tf, tl = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 16, generator=g)
+    l1, _ = eq4_loss(pf, pl, tf, tl, c=1.0)
+    l2, _ = eagle_loss(pf, pl, tf, tl)
+    torch.testing.assert_close(l1.float(), l2.float(), rtol=1e-4, atol=1e-5)
