@@ -64,9 +64,10 @@ def resolve(backend: str, device: torch.device, op: str = "verify"):
         return backend, module
     order = ["triton", "reference"] if device.type != "cpu" else ["cpu", "reference"]
     for name in order:
-        if _usable(name) and hasattr(_load(name), op):
+        usable = _usable(name)
+        if usable and hasattr(_load(name), op):
             return name, _load(name)
-        if name == "cpu" and "cpu" not in _warned:
+        if name == "cpu" and not usable and "cpu" not in _warned:
             _warned.add("cpu")
             warnings.warn("cascade_kernels: the C++ extension (cascade_kernels._C) is not built; "
                           "backend='auto' uses the slower reference backend on the CPU", RuntimeWarning,

@@ -61,6 +61,7 @@ class DynamicTree:
 
 @dataclass
 class SequenceStats:
+    tokens: int = 0  # image tokens generated
     accept_lengths: List[int] = field(default_factory=list)  # per verification step
     target_forwards: int = 0  # including the prefill
     tvd: float = 0.0  # sum of per-step tvd
@@ -68,8 +69,8 @@ class SequenceStats:
 
     @property
     def alpha(self) -> float:
-        """Mean tokens per target forward (the paper's acceptance length α)."""
-        return (sum(self.accept_lengths) + len(self.accept_lengths)) / max(1, self.target_forwards)
+        """Tokens per target forward, the prefill included (the paper's acceptance length α)."""
+        return self.tokens / max(1, self.target_forwards)
 
 
 @dataclass
@@ -349,6 +350,7 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
         bar.close()
     for s in stats:
         s.wall_time = wall / B
+        s.tokens = num_tokens
     return GenerateOutput(out, stats)
 
 
