@@ -193,22 +193,22 @@ def evaluate_targets(results):
     if sh:
         worst = min(r["speedup_vs_reference"] for r in sh)
         met = sum(r["speedup_vs_reference"] >= 100 for r in sh)
-        out.append(f"shallow >= 100x faster than reference: {'MET' if met == len(sh) else 'MISSED'} in {met}/{len(sh)} "
+        out.append(f"shallow >= 100x faster than reference: {'MET' if met == len(sh) else 'MISSED'} (met in {met}/{len(sh)} "
                    f"cases (min {worst:.0f}x, median {statistics.median(r['speedup_vs_reference'] for r in sh):.0f}x)")
     if dp:
         worst = max(r["cpu_1t_over_floor"] for r in dp)
         met = sum(r["cpu_1t_over_floor"] <= 1.5 for r in dp)
-        out.append(f"deep <= 1.5x softmax-of-visited-rows floor (1 thread): {'MET' if met == len(dp) else 'MISSED'} in "
-                   f"{met}/{len(dp)} cases (worst {worst:.2f}x, median "
+        out.append(f"deep <= 1.5x softmax-of-visited-rows floor (1 thread): {'MET' if met == len(dp) else 'MISSED'} (met in "
+                   f"{met}/{len(dp)} cases; worst {worst:.2f}x, median "
                    f"{statistics.median(r['cpu_1t_over_floor'] for r in dp):.2f}x)")
     if dpr:
         met = sum(r["speedup_vs_reference"] >= 20 for r in dpr)
-        out.append(f"deep >= 20x faster than reference: {'MET' if met == len(dpr) else 'MISSED'} in {met}/{len(dpr)} "
+        out.append(f"deep >= 20x faster than reference: {'MET' if met == len(dpr) else 'MISSED'} (met in {met}/{len(dpr)} "
                    f"cases (min {min(r['speedup_vs_reference'] for r in dpr):.0f}x)")
     if b64:
         met = sum(r["threads_2_over_1_speedup"] >= 1.6 for r in b64)
-        out.append(f"B=64 >= 1.6x faster with 2 threads than 1: {'MET' if met == len(b64) else 'MISSED'} in "
-                   f"{met}/{len(b64)} cases (min {min(r['threads_2_over_1_speedup'] for r in b64):.2f}x, median "
+        out.append(f"B=64 >= 1.6x faster with 2 threads than 1: {'MET' if met == len(b64) else 'MISSED'} (met in "
+                   f"{met}/{len(b64)} cases; min {min(r['threads_2_over_1_speedup'] for r in b64):.2f}x, median "
                    f"{statistics.median(r['threads_2_over_1_speedup'] for r in b64):.2f}x; the 2 cores are shared)")
     return out
 
