@@ -103,27 +103,23 @@ class Walker {
 // SPEC §2 steps 1-5 on one row; false when the row is not a distribution (docs/SEMANTICS.md).
 bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* A, Dist& out) {
     const RowStats st = K_->prep_row(c, u, dtype, static_cast<float>(P_.cfg_scale), T, A, V_);
+    // Validity is judged on the whole row, before top-k masks anything (docs/SEMANTICS.md).
+    if (st.n_nan > 0 || !std::isfinite(st.max)) return false;
     float S_total;
     if (P_.top_k > 0) {
-        // torch.topk ranks NaN above everything: with >= k NaNs the k-th value is NaN and nothing is kept.
-        if (st.n_nan >= P_.top_k || !std::isfinite(st.max)) return false;
-        const int64_t kk = P_.top_k - st.n_nan;
+        const int64_t kk = P_.top_k;
         float* S = wk_.S.get();
         float kth = st.max;
         if (kk > 1) {
-            int64_t n = 0;
-            for (int64_t i = 0; i < V_; ++i) {
-                const float v = A[i];
-                if (v == v) S[n++] = v;
-            }
-            std::nth_element(S, S + (kk - 1), S + n, std::greater<float>());
+            std::memcpy(S, A, sizeof(float) * static_cast<size_t>(V_));
+            std::nth_element(S, S + (kk - 1), S + V_, std::greater<float>());
             kth = S[kk - 1];
         }
         int32_t* idx = wk_.idx.get();
         int64_t nk = 0;
         for (int64_t i = 0; i < V_; ++i) {
             const float v = A[i];
-            if (v >= kth) {  // NaN fails: masked, as in the reference
+            if (v >= kth) {
                 idx[nk] = static_cast<int32_t>(i);
                 S[nk] = v;
                 ++nk;
@@ -133,7 +129,6 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
         std::memset(A, 0, sizeof(float) * static_cast<size_t>(V_));
         for (int64_t j = 0; j < nk; ++j) A[idx[j]] = S[j];
     } else {
-        if (st.n_nan > 0 || !std::isfinite(st.max)) return false;
         S_total = K_->exp_sum(A, st.max, V_);
     }
     out = Dist{A, S_total};

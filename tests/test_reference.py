@@ -296,3 +296,9 @@ def test_process_logits_steps():
     assert torch.allclose(ck.process_logits(cu, cfg_scale=2.0), torch.softmax(2 * l, -1))
     assert torch.isnan(ck.process_logits(torch.tensor([[0.0, float("nan")]]))).all()
     assert ck.process_logits(l.bfloat16()).dtype == torch.float32
+
+
+def test_nan_row_flagged_even_when_top_k_would_mask_it():
+    logits = torch.tensor([[[float("nan"), 1.0, 2.0, 9.0], [0.0, 0.0, 0.0, 0.0]]])
+    out = run(torch.tensor([[0, 3]]), torch.tensor([[-1, 0]], dtype=torch.int32), logits, top_k=2)
+    assert out.status.tolist() == [ck.STATUS_NONFINITE_TARGET] and out.next_token.tolist() == [3]

@@ -31,13 +31,13 @@ def probs_from_guided(guided: torch.Tensor, temperature: float, top_k: int, top_
     back as NaN.
     """
     scaled = guided / (1.0 if temperature == 0 else float(temperature))
+    valid = row_is_distribution(scaled)  # judged before top-k masks anything
     if top_k:
         kth = torch.topk(scaled, int(top_k), dim=-1).values[..., -1:]
         scaled = torch.where(scaled >= kth, scaled, torch.full_like(scaled, -float("inf")))
     probs = torch.softmax(scaled, dim=-1)
     if top_p < 1.0:
         probs = _top_p(probs, float(top_p))
-    valid = row_is_distribution(scaled)
     return torch.where(valid.unsqueeze(-1), probs, torch.full_like(probs, float("nan")))
 
 
