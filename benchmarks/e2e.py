@@ -32,7 +32,7 @@ def parse_args(argv=None):
     ap.add_argument("--images-per-class", type=int, default=40)
     ap.add_argument("--speed-images", type=int, default=6)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--tree", default="eagle", choices=["eagle", "deep", "dynamic"])
+    ap.add_argument("--tree", default="eagle", choices=["eagle", "deep", "small", "dynamic"])
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)

@@ -131,65 +131,84 @@ class _TreeDrafter:
         if self.dynamic is None:
             choices = MC_SIM_7B_63 if tree in (None, "eagle") else tree
             self.parents = tree_from_choices(choices)
-            ranks = {n + 1: c[-1] for n, c in enumerate(sorted((tuple(c) for c in choices), key=lambda c: (len(c), c)))}
-            self.rank = torch.tensor([0] + [ranks[i] for i in range(1, len(self.parents))])
+            ordered = sorted((tuple(c) for c in choices), key=lambda c: (len(c), c))
+            self.rank = torch.tensor([0] + [c[-1] for c in ordered])
+            # a static tree's structure is the same every step: derive it once
+            self.bufs = tree_buffers(self.parents.unsqueeze(0), 0)
+            self.depth = self.bufs.position_ids[0]
+            self.levels = [torch.nonzero(self.depth == d).flatten() for d in range(1, int(self.depth.max()) + 1)]
+            self.forest = {}  # upto -> (mask, depth) of drafted nodes 1..upto-1
         elif sampled:
             raise ValueError("DynamicTree drafting is deterministic (top-k expansion); use a static tree to sample")
 
     def draft(self, dcache, root_tok, root_feat, root_logits, pos0, seeds):
-        """Returns tokens [B, N], parents [B, N] int32, draft_logits [B, N, V] (guided) and
-        drafter rows' calls. ``pos0`` [B]: the target position of the root."""
+        """Returns tokens [B, N], parents [B, N] int32 and the guided draft logits [B, N, V] (None
+        for dynamic trees). ``pos0`` [B]: the target position of the root."""
         if self.dynamic is not None:
             return self._draft_dynamic(dcache, root_tok, root_feat, root_logits, pos0)
         return self._draft_static(dcache, root_tok, root_feat, root_logits, pos0, seeds)
 
-    def _expand(self, dcache, tokens, parents, feats, pos0, upto):
-        """Drafter forward over drafted nodes 1..upto-1 (root excluded) -> (logits, feats) [R, n, *]."""
-        B = tokens.shape[0]
-        sub = parents[:, 1:upto].clone().to(torch.int64)
-        sub = torch.where(sub >= 1, sub - 1, torch.full_like(sub, -1))  # root's children become roots
-        mask = _forest_mask(sub)
-        depth = _depths(parents[:, :upto])[:, 1:]
+    def _expand(self, dcache, tokens, parents, feats, pos0, upto, forest=None):
+        """Drafter forward over drafted nodes 1..upto-1 (root excluded) -> (logits, feats) [R, n, *].
+        ``forest``: their (ancestor mask, depth), derived from ``parents`` when not given."""
+        if forest is None:
+            sub = parents[:, 1:upto].to(torch.int64)
+            sub = torch.where(sub >= 1, sub - 1, torch.full_like(sub, -1))  # root's children become roots
+            forest = (_forest_mask(sub), _depths(parents[:, :upto])[:, 1:])
+        mask, depth = forest
         par = parents[:, 1:upto].long().clamp(min=0)
         in_feats = torch.gather(feats, 1, _rows(par, self.cfg).unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
         positions = _rows(pos0.unsqueeze(1) + depth - 1, self.cfg)
-        logits, out_feats = self.drafter.forward_tree(dcache, _rows(tokens[:, 1:upto], self.cfg), in_feats,
-                                                      _rows(mask, self.cfg), positions)
-        return logits, out_feats
+        return self.drafter.forward_tree(dcache, _rows(tokens[:, 1:upto], self.cfg), in_feats,
+                                         _rows(mask, self.cfg), positions)
+
+    def _static_forest(self, upto, B):
+        if upto not in self.forest:
+            sub = self.parents[1:upto].to(torch.int64).unsqueeze(0)
+            sub = torch.where(sub >= 1, sub - 1, torch.full_like(sub, -1))
+            self.forest[upto] = (_forest_mask(sub)[0], self.depth[1:upto])
+        mask, depth = self.forest[upto]
+        return mask.expand(B, -1, -1), depth.expand(B, -1)
 
     def _draft_static(self, dcache, root_tok, root_feat, root_logits, pos0, seeds):
         B = root_tok.shape[0]
         R, D = root_feat.shape
         V = root_logits.shape[-1]
         N = len(self.parents)
-        parents = self.parents.expand(B, N).contiguous()
-        depth = _depths(parents)[0]
-        tokens = torch.zeros(B, N, dtype=torch.int64, device=root_tok.device)
+        dev = root_tok.device
+        parents = self.parents.to(dev).expand(B, N)
+        tokens = torch.zeros(B, N, dtype=torch.int64, device=dev)
         tokens[:, 0] = root_tok
         feats = root_feat.new_zeros(R, N, D)
         feats[:, 0] = root_feat
         guided = root_logits.new_zeros(B, N, V, dtype=torch.float32)
         guided[:, 0] = self.sampling.guided(root_logits)
-        max_depth = int(depth.max())
-        for d in range(1, max_depth + 1):
-            level = torch.nonzero(depth == d).flatten().tolist()
-            for i in level:
-                par = int(self.parents[i])
-                p = self.sampling.probs(guided[:, par])
-                if self.sampled:
-                    u = philox.uniform(seeds, DRAFT, torch.full((B,), i, dtype=torch.int64, device=seeds.device))
-                    tokens[:, i] = _draw(p, u)
-                else:
-                    rank = int(self.rank[i])
-                    tokens[:, i] = torch.topk(p, rank + 1, dim=-1).indices[:, rank]
-            if d == max_depth:
+        for d, level in enumerate(self.levels, start=1):
+            level = level.to(dev)
+            p = self.sampling.probs(guided[:, self.parents[level].long()])  # [B, n, V]
+            if self.sampled:
+                u = philox.uniform(seeds.unsqueeze(1), DRAFT, level.unsqueeze(0))
+                tokens[:, level] = _draw(p.reshape(-1, V), u.reshape(-1)).view(B, -1)
+            else:
+                rank = self.rank[level].to(dev)
+                best = torch.topk(p, int(rank.max()) + 1, dim=-1).indices
+                tokens[:, level] = best.gather(-1, rank.view(1, -1, 1).expand(B, -1, 1)).squeeze(-1)
+            if d == len(self.levels):
                 break
-            upto = level[-1] + 1
-            logits, out_feats = self._expand(dcache, tokens, parents, feats, pos0, upto)
-            for i in level:
-                feats[:, i] = out_feats[:, i - 1]
-                guided[:, i] = self.sampling.guided(logits[:, i - 1])
+            upto = int(level[-1]) + 1
+            logits, out_feats = self._expand(dcache, tokens, parents, feats, pos0, upto,
+                                             self._static_forest(upto, B))
+            feats[:, level] = out_feats[:, level - 1]
+            guided[:, level] = self.sampling.guided(logits[:, level - 1])
         return tokens, parents, guided
+
+    def tree_buffers(self, parents, pos0):
+        """Tree mask and position ids of this step's trees."""
+        if self.dynamic is None:
+            B = parents.shape[0]
+            return self.bufs.mask.to(parents.device).expand(B, -1, -1), pos0.unsqueeze(1) + self.depth.to(pos0.device)
+        bufs = tree_buffers(parents, pos0)
+        return bufs.mask, bufs.position_ids
 
     def _draft_dynamic(self, dcache, root_tok, root_feat, root_logits, pos0):
         k, depth_max, total = self.dynamic.top_k, self.dynamic.depth, self.dynamic.total_tokens
@@ -321,9 +340,8 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
             seeds = _seeds_at(bases, step, dev)
             pos0 = tcache.lengths[:B]
             tokens, parents, guided = drafting.draft(dcache, root, root_feat, root_logits, pos0, seeds)
-            bufs = tree_buffers(parents, pos0)
-            logits, hidden = target.forward_tree(tcache, _rows(tokens, cfg), _rows(bufs.mask, cfg),
-                                                 _rows(bufs.position_ids, cfg))
+            mask, position_ids = drafting.tree_buffers(parents, pos0)
+            logits, hidden = target.forward_tree(tcache, _rows(tokens, cfg), _rows(mask, cfg), _rows(position_ids, cfg))
             res = verify(tokens, parents, logits, method=method, hidden=hidden[:B],
                          draft_logits=guided if sampled_drafting else None, seed=seeds, **vkw)
             active = count < num_tokens

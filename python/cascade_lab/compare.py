@@ -69,15 +69,21 @@ def run_method(target, drafter, codebook, name: str, class_ids: torch.Tensor, *,
     return MethodRun(name, residual, out.tokens, out.stats, wall)
 
 
+# A small static tree for compute-bound CPU decoding: a depth-4 trunk with one alternative per level 1-2.
+SMALL_TREE = [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0]]
+
+
 def tree_arg(name: str):
-    """--tree flag: eagle | deep | dynamic."""
+    """--tree flag: eagle | deep | small | dynamic."""
+    if name == "small":
+        return SMALL_TREE
     if name == "eagle":
         return ck.MC_SIM_7B_63
     if name == "deep":
         return ck.DEEP_CHOICES
     if name == "dynamic":
         return ck.DynamicTree(total_tokens=25, depth=6, top_k=4)
-    raise ValueError(f"unknown tree {name!r} (eagle | deep | dynamic)")
+    raise ValueError(f"unknown tree {name!r} (eagle | deep | small | dynamic)")
 
 
 def label_grid(rows: list[tuple[str, torch.Tensor]], path: str, scale: int = 2) -> None:

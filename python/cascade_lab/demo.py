@@ -28,7 +28,7 @@ def parse_args(argv=None):
     ap.add_argument("--per-class", type=int, default=1, help="images per class")
     ap.add_argument("--methods", nargs="+", default=["ar", "exact", "lantern", "lantern++", "gsd", "cool", "cascade"],
                     choices=METHODS)
-    ap.add_argument("--tree", default="eagle", choices=["eagle", "deep", "dynamic"])
+    ap.add_argument("--tree", default="eagle", choices=["eagle", "deep", "small", "dynamic"])
     ap.add_argument("--sampled-drafting", action="store_true", help="draw the tree's children from the drafter")
     ap.add_argument("--residual", default="transport", choices=["transport", "standard"])
     ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (0 disables)")
