@@ -26,6 +26,17 @@ def depth_of(parents: List[int]) -> List[int]:
     return d
 
 
+def longest_prefix(tokens, q, cap):
+    """The longest prefix of ``tokens`` whose mass under q stays <= cap, and that mass."""
+    absorbed, mass = [], 0.0
+    for t in tokens:
+        if mass + q[t] > cap:
+            break
+        absorbed.append(t)
+        mass += q[t]
+    return absorbed, mass
+
+
 def relax(method, q, x, child, tvd, eps, tokens, depth, inter, conv):
     """(absorbed token ids, r(x), charge, cool scale or None) in float64."""
     name = method.name
@@ -40,22 +51,12 @@ def relax(method, q, x, child, tvd, eps, tokens, depth, inter, conv):
     if name == "lantern":
         nb = [int(t) for t in method.neighbors[x, : method.n_neighbors].tolist() if t >= 0]
         cap = min(method.delta if method.lam is None else (method.lam - 1.0) * qx, left)
-        absorbed, mass = [], 0.0
-        for t in nb:
-            if mass + q[t] > cap:
-                break
-            absorbed.append(t)
-            mass += q[t]
+        absorbed, mass = longest_prefix(nb, q, cap)
         return absorbed, qx + mass, mass, None
     if name == "gsd":
         cand = [y for y in range(len(q)) if y != x and q[y] > 0 and abs(q[y] - qx) < method.dp]
         cand.sort(key=lambda y: (abs(q[y] - qx), y))
-        absorbed, mass = [], 0.0
-        for y in cand[: method.G]:
-            if mass + q[y] > left:
-                break
-            absorbed.append(y)
-            mass += q[y]
+        absorbed, mass = longest_prefix(cand[: method.G], q, left)
         return absorbed, qx + mass, mass, None
     if name == "cascade":
         absorbed, charge = [], 0.0
