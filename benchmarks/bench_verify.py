@@ -13,7 +13,8 @@ Two entry points:
 
       python benchmarks/bench_verify.py [--quick]
 
-  writes ``benchmarks/results/verify_<device>.json`` and ``.md`` (device = ``cpu`` or ``cuda``) with the
+  writes ``benchmarks/results/verify_compare_<device>.json`` and ``.md`` (``verify_cpu.*`` belongs to
+  ``bench_verify_cpu.py``) (device = ``cpu`` or ``cuda``) with the
   machine, torch/triton versions and the command.
 
 Shapes: B in {1, 8, 64}, N in {26 (EAGLE mc_sim_7b_63), 60 (ck.DEEP_CHOICES)}, (V, D) in
@@ -237,8 +238,12 @@ def main():
     info["notes"] = ("Triton rows are absent on CPU-only machines (the interpreter is not a speed measure); "
                      "no GPU numbers are estimated. GB/s is over all logits (+ hidden for Cascade), the bytes "
                      "the op may read; a fused walk reads only the visited rows.")
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"verify_{DEVICE}")
+    write_results(rows, info, fused, args.out, elapsed)
+
+
+def write_results(rows, info, fused, out_dir, elapsed):
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"verify_compare_{DEVICE}")
     with open(stem + ".json", "w") as f:
         json.dump(dict(machine=info, rows=rows), f, indent=1)
     with open(stem + ".md", "w") as f:
