@@ -186,11 +186,8 @@ def test_processing(device, case, kw, drafting, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 NONFINITE = [
     pytest.param(dict(nan_rows=[(0, 0), (2, 1), (3, 5)]), dict(), id="nan-target"),
-    # top-k drops a lone NaN (the reference masks it to -inf: see the issue-4 report), so no status here
-    pytest.param(dict(nan_rows=[(0, 0), (1, 1)]), dict(top_k=4), id="nan-target-topk",
-                 marks=pytest.mark.xfail(strict=False, reason="open: reference flags the NaN root row of seq 0 "
-                                         "as non-finite (status 1) while the kernel keeps it (status 0); "
-                                         "under investigation, see the issue-4 report")),
+    # a NaN anywhere flags the row, even where top-k would mask it
+    pytest.param(dict(nan_rows=[(0, 0), (1, 1)]), dict(top_k=4), id="nan-target-topk"),
     pytest.param(dict(nan_rows=[(0, 0)], cfg=True), dict(cfg_scale=2.0), id="nan-target-cfg"),
     pytest.param(dict(sampled=True, nan_draft_rows=[(0, 0), (2, 1), (3, 2)]), dict(), id="nan-draft"),
 ]

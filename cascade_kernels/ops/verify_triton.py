@@ -97,8 +97,9 @@ def _row_stats(cond_ptr, uncond_ptr, V, cfg_s, temp, top_k, top_p,
         cols = start + offs
         x = _guided(cond_ptr, uncond_ptr, cols, V, cfg_s, CFG) / temp
         kept = _kept(x, cols, V, kth, TOPK)
-        bad = bad | tl.max((kept & ((x != x) | (x == float("inf")))).to(tl.int32))
-        fin = fin | tl.max((kept & (tl.abs(x) < float("inf"))).to(tl.int32))
+        live = cols < V  # validity is judged on the whole row, before top-k masks anything
+        bad = bad | tl.max((live & ((x != x) | (x == float("inf")))).to(tl.int32))
+        fin = fin | tl.max((live & (tl.abs(x) < float("inf"))).to(tl.int32))
         xm = tl.where(kept, x, -float("inf"))
         m_new = tl.maximum(m, tl.max(xm))
         safe = m_new > -float("inf")
