@@ -25,12 +25,14 @@ def main(argv=None):
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", default=None, help="weights dir (default: the shipped cascade_lab/weights)")
     ap.add_argument("--grid", default=os.path.join(WEIGHTS_DIR, "samples_ar.png"))
     ap.add_argument("--grid-per-class", type=int, default=6)
     ap.add_argument("--out", default=os.path.join(WEIGHTS_DIR, "quality.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    vq, target, clf = load_vq(), load_target(), load_classifier()
+    wd = a.weights or WEIGHTS_DIR
+    vq, target, clf = load_vq(wd), load_target(wd), load_classifier(wd)
     cls = torch.arange(data.NUM_CLASSES).repeat_interleave(a.per_class)
     t0 = time.time()
     toks = torch.cat([sample_tokens(target, cls[i:i + 32], cfg_scale=a.cfg, temperature=a.temperature,

@@ -71,10 +71,14 @@ def main(argv=None):
     ap.add_argument("--cfg", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", default=None, help="weights dir (default: the shipped cascade_lab/weights)")
     ap.add_argument("--out", default="samples_ar.png")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    vq, target = load_vq(), load_target()
+    from .weights import WEIGHTS_DIR
+
+    wd = a.weights or WEIGHTS_DIR
+    vq, target = load_vq(wd), load_target(wd)
     cls = torch.arange(data.NUM_CLASSES).repeat_interleave(a.per_class)
     imgs = sample_images(target, vq, cls, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                          cfg_scale=a.cfg, seed=a.seed)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from .drafter import LOSSES, Drafter
 from .loaders import load_target, load_vq
 from .tokens import heldout_tokens, train_tokens
-from .weights import DEFAULT_RUN_DIR, Checkpointer, record_training, save_weights
+from .weights import WEIGHTS_DIR, DEFAULT_RUN_DIR, Checkpointer, record_training, save_weights
 
 
 def batch_io(target, ids, cls):
@@ -45,18 +45,20 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=30)
-    ap.add_argument("--n-train", type=int, default=24576)
+    ap.add_argument("--n-train", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--time-budget", type=float, default=0)
     ap.add_argument("--run-dir", default=None)
+    ap.add_argument("--weights", default=None, help="where the target/vq are loaded from (default: shipped)")
     ap.add_argument("--no-export", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     run_dir = a.run_dir or os.path.join(DEFAULT_RUN_DIR, f"drafter_{a.loss}")
     loss_fn = LOSSES[a.loss]
-    vq, target = load_vq(), load_target()
+    wd = a.weights or WEIGHTS_DIR
+    vq, target = load_vq(wd), load_target(wd)
     target.requires_grad_(False)
     ids, cls = train_tokens(vq, a.n_train, a.seed, os.path.join(DEFAULT_RUN_DIR, "tokens"))
     vids, vcls = heldout_tokens(vq)
