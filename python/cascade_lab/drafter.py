@@ -103,16 +103,13 @@ def eagle_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None, w
 
 
 def eq4_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None, c=2.0, tau_seq=0.5):
-    """CASCADE drafter loss (``--loss eq4``, CASCADE Eq. 4): delegates to
-    ``cascade_kernels.cascade_drafter_loss`` (owned by cascade_kernels).  The position weights use
-    the target hidden states at the *predicted* positions (``target_feat`` = f_{p+1}, aligned with
-    ``target_logits``); the EAGLE feature-regression pair is (pred_feat, target_feat)."""
-    try:
-        from cascade_kernels import cascade_drafter_loss
-    except ImportError as e:
-        raise NotImplementedError("--loss eq4 needs cascade_kernels.cascade_drafter_loss") from e
-    loss = cascade_drafter_loss(pred_logits, target_logits.detach(), target_feat.detach(), valid, c=c,
-                                tau_seq=tau_seq, feature_pred=pred_feat, feature_target=target_feat.detach())
+    """CASCADE's drafter loss (``--loss eq4``, SPEC §7): EAGLE's loss with the soft cross-entropy of a
+    position weighted by ``c`` where consecutive target hidden states converge
+    (cos(H_k, H_{k+1}) >= tau_seq); ``c = 1`` is exactly :func:`eagle_loss`."""
+    from cascade_kernels import cascade_drafter_loss
+
+    loss = cascade_drafter_loss(pred_logits, target_logits, target_feat, mask=valid, c=c, tau_seq=tau_seq,
+                                feature_pred=pred_feat, feature_target=target_feat, w_cls=0.1, w_reg=1.0)
     return loss, {"eq4": float(loss.detach())}
 
 
