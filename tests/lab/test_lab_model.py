@@ -5,7 +5,6 @@ import torch
 from cascade_lab.drafter import Drafter, eagle_loss
 from cascade_lab.model import Transformer, TargetConfig, chain_mask
 
-torch.set_num_threads(2)
 
 
 def tree_buffers_local(parents: torch.Tensor, prefix_len: torch.Tensor):

@@ -7,7 +7,6 @@ from cascade_lab.model import TargetConfig, Transformer
 from cascade_lab.quality import Classifier, class_fidelity, frechet_distance, our_fid, per_position_entropy
 from cascade_lab.sample import process_logits, sample_tokens
 
-torch.set_num_threads(2)
 
 
 def test_frechet_distance_known_values():
