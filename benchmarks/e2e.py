@@ -1,6 +1,7 @@
 """End-to-end comparison of every method on the shipped image model (issue 7, issue 8's table).
 
-    python benchmarks/e2e.py [--images-per-class 40] [--speed-images 8] [--out benchmarks/results]
+    python benchmarks/e2e.py [--images-per-class 24] [--speed-images 4] [--tree small] [--out benchmarks/results]
+    (or in two processes: --part methods / --part extras, then --merge)
 
 * Quality run: every method generates ``images_per_class`` images for every class, batched, same
   classes and seeds; reports α (image tokens per target forward), TVD per image, our FID (Fréchet
@@ -29,10 +30,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images-per-class", type=int, default=40)
-    ap.add_argument("--speed-images", type=int, default=6)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--tree", default="eagle", choices=["eagle", "deep", "small", "dynamic"])
+    ap.add_argument("--images-per-class", type=int, default=24)
+    ap.add_argument("--speed-images", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--tree", default="small", choices=["eagle", "deep", "small", "dynamic"],
+                    help="small (6 drafted nodes) by default: the CPU target is compute bound, so every drafted "
+                         "node costs a target token's FLOPs")
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
@@ -45,11 +48,21 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--num-tokens", type=int, default=256)
+    ap.add_argument("--part", choices=["all", "methods", "extras"], default="all",
+                    help="methods = main table + speed run, extras = sweep + drafters (run both in parallel, "
+                         "one thread each, then --merge)")
+    ap.add_argument("--merge", action="store_true", help="combine the two parts' JSON into the final table")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    tag = "cpu" if args.device == "cpu" else "gpu"
+    if args.merge:
+        parts = [json.load(open(os.path.join(args.out, f"e2e_{tag}_{p}.json"))) for p in ("methods", "extras")]
+        result = dict(parts[0], cascade_sweep=parts[1]["cascade_sweep"], drafters=parts[1]["drafters"],
+                      command=parts[0]["command"] + " ; " + parts[1]["command"] + " ; python benchmarks/e2e.py --merge")
+        return finish(result, args.out, tag)
     torch.set_num_threads(args.threads)
     import cascade_kernels as ck
     from cascade_lab import quality
@@ -112,35 +125,34 @@ def main(argv=None):
                 times[key].append(run.wall)
         return {key: statistics.median(v) for key, v in times.items()}
 
-    print(f"e2e: {len(class_ids)} images per method, classes {C}, tree {args.tree}, backends "
+    print(f"e2e: {len(class_ids)} images per method, classes {C}, tree {args.tree}, part {args.part}, backends "
           f"{ck.available_backends()}", file=sys.stderr)
-    rows = [quality_run("ar")]
-    configs = {("ar", "-"): ("ar", "transport", {})}
-    for name in args.methods:
-        residuals = ["transport"] if name == "exact" else ["transport", "standard"]
-        for residual in residuals:
-            rows.append(quality_run(name, residual))
-            configs[(name, residual)] = (name, residual, {})
-    print("speed run (batch 1) ...", file=sys.stderr)
-    medians = speed_run(configs)
-    ar_time = medians[("ar", "-")]
-    for row in rows:
-        key = (row["method"], "-" if row["method"] == "ar" else row["residual"])
-        row["median_s_per_image_b1"] = medians[key]
-        row["speedup_b1"] = ar_time / medians[key]
-
-    sweep = []
-    for pair in filter(None, args.sweep.split(",")):
-        tp, ts = (float(x) for x in pair.split(":"))
-        sweep.append(quality_run("cascade", tau_pos=tp, tau_seq=ts))
-
-    drafter_rows = []
-    if len(drafters) > 1:
-        for dname, d in drafters.items():
-            for name in ("exact", "cascade"):
-                row = quality_run(name, drafter_=d)
-                row["drafter"] = dname
-                drafter_rows.append(row)
+    rows, sweep, drafter_rows = [], [], []
+    if args.part in ("all", "methods"):
+        rows = [quality_run("ar")]
+        configs = {("ar", "-"): ("ar", "transport", {})}
+        for name in args.methods:
+            residuals = ["transport"] if name == "exact" else ["transport", "standard"]
+            for residual in residuals:
+                rows.append(quality_run(name, residual))
+                configs[(name, residual)] = (name, residual, {})
+        print("speed run (batch 1) ...", file=sys.stderr)
+        medians = speed_run(configs)
+        ar_time = medians[("ar", "-")]
+        for row in rows:
+            key = (row["method"], "-" if row["method"] == "ar" else row["residual"])
+            row["median_s_per_image_b1"] = medians[key]
+            row["speedup_b1"] = ar_time / medians[key]
+    if args.part in ("all", "extras"):
+        for pair in filter(None, args.sweep.split(",")):
+            tp, ts = (float(x) for x in pair.split(":"))
+            sweep.append(quality_run("cascade", tau_pos=tp, tau_seq=ts))
+        if len(drafters) > 1:
+            for dname, d in drafters.items():
+                for name in ("exact", "cascade"):
+                    row = quality_run(name, drafter_=d)
+                    row["drafter"] = dname
+                    drafter_rows.append(row)
 
     device_name = "cpu" if dev.type == "cpu" else torch.cuda.get_device_name(dev)
     result = {
@@ -154,12 +166,20 @@ def main(argv=None):
         "methods": rows, "cascade_sweep": sweep, "drafters": drafter_rows,
     }
     os.makedirs(args.out, exist_ok=True)
-    tag = "cpu" if dev.type == "cpu" else "gpu"
-    with open(os.path.join(args.out, f"e2e_{tag}.json"), "w") as f:
+    if args.part != "all":
+        with open(os.path.join(args.out, f"e2e_{tag}_{args.part}.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        return result
+    return finish(result, args.out, tag)
+
+
+def finish(result, out, tag):
+    """Write the final JSON, markdown table and speedup-vs-FID plot."""
+    with open(os.path.join(out, f"e2e_{tag}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, f"e2e_{tag}.md"), "w") as f:
+    with open(os.path.join(out, f"e2e_{tag}.md"), "w") as f:
         f.write(markdown(result))
-    plot(rows, sweep, os.path.join(args.out, f"e2e_speedup_fid_{tag}.png"))
+    plot(result["methods"], result["cascade_sweep"], os.path.join(out, f"e2e_speedup_fid_{tag}.png"))
     print(markdown(result))
     return result
 
