@@ -197,9 +197,11 @@ def test_exact_is_lossless(parents, sampled, proc, cfg, n):
     K = depth + 1
     first = emitted_sequences(world, tokens, out, 1, rng)
     stat, df, bound = chi2_against(np.bincount(first, minlength=V), world.q(0))
+    print(f"lossless n={n}: first token χ²={stat:.1f} df={df} bound={bound:.1f}")
     assert stat < bound, f"first token χ²={stat:.1f} df={df} bound={bound:.1f}"
     full = emitted_sequences(world, tokens, out, K, rng)
     stat, df, bound = chi2_against(np.bincount(full, minlength=V ** K), target_joint(world, K))
+    print(f"lossless n={n}: sequence χ²={stat:.1f} df={df} bound={bound:.1f}")
     assert stat < bound, f"sequence χ²={stat:.1f} df={df} bound={bound:.1f}"
     assert (out.status.numpy() == 0).all()
 
@@ -276,6 +278,7 @@ def test_relaxed_matches_enumerated_distribution(name, parents, sampled, residua
     last = out.accepted_nodes.numpy()[np.arange(n), out.accept_len.numpy()]
     counts = np.bincount(last * V + out.next_token.numpy(), minlength=N * V)
     stat, df, bound = chi2_against(counts, outcome_probs(dist, N, V))
+    print(f"relaxed n={n}: χ²={stat:.1f} df={df} bound={bound:.1f} E[tvd]={e_tvd:.4f} mean tvd={out.tvd.mean():.4f}")
     assert stat < bound, f"χ²={stat:.1f} df={df} bound={bound:.1f}"
     tvd = out.tvd.numpy().astype(np.float64)
     assert tvd.max() <= budget + 1e-6
