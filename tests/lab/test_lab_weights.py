@@ -69,3 +69,22 @@ def test_target_shipped_is_class_conditional():
     loss_u = F.cross_entropy(lu.reshape(-1, lu.shape[-1]), ids.reshape(-1))
     assert loss_c < loss_u  # the class helps
     assert loss_c < 0.9 * torch.log(torch.tensor(float(m.cfg.vocab_size)))  # learned something
+
+
+def test_load_pretrained_drafter_shapes():
+    from cascade_lab import load_pretrained
+    from cascade_kernels import tree_buffers
+
+    p = load_pretrained()
+    cls = torch.tensor([0, 5])
+    cache, logits, hidden = p.target.prefill(cls)
+    assert logits.shape == (2, p.target.cfg.vocab_size) and hidden.shape == (2, p.target.cfg.dim)
+    tok = logits.argmax(-1)
+    dcache = p.drafter.new_cache(2)
+    parents = torch.tensor([[-1, 0, 0], [-1, 0, 1]])
+    bufs = tree_buffers(parents, dcache.lengths)
+    dl, df = p.drafter.forward_tree(dcache, tok[:, None].expand(2, 3), hidden[:, None].expand(2, 3, -1),
+                                    bufs.mask, bufs.position_ids)
+    assert dl.shape == (2, 3, p.target.cfg.vocab_size) and df.shape == (2, 3, p.target.cfg.dim)
+    torch.testing.assert_close(p.drafter.head.weight, p.target.head.weight)
+    assert p.classifier(torch.zeros(1, 3, 64, 64)).shape == (1, 8)
