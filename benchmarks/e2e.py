@@ -36,7 +36,7 @@ def parse_args(argv=None):
     ap.add_argument("--tree", default="small", choices=["eagle", "deep", "small", "dynamic"],
                     help="small (6 drafted nodes) by default: the CPU target is compute bound, so every drafted "
                          "node costs a target token's FLOPs")
-    ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--cfg", type=float, default=2.0)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--methods", nargs="+", default=["exact", "lantern", "lantern++", "gsd", "cool", "cascade",

@@ -31,7 +31,7 @@ def parse_args(argv=None):
     ap.add_argument("--tree", default="eagle", choices=["eagle", "deep", "small", "dynamic"])
     ap.add_argument("--sampled-drafting", action="store_true", help="draw the tree's children from the drafter")
     ap.add_argument("--residual", default="transport", choices=["transport", "standard"])
-    ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (0 disables)")
+    ap.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (0 disables)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--tau-pos", type=float, default=0.85)
