@@ -28,7 +28,8 @@ def parse_args(argv=None):
     ap.add_argument("--per-class", type=int, default=1, help="images per class")
     ap.add_argument("--methods", nargs="+", default=["ar", "exact", "lantern", "lantern++", "gsd", "cool", "cascade"],
                     choices=METHODS)
-    ap.add_argument("--tree", default="eagle", choices=["eagle", "deep", "small", "dynamic"])
+    ap.add_argument("--tree", default="small", choices=["eagle", "deep", "small", "dynamic"],
+                    help="small (6 drafted nodes) suits a compute-bound CPU target; eagle = EAGLE-1 26 nodes")
     ap.add_argument("--sampled-drafting", action="store_true", help="draw the tree's children from the drafter")
     ap.add_argument("--residual", default="transport", choices=["transport", "standard"])
     ap.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (0 disables)")
