@@ -3,7 +3,6 @@ python -m cascade_lab.train_drafter [--loss eagle|eq4] [--steps N] [--time-budge
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
@@ -13,7 +12,7 @@ from tqdm import tqdm
 from .drafter import LOSSES, Drafter
 from .loaders import load_target, load_vq
 from .tokens import heldout_tokens, train_tokens
-from .weights import WEIGHTS_DIR, DEFAULT_RUN_DIR, Checkpointer, record_training, save_weights
+from .weights import WEIGHTS_DIR, DEFAULT_RUN_DIR, Checkpointer, record_training, save_weights, set_cosine_lr
 
 
 def batch_io(target, ids, cls):
@@ -78,12 +77,7 @@ def main(argv=None):
     done, parts = step, {}
     for step in bar:
         drafter.train()
-        prog = step / a.steps
-        if a.time_budget:
-            prog = max(prog, (time.time() - t0) / a.time_budget)
-        lr = a.lr * min(1.0, (step + 1) / a.warmup) * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_cosine_lr(opt, a.lr, step, a.steps, a.warmup, t0, a.time_budget)
         idx = torch.randint(0, len(ids), (a.batch,), generator=gen)
         tok, f, ft, lt = batch_io(target, ids[idx], target.drop_classes(cls[idx], gen))
         ld, fd = drafter(tok, f)

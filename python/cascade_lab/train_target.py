@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .loaders import load_vq
 from .model import TargetConfig, Transformer
 from .tokens import heldout_tokens, train_tokens
-from .weights import DEFAULT_RUN_DIR, Checkpointer, record_training, save_weights
+from .weights import DEFAULT_RUN_DIR, Checkpointer, record_training, save_weights, set_cosine_lr
 
 
 @torch.no_grad()
@@ -78,14 +78,7 @@ def main(argv=None):
     done = step
     for step in bar:
         model.train()
-        # schedule progress = max(step fraction, wall-time fraction) so a --time-budget run still
-        # completes its cosine decay on a shared/slow CPU
-        prog = step / a.steps
-        if a.time_budget:
-            prog = max(prog, (time.time() - t0) / a.time_budget)
-        lr = a.lr * min(1.0, (step + 1) / a.warmup) * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        lr = set_cosine_lr(opt, a.lr, step, a.steps, a.warmup, t0, a.time_budget)
         idx = torch.randint(0, len(ids), (a.batch,), generator=gen)
         x, c = ids[idx], model.drop_classes(cls[idx], gen)
         lg, _ = model(c, x[:, :-1])
