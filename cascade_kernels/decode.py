@@ -30,7 +30,8 @@ from . import philox
 from .api import process_logits, tree_buffers, verify
 from .methods import Exact
 from .reference.logits import guide
-from .trees import MC_SIM_7B_63, tree_from_choices
+from .reference.trees import ancestor_mask
+from .trees import MC_SIM_7B_63, depths, tree_from_choices
 
 DRAFT = 2  # Philox stream of the drafting draws
 _MASK64 = (1 << 64) - 1
@@ -154,7 +155,7 @@ class _TreeDrafter:
         if forest is None:
             sub = parents[:, 1:upto].to(torch.int64)
             sub = torch.where(sub >= 1, sub - 1, torch.full_like(sub, -1))  # root's children become roots
-            forest = (_forest_mask(sub), _depths(parents[:, :upto])[:, 1:])
+            forest = (ancestor_mask(sub), depths(parents[:, :upto])[:, 1:])
         mask, depth = forest
         par = parents[:, 1:upto].long().clamp(min=0)
         in_feats = torch.gather(feats, 1, _rows(par, self.cfg).unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
@@ -166,7 +167,7 @@ class _TreeDrafter:
         if upto not in self.forest:
             sub = self.parents[1:upto].to(torch.int64).unsqueeze(0)
             sub = torch.where(sub >= 1, sub - 1, torch.full_like(sub, -1))
-            self.forest[upto] = (_forest_mask(sub)[0], self.depth[1:upto])
+            self.forest[upto] = (ancestor_mask(sub)[0], self.depth[1:upto])
         mask, depth = self.forest[upto]
         return mask.expand(B, -1, -1), depth.expand(B, -1)
 
@@ -247,22 +248,11 @@ def _max_depth(tree) -> int:
     return max(len(c) for c in (MC_SIM_7B_63 if tree in (None, "eagle") else tree))
 
 
-def _depths(parents: torch.Tensor) -> torch.Tensor:
-    from .trees import depths
-    return depths(parents)
-
-
-def _forest_mask(parents: torch.Tensor) -> torch.Tensor:
-    """Ancestor mask of a forest (several roots marked -1, no padding)."""
-    from .reference.trees import ancestor_mask
-    return ancestor_mask(parents)
-
-
 def _select_best(tokens, parents, score, total):
     """Keep the root and the ``total`` best-scoring drafted nodes per sequence as a compact tree
     (topological, children in decreasing score); pad sequences with -1 nodes."""
     B, S = tokens.shape
-    level = _depths(parents)
+    level = depths(parents)
     order_key = score - 1e-6 * level  # a parent outranks its children, ties included
     order_key[:, 0] = math.inf
     keep = torch.topk(order_key, min(total + 1, S), dim=-1).indices  # root first
