@@ -20,6 +20,7 @@ Seeds (SPEC §6 asks the loop to document them): sequence ``b`` has the base see
 sampled drafting draws node ``i``'s token with ``philox.uniform(step_seed, DRAFT, i)``.
 """
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Union
@@ -27,13 +28,15 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import philox
-from .api import process_logits, tree_buffers, verify
 from .methods import Exact
-from .reference.logits import guide
-from .reference.trees import ancestor_mask
-from .trees import MC_SIM_7B_63, depths, tree_from_choices
+from .ops.process_logits import process_logits
+from .ops.process_logits.reference import guide
+from .ops.tree_buffers import tree_buffers
+from .ops.tree_buffers.reference import ancestor_mask
+from .ops.verify import verify
+from .trees import MC_SIM_7B_63, depths, named_tree, prepare_tree, tree_from_choices
 
-DRAFT = 2  # Philox stream of the drafting draws
+DRAFT = philox.DRAFT  # Philox stream of the drafting draws
 _MASK64 = (1 << 64) - 1
 
 
@@ -81,11 +84,20 @@ class GenerateOutput:
 
 
 def _base_seeds(seed, B) -> List[int]:
-    if isinstance(seed, int):
-        return [seed + b for b in range(B)]
-    seeds = [int(s) for s in (seed.tolist() if isinstance(seed, torch.Tensor) else seed)]
+    """Per-sequence base seeds: ``seed + b`` for an int, else the B given ints (each in [-2**63, 2**63))."""
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        seeds = [int(seed) + b for b in range(B)]
+    elif isinstance(seed, torch.Tensor) and not seed.dtype.is_floating_point and seed.dtype != torch.bool:
+        seeds = [int(s) for s in seed.reshape(-1).tolist()]
+    elif isinstance(seed, (list, tuple)) and all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
+                                                 for s in seed):
+        seeds = [int(s) for s in seed]
+    else:
+        raise TypeError(f"seed must be an int, a list of B ints or an integer tensor [B], got {seed!r}")
     if len(seeds) != B:
         raise ValueError(f"seed must be an int or hold B={B} values, got {len(seeds)}")
+    if any(not -(2**63) <= s < 2**63 for s in seeds):
+        raise ValueError("seed: every seed must fit in int64 ([-2**63, 2**63)), as ck.verify requires")
     return seeds
 
 
@@ -130,12 +142,13 @@ class _TreeDrafter:
         self.drafter, self.sampling, self.sampled, self.cfg = drafter, sampling, sampled, cfg
         self.dynamic = tree if isinstance(tree, DynamicTree) else None
         if self.dynamic is None:
-            choices = MC_SIM_7B_63 if tree in (None, "eagle") else tree
+            choices = _choices(tree)
             self.parents = tree_from_choices(choices)
             ordered = sorted((tuple(c) for c in choices), key=lambda c: (len(c), c))
             self.rank = torch.tensor([0] + [c[-1] for c in ordered])
-            # a static tree's structure is the same every step: derive it once
-            self.bufs = tree_buffers(self.parents.unsqueeze(0), 0)
+            # a static tree's structure is the same every step: prepare it once (per device)
+            self.tree = prepare_tree(self.parents)
+            self.bufs = tree_buffers(self.tree)
             self.depth = self.bufs.position_ids[0]
             self.levels = [torch.nonzero(self.depth == d).flatten() for d in range(1, int(self.depth.max()) + 1)]
             self.forest = {}  # upto -> (mask, depth) of drafted nodes 1..upto-1
@@ -177,7 +190,12 @@ class _TreeDrafter:
         V = root_logits.shape[-1]
         N = len(self.parents)
         dev = root_tok.device
-        parents = self.parents.to(dev).expand(B, N)
+        if int(self.rank.max()) >= V:
+            raise ValueError(f"tree: a child rank of {int(self.rank.max())} needs a vocabulary of more than "
+                             f"{int(self.rank.max())} tokens, got V = {V}")
+        if self.tree.device != dev:
+            self.tree = prepare_tree(self.parents, device=dev)
+        parents = self.tree.expand(B)
         tokens = torch.zeros(B, N, dtype=torch.int64, device=dev)
         tokens[:, 0] = root_tok
         feats = root_feat.new_zeros(R, N, D)
@@ -201,13 +219,13 @@ class _TreeDrafter:
                                              self._static_forest(upto, B))
             feats[:, level] = out_feats[:, level - 1]
             guided[:, level] = self.sampling.guided(logits[:, level - 1])
-        return tokens, parents, guided
+        return tokens, self.tree, guided
 
     def tree_buffers(self, parents, pos0):
         """Tree mask and position ids of this step's trees."""
         if self.dynamic is None:
-            B = parents.shape[0]
-            return self.bufs.mask.to(parents.device).expand(B, -1, -1), pos0.unsqueeze(1) + self.depth.to(pos0.device)
+            B = pos0.shape[0]
+            return self.bufs.mask[0].to(pos0.device).expand(B, -1, -1), pos0.unsqueeze(1) + self.depth.to(pos0.device)
         bufs = tree_buffers(parents, pos0)
         return bufs.mask, bufs.position_ids
 
@@ -242,10 +260,21 @@ class _TreeDrafter:
         return _select_best(tokens, parents, score, total)
 
 
+def _choices(tree):
+    """A static tree argument (None, a name, a choice list) as its choice list."""
+    if tree is None:
+        return MC_SIM_7B_63
+    if isinstance(tree, str):
+        return named_tree(tree)
+    if not isinstance(tree, (list, tuple)) or not tree:
+        raise ValueError(f"tree must be a tree name, a non-empty choice list or a ck.DynamicTree, got {tree!r}")
+    return tree
+
+
 def _max_depth(tree) -> int:
     if isinstance(tree, DynamicTree):
         return tree.depth
-    return max(len(c) for c in (MC_SIM_7B_63 if tree in (None, "eagle") else tree))
+    return max(len(c) for c in _choices(tree))
 
 
 def _select_best(tokens, parents, score, total):
@@ -278,10 +307,16 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
              progress: bool = False) -> GenerateOutput:
     """Generate ``num_tokens`` image tokens per class id: speculative when a ``drafter`` is given,
     plain AR decoding otherwise (the baseline). Returns the tokens and per-sequence statistics."""
-    if not isinstance(class_ids, torch.Tensor) or class_ids.dim() != 1:
-        raise ValueError("class_ids must be a 1-D integer tensor [B]")
+    if not isinstance(class_ids, torch.Tensor) or class_ids.dim() != 1 or class_ids.dtype.is_floating_point \
+            or class_ids.dtype == torch.bool or class_ids.numel() == 0:
+        raise ValueError("class_ids must be a non-empty 1-D integer tensor [B]")
+    num_classes = getattr(target, "null_class", None)  # ids 0 .. num_classes-1; num_classes = the null class
+    if num_classes is not None and bool(((class_ids < 0) | (class_ids >= num_classes)).any()):
+        raise ValueError(f"class_ids must lie in [0, num_classes={num_classes}), got {class_ids.tolist()}")
     if not (isinstance(num_tokens, int) and num_tokens >= 1):
         raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+    if drafter is not None and not isinstance(tree, DynamicTree):
+        _choices(tree)  # an unknown tree name or an empty list fails before any work
     B, dev = class_ids.shape[0], class_ids.device
     cfg = cfg_scale is not None
     rows = torch.cat([class_ids, torch.full_like(class_ids, target.null_class)]) if cfg else class_ids
@@ -299,7 +334,7 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
     tcache, logits0, hidden0 = target.prefill(rows, max_len)
     for s in stats:
         s.target_forwards += 1
-    single = torch.full((B, 1), -1, dtype=torch.int32, device=dev)
+    single = prepare_tree(torch.tensor([-1], dtype=torch.int32), device=dev)  # the root alone
     first = verify(torch.zeros(B, 1, dtype=torch.int64, device=dev), single, logits0.unsqueeze(1),
                    seed=_seeds_at(bases, 0, dev), **vkw)
     root = first.next_token

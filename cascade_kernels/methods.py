@@ -1,11 +1,55 @@
-"""Verification methods (SPEC §4) as frozen dataclasses carrying their parameters."""
+"""Verification methods (docs/CONTRACT.md §4) as frozen dataclasses carrying their parameters.
+
+``pack(method)`` turns any method into the one form every backend reads: a method code, integer and
+float parameter slots (their names and order are in :mod:`cascade_kernels.codes`) and the LANTERN
+neighbour table. Defaults live only in the dataclasses below.
+"""
+import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from . import codes
 from .types import Method
+
+
+class PackedMethod(NamedTuple):
+    """A method as the backends read it (``codes.INT_PARAMS`` / ``codes.FLOAT_PARAMS`` slots)."""
+
+    code: int
+    iparams: Tuple[int, ...]
+    fparams: Tuple[float, ...]
+    neighbors: Optional[torch.Tensor]  # LANTERN's [V, n_neighbors] int64 table, else None
+    iparams_cpu: torch.Tensor  # the same slots as CPU tensors (int64, float64), made once
+    fparams_cpu: torch.Tensor
+
+    def i(self, slot: str) -> int:
+        return self.iparams[codes.INT_PARAMS.index(slot)]
+
+    def f(self, slot: str) -> float:
+        return self.fparams[codes.FLOAT_PARAMS.index(slot)]
+
+
+def pack(method: Method) -> PackedMethod:
+    """The packed form of ``method`` (made once per method object)."""
+    return method.packed
+
+
+def _pack(method: Method, neighbors=None, **slots) -> PackedMethod:
+    unknown = set(slots) - set(codes.INT_PARAMS) - set(codes.FLOAT_PARAMS)
+    assert not unknown, unknown
+    ip = tuple(int(slots.get(k, 0)) for k in codes.INT_PARAMS)
+    fp = tuple(float(slots.get(k, 0.0)) for k in codes.FLOAT_PARAMS)
+    return PackedMethod(codes.METHODS[method.name], ip, fp, neighbors,
+                        torch.tensor(ip, dtype=torch.int64), torch.tensor(fp, dtype=torch.float64))
+
+
+def cool_scale(fparams, depth: int) -> float:
+    """COOL's w_d = max(w_min, delta e^{-nu (d - 1)}) from packed float parameters."""
+    f = dict(zip(codes.FLOAT_PARAMS, fparams))
+    return max(f["cool_wmin"], f["cool_delta"] * math.exp(-f["cool_nu"] * (depth - 1)))
 
 
 @dataclass(frozen=True)
@@ -13,6 +57,10 @@ class Exact(Method):
     """EAGLE/SpecInfer tree verification: lossless."""
 
     name = "exact"
+
+    @functools.cached_property
+    def packed(self) -> PackedMethod:
+        return _pack(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,12 +99,20 @@ class Lantern(Method):
             raise ValueError(f"Lantern.delta must be >= 0, got {self.delta!r}")
         if self.lam is not None and not (self.lam >= 1):
             raise ValueError(f"Lantern.lam must be >= 1 (LANTERN++), got {self.lam!r}")
-        object.__setattr__(self, "neighbors", nb.to(torch.int64).contiguous())
+        # a private copy: later edits of the caller's tensor cannot make the backends disagree
+        object.__setattr__(self, "neighbors", nb.to(torch.int64, copy=True).contiguous())
 
     @property
     def n_neighbors(self) -> int:
         default = 10 if self.lam is not None else 1000
         return min(self.neighbors.shape[1], self.k if self.k is not None else default)
+
+    @functools.cached_property
+    def packed(self) -> PackedMethod:
+        n = self.n_neighbors
+        pp = self.lam is not None
+        return _pack(self, self.neighbors[:, :n].contiguous(), n_neighbors=n, lantern_pp=pp,
+                     lantern_delta=self.delta, lantern_lam_m1=(self.lam - 1.0) if pp else 0.0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +128,10 @@ class GSD(Method):
             raise ValueError(f"GSD.G must be a non-negative int, got {self.G!r}")
         if not (self.dp >= 0):
             raise ValueError(f"GSD.dp must be >= 0, got {self.dp!r}")
+
+    @functools.cached_property
+    def packed(self) -> PackedMethod:
+        return _pack(self, gsd_G=min(self.G, 2**31 - 1), gsd_dp=self.dp)
 
 
 @dataclass(frozen=True)
@@ -97,6 +157,11 @@ class Cascade(Method):
     def default_eps(self) -> float:
         return self.eps
 
+    @functools.cached_property
+    def packed(self) -> PackedMethod:
+        return _pack(self, tau_pos=self.tau_pos, tau_seq=self.tau_seq, use_interchange=self.use_interchange,
+                     use_convergence=self.use_convergence)
+
 
 @dataclass(frozen=True)
 class Cool(Method):
@@ -113,8 +178,9 @@ class Cool(Method):
         if not (self.delta >= 0 and self.nu >= 0):
             raise ValueError(f"Cool.delta and Cool.nu must be >= 0, got {self.delta!r}, {self.nu!r}")
 
-    def scale(self, depth: int) -> float:
-        return max(self.w_min, self.delta * math.exp(-self.nu * (depth - 1)))
+    @functools.cached_property
+    def packed(self) -> PackedMethod:
+        return _pack(self, cool_delta=self.delta, cool_nu=self.nu, cool_wmin=self.w_min)
 
 
 METHODS = {m.name: m for m in (Exact, Lantern, GSD, Cascade, Cool)}

@@ -6,8 +6,11 @@ Arithmetic is done in int64 tensors masked to 32 bits, so it is vectorised and e
 """
 import torch
 
-ACCEPT = 0  # one uniform per tree node: the U of SPEC §3
-SAMPLE = 1  # one uniform per sequence and step: the inverse-CDF u of SPEC §6
+from .codes import STREAMS
+
+ACCEPT = STREAMS["ACCEPT"]  # one uniform per tree node: the acceptance U
+SAMPLE = STREAMS["SAMPLE"]  # one uniform per sequence and step: the inverse-CDF u of the final token
+DRAFT = STREAMS["DRAFT"]  # the decode loop's sampled drafting
 
 _MASK32 = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53

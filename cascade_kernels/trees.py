@@ -1,6 +1,18 @@
-"""Draft trees (SPEC §1): EAGLE-style choice lists, parents arrays, LANTERN neighbour tables."""
-from typing import List, Sequence
+"""Draft trees (docs/CONTRACT.md §1): named trees, choice lists, the prepared ``Tree``, LANTERN neighbours.
 
+``prepare_tree(parents)`` validates a tree's structure once and precomputes what the backends and
+``tree_buffers`` read (depths, children as CSR and as first-child / next-sibling links, the ancestor
+mask and the root-to-leaf paths), on the target device. ``ck.verify``, ``ck.tree_buffers`` and
+``ck.similarity_sets`` take a ``Tree`` wherever they take ``parents``; raw ``parents`` are prepared
+through a small cache keyed by the tensor object and its version counter, so an in-place edit of a
+reused buffer (as dynamic-tree code does) is seen, and a static tree passed again costs a lookup.
+"""
+import collections
+import functools
+import weakref
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
 import torch
 
 # EAGLE-1's default static tree (`mc_sim_7b_63`): 25 draft nodes + the root = 26 nodes.
@@ -25,13 +37,31 @@ DEEP_CHOICES = (
 )
 
 
+# A small static tree for compute-bound CPU decoding: a depth-4 trunk with one alternative per level 1-2.
+SMALL_CHOICES = [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0]]
+
+NAMED_TREES = {"eagle": MC_SIM_7B_63, "deep": DEEP_CHOICES, "small": SMALL_CHOICES}
+
+
+def named_tree(name: str):
+    """The choice list of a named static tree (``ck.NAMED_TREES``); unknown names are rejected by name."""
+    if not isinstance(name, str) or name not in NAMED_TREES:
+        raise ValueError(f"tree must be one of {sorted(NAMED_TREES)} (or a choice list / parents tensor), "
+                         f"got {name!r}")
+    return NAMED_TREES[name]
+
+
 def tree_from_choices(choices: Sequence[Sequence[int]]) -> torch.Tensor:
     """EAGLE-style choice list -> ``parents [N] int32`` (node 0 = root, SPEC §1).
 
     Choices are ordered as EAGLE orders them (by length, then lexicographically), so the children
     of a node come in increasing rank. Every proper prefix of a choice must itself be a choice.
     """
+    if isinstance(choices, str):
+        choices = named_tree(choices)
     paths = [tuple(int(r) for r in c) for c in choices]
+    if not paths:
+        raise ValueError("choices: the tree must have at least one drafted node (an empty choice list)")
     if any(len(p) == 0 or min(p) < 0 for p in paths):
         raise ValueError("choices: every entry must be a non-empty path of non-negative child ranks")
     if len(set(paths)) != len(paths):
@@ -45,6 +75,164 @@ def tree_from_choices(choices: Sequence[Sequence[int]]) -> torch.Tensor:
         index[p] = n
         parents.append(index[p[:-1]])
     return torch.tensor(parents, dtype=torch.int32)
+
+
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+class Tree:
+    """A validated tree (or batch of trees) with everything the backends read, on one device.
+
+    ``parents [T, N]`` int32 with ``T`` = 1 (one tree shared by any batch) or the batch size.
+    ``depth [T, N]`` int64 (padding nodes 0), ``first_child`` / ``next_sibling`` ``[T, N]`` int32 (-1 = none),
+    ``child_start [T, N+1]`` / ``child_list [T, N]`` int32 (CSR: children of u are
+    ``child_list[child_start[u]:child_start[u+1]]``, in increasing node index = sibling order),
+    ``max_depth`` (int). ``mask``, ``packed_mask`` and ``retrieve`` (see ``ck.TreeBuffers``) are made on
+    first use (by the reference ``tree_buffers`` op). Build it with :func:`prepare_tree`.
+    """
+
+    def __init__(self, parents_np: np.ndarray, device: torch.device):
+        T, N = parents_np.shape
+        self.batch, self.num_nodes, self.device = T, N, device
+        depth = depths(torch.as_tensor(parents_np)).numpy()
+        first = np.full((T, N), -1, dtype=np.int32)
+        nxt = np.full((T, N), -1, dtype=np.int32)
+        last = np.full((T, N), -1, dtype=np.int64)
+        count = np.zeros((T, N), dtype=np.int32)
+        rows = np.arange(T)
+        for i in range(1, N):
+            par = parents_np[:, i]
+            real = par >= 0
+            r, pr = rows[real], par[real]
+            no_first = first[r, pr] < 0
+            first[r[no_first], pr[no_first]] = i
+            has_prev = last[r, pr] >= 0
+            nxt[r[has_prev], last[r[has_prev], pr[has_prev]]] = i
+            last[r, pr] = i
+            count[r, pr] += 1
+        start = np.zeros((T, N + 1), dtype=np.int32)
+        start[:, 1:] = np.cumsum(count, axis=1)
+        # children grouped by parent, in increasing node index (non-children sort to the end)
+        order = np.argsort(np.where(parents_np >= 0, parents_np, N).astype(np.int64) * N + np.arange(N), axis=1,
+                           kind="stable")
+        self.max_depth = int(depth.max())
+        self._np_parents = parents_np
+        to = functools.partial(torch.as_tensor, device=device)
+        self.parents = to(parents_np.astype(np.int32))
+        self.depth = to(depth)
+        self.first_child = to(first)
+        self.next_sibling = to(nxt)
+        self.child_start = to(start)
+        self.child_list = to(order.astype(np.int32))
+        self._csr = (start, order)
+
+    @functools.cached_property
+    def children(self) -> List[List[List[int]]]:
+        """Python lists: ``children[t][u]`` = children of node u of tree t, in sibling order."""
+        start, order = self._csr
+        return [[order[t, start[t, u]:start[t, u + 1]].tolist() for u in range(self.num_nodes)]
+                for t in range(self.batch)]
+
+    def expand(self, B: int) -> torch.Tensor:
+        """``parents`` as ``[B, N]`` (a view when one tree serves the batch)."""
+        return self.parents.expand(B, self.num_nodes)
+
+    @functools.cached_property
+    def _buffers(self):
+        from .ops.tree_buffers.reference import tree_buffers
+
+        bufs = tree_buffers(torch.as_tensor(self._np_parents), torch.zeros(self.batch, dtype=torch.int64))
+        return type(bufs)(*(t.to(self.device) for t in bufs))
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """[T, N, N] bool: j is an ancestor of i or j == i (a padding node sees only itself)."""
+        return self._buffers.mask
+
+    @property
+    def packed_mask(self) -> torch.Tensor:
+        """[T, N, ceil(N/32)] int32: the mask's bits."""
+        return self._buffers.packed_mask
+
+    @property
+    def retrieve(self) -> torch.Tensor:
+        """[T, n_leaves, max_depth + 1] int64 root-to-leaf node paths, -1 padded."""
+        return self._buffers.retrieve
+
+    def __repr__(self):
+        return f"Tree(batch={self.batch}, num_nodes={self.num_nodes}, max_depth={self.max_depth}, device={self.device})"
+
+
+def _validated(parents, name: str) -> np.ndarray:
+    """The tree rules of docs/CONTRACT.md §1 on ``[T, N]`` integer parents; returns int64 numpy."""
+    if not isinstance(parents, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or a ck.Tree, got {type(parents).__name__}")
+    if parents.dim() == 1:
+        parents = parents.unsqueeze(0)
+    if parents.dim() != 2:
+        raise ValueError(f"{name} must have shape [N] or [B, N], got {tuple(parents.shape)}")
+    if parents.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name} must have an integer dtype, got {parents.dtype}")
+    if parents.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device; a tree's structure needs its values")
+    T, N = parents.shape
+    if T == 0:
+        raise ValueError(f"{name} must hold at least one tree (B >= 1), got shape {tuple(parents.shape)}")
+    if N == 0:
+        raise ValueError(f"{name} must hold at least the root (N >= 1), got N = 0")
+    if N >= 2**31 - 1:
+        raise ValueError(f"{name}: N = {N} overflows int32 node indices")
+    p = parents.detach().to("cpu", torch.int64).numpy()
+    if (p[:, 0] != -1).any():
+        raise ValueError(f"{name}[:, 0] must be -1 (the root has no parent)")
+    bad = (p < -1) | (p >= np.arange(N))
+    if bad.any():
+        b, i = np.argwhere(bad)[0]
+        raise ValueError(f"{name}[{b}, {i}] = {p[b, i]} is not topological: a parent must be -1 or an earlier "
+                         f"node (a cycle or forward edge)")
+    real = p >= 0
+    real[:, 0] = True
+    par_real = np.take_along_axis(real, np.maximum(p, 0), axis=1)
+    bad = (p >= 0) & ~par_real
+    if bad.any():
+        b, i = np.argwhere(bad)[0]
+        raise ValueError(f"{name}[{b}, {i}]: node's parent {p[b, i]} is a padding node")
+    return p
+
+
+_CACHE_SIZE = 64
+_cache: "collections.OrderedDict[int, tuple]" = collections.OrderedDict()
+
+
+def prepare_tree(parents, *, device=None, name: str = "parents") -> Tree:
+    """Validate ``parents`` ([N] or [B, N] ints, a choice list, a tree name, or a ``Tree``) once.
+
+    Returns a :class:`Tree` on ``device`` (default: the tensor's device, CPU for names and lists).
+    Raw tensors are cached by object identity and version counter: passing the same unmodified
+    tensor again returns the same ``Tree`` without reading its values.
+    """
+    if isinstance(parents, Tree):
+        if device is not None and torch.device(device) != parents.device:
+            return prepare_tree(parents.parents, device=device, name=name)
+        return parents
+    if isinstance(parents, (str, list, tuple)):
+        parents = tree_from_choices(parents)
+    if not isinstance(parents, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, a ck.Tree, a choice list or a tree name, "
+                        f"got {type(parents).__name__}")
+    device = parents.device if device is None else torch.device(device)
+    key = id(parents)
+    hit = _cache.get(key)
+    if hit is not None:
+        ref, version, dev, tree = hit
+        if ref() is parents and version == parents._version and dev == device:
+            _cache.move_to_end(key)
+            return tree
+    tree = Tree(_validated(parents, name), device)
+    _cache[key] = (weakref.ref(parents), parents._version, device, tree)
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+    return tree
 
 
 def depths(parents: torch.Tensor) -> torch.Tensor:

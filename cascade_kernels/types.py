@@ -1,12 +1,15 @@
-"""Result containers and status codes shared by every backend."""
-from typing import NamedTuple, Optional
+"""Argument and result containers and status codes shared by every backend."""
+from typing import Any, NamedTuple, Optional
 
 import torch
 
-STATUS_OK = 0
-STATUS_NONFINITE_TARGET = 1  # a visited target row was not a distribution; the walk stopped there
-STATUS_EMPTY_RESIDUAL = 2  # a residual lost all its mass; next_token = argmax of the original q_u
-STATUS_NONFINITE_DRAFT = 4  # a visited drafter row was not finite; its children were not tried
+from .codes import STATUS
+
+STATUS_OK = STATUS["OK"]
+STATUS_NONFINITE_TARGET = STATUS["NONFINITE_TARGET"]
+STATUS_EMPTY_RESIDUAL = STATUS["EMPTY_RESIDUAL"]
+STATUS_NONFINITE_DRAFT = STATUS["NONFINITE_DRAFT"]
+STATUS_BAD_TOKEN = STATUS["BAD_TOKEN"]
 
 
 class VerifyOutput(NamedTuple):
@@ -18,6 +21,24 @@ class VerifyOutput(NamedTuple):
     tvd: torch.Tensor  # [B] float32
     status: torch.Tensor  # [B] int32, bit-or of the STATUS_* flags
     backend: str = "reference"
+
+
+class VerifyArgs(NamedTuple):
+    """``ck.verify``'s arguments after the boundary checks: what every backend's ``verify(args, out)`` reads."""
+
+    tokens: torch.Tensor  # [B, N] int64, contiguous
+    tree: Any  # trees.Tree with batch 1 (shared) or B
+    target_logits: torch.Tensor  # [B or 2B, N, V] contiguous
+    draft_logits: Optional[torch.Tensor]  # [B, N, V] in sampled drafting (None when greedy)
+    hidden: Optional[torch.Tensor]  # [B, N, D], CASCADE only
+    method: Any  # methods.PackedMethod
+    transport: bool  # residual == "transport"
+    eps: float  # TVD budget (inf = unbounded)
+    temperature: float  # 0 = greedy
+    top_k: int
+    top_p: float
+    cfg_scale: Optional[float]
+    seed: torch.Tensor  # [B] int64 on the logits' device
 
 
 class TreeBuffers(NamedTuple):

@@ -1,15 +1,22 @@
-"""Every check at the Python boundary, in one place (SPEC §1, issue 3).
+"""Every check at the Python boundary, in one place (docs/CONTRACT.md).
 
 Each failure is a ``ValueError`` (or ``TypeError`` for a wrong type) whose message starts with the
-argument's name. Backends receive only validated, normalized tensors; no kernel re-checks.
+argument's name. These checks read only shapes, dtypes, devices and Python scalars, never tensor
+values, so they never synchronise a GPU; value errors (token ids out of range, non-finite logits) are
+reported by the kernels in ``status`` (``check="full"`` adds an eager value check, for debugging).
+The tree's structure is checked once, by ``ck.prepare_tree``.
 """
 import math
 import numbers
 from typing import Optional
 
+import numpy as np
 import torch
 
-from .types import Method
+from . import codes
+from .methods import pack
+from .trees import Tree, prepare_tree
+from .types import Method, VerifyArgs
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 RESIDUALS = ("transport", "standard")
@@ -27,6 +34,8 @@ def check_tensor(x, name: str, *, ndim: int, dtypes, device: Optional[torch.devi
         raise TypeError(f"{name} must have dtype in ({names}), got {x.dtype}")
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device} but the other inputs are on {device}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device: cascade_kernels needs real tensors")
     return x
 
 
@@ -35,44 +44,10 @@ def check_shape(x: torch.Tensor, name: str, shape) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
 
 
-def check_parents(parents, name: str = "parents", max_depth: Optional[int] = None,
-                  device: Optional[torch.device] = None) -> torch.Tensor:
-    """``[B, N]`` or ``[N]`` integer parents -> validated int32 ``[B, N]`` (SPEC §1 tree rules)."""
-    if isinstance(parents, torch.Tensor) and parents.dim() == 1:
-        parents = parents.unsqueeze(0)
-    parents = check_tensor(parents, name, ndim=2, dtypes=_INT_DTYPES, device=device)
-    B, N = parents.shape
-    if N == 0:
-        raise ValueError(f"{name} must hold at least the root (N >= 1), got N = 0")
-    if N >= 2**31 - 1:
-        raise ValueError(f"{name}: N = {N} overflows int32 node indices")
-    p = parents.to(torch.int64).cpu()
-    if bool((p[:, 0] != -1).any()):
-        raise ValueError(f"{name}[:, 0] must be -1 (the root has no parent)")
-    idx = torch.arange(N)
-    if bool(((p < -1) | (p >= idx)).any()):
-        b, i = (torch.nonzero((p < -1) | (p >= idx))[0]).tolist()
-        raise ValueError(f"{name}[{b}, {i}] = {int(p[b, i])} is not topological: a parent must be "
-                         f"-1 or an earlier node (a cycle or forward edge)")
-    real = p >= 0
-    real[:, 0] = True
-    par_real = torch.gather(real, 1, p.clamp(min=0))
-    bad = (p >= 0) & ~par_real
-    if bool(bad.any()):
-        b, i = torch.nonzero(bad)[0].tolist()
-        raise ValueError(f"{name}[{b}, {i}]: node's parent {int(p[b, i])} is a padding node")
-    if max_depth is not None:
-        from .trees import depths  # local: trees imports nothing from here
-        deepest = int(depths(p).max())
-        if deepest > max_depth:
-            raise ValueError(f"{name}: tree depth {deepest} exceeds max_depth = {max_depth}")
-    return parents.to(torch.int32)
-
-
 def check_number(value, name: str, *, lo=None, hi=None, lo_open=False, hi_open=False, allow_inf=False,
                  integer=False):
-    """A real (or integer) scalar within bounds."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """A real (or integer) scalar within bounds; numpy scalars count, bools do not."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if integer and not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -105,7 +80,7 @@ def check_seed(seed, B: int, device) -> torch.Tensor:
         if seed.dim() != 1 or seed.shape[0] not in (1, B):
             raise ValueError(f"seed must be an int or an int64 tensor [B={B}], got shape {tuple(seed.shape)}")
         return seed.to(device).expand(B).contiguous()
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int or an int64 tensor [B], got {type(seed).__name__}")
     if not (-(2**63) <= int(seed) < 2**63):
         raise ValueError(f"seed = {seed} does not fit in int64")
@@ -113,10 +88,8 @@ def check_seed(seed, B: int, device) -> torch.Tensor:
 
 
 def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
-                        temperature, top_k, top_p, cfg_scale, seed):
-    """Validate ``ck.verify``'s arguments; returns them normalized (dict) for a backend."""
-    from .methods import Cascade, Lantern  # noqa: F401  (types only)
-
+                        temperature, top_k, top_p, cfg_scale, seed) -> VerifyArgs:
+    """Validate ``ck.verify``'s arguments without reading tensor values; returns them normalized."""
     target_logits = check_tensor(target_logits, "target_logits", ndim=3, dtypes=FLOAT_DTYPES)
     device = target_logits.device
     tokens = check_tensor(tokens, "tokens", ndim=2, dtypes=_INT_DTYPES, device=device)
@@ -130,30 +103,28 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
     V = target_logits.shape[2]
     if V == 0:
         raise ValueError("target_logits has an empty vocabulary (V = 0)")
-    if not isinstance(parents, torch.Tensor):
-        raise TypeError(f"parents must be a torch.Tensor, got {type(parents).__name__}")
-    if parents.dim() == 2:
-        check_shape(parents, "parents", (B, N))
-    parents = check_parents(parents, device=device)
-    check_shape(parents, "parents", (B, N))
-    tk = tokens.to(torch.int64)
-    if bool(((tk < -1) | (tk >= V)).any()):
-        b, i = torch.nonzero((tk < -1) | (tk >= V))[0].tolist()
-        raise ValueError(f"tokens[{b}, {i}] = {int(tk[b, i])} is outside [0, V={V}) (and not -1 padding)")
+    if V >= 2**31 - 1:
+        raise ValueError(f"target_logits: V = {V} overflows the kernels' int32 token ids")
+    if B * N >= 2**31 - 1:
+        raise ValueError(f"tokens: B * N = {B * N} overflows the kernels' int32 node indices")
+    tree = prepare_tree(parents, device=device)
+    if tree.num_nodes != N or tree.batch not in (1, B):
+        raise ValueError(f"parents must have shape [N={N}] or [B={B}, N={N}], got "
+                         f"{(tree.batch, tree.num_nodes)}")
     if not isinstance(method, Method) or not method.name:
         raise TypeError(f"method must be ck.Exact(), ck.Lantern(...), ck.GSD(), ck.Cascade() or ck.Cool(), "
                         f"got {type(method).__name__}")
-    if method.name == "lantern":
-        if method.neighbors.shape[0] != V:
-            raise ValueError(f"method.neighbors has {method.neighbors.shape[0]} rows but V = {V}")
-        if method.neighbors.device != device:
-            raise ValueError(f"method.neighbors is on {method.neighbors.device} but target_logits on {device}")
+    packed = pack(method)
+    if packed.neighbors is not None:
+        if packed.neighbors.shape[0] != V:
+            raise ValueError(f"method.neighbors has {packed.neighbors.shape[0]} rows but V = {V}")
+        if packed.neighbors.device != device:
+            raise ValueError(f"method.neighbors is on {packed.neighbors.device} but target_logits on {device}")
     if draft_logits is not None:
         draft_logits = check_tensor(draft_logits, "draft_logits", ndim=3, dtypes=FLOAT_DTYPES, device=device)
         check_shape(draft_logits, "draft_logits", (B, N, V))
-    if method.name == "cascade":
-        if hidden is None:
-            raise ValueError("hidden [B, N, D] is required by ck.Cascade (the target's hidden states)")
+    if packed.code == codes.METHODS["cascade"] and hidden is None:
+        raise ValueError("hidden [B, N, D] is required by ck.Cascade (the target's hidden states)")
     if hidden is not None:
         hidden = check_tensor(hidden, "hidden", ndim=3, dtypes=FLOAT_DTYPES + (torch.float64,), device=device)
         if hidden.shape[:2] != (B, N) or hidden.shape[2] == 0:
@@ -166,9 +137,29 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
     else:
         eps = float(check_number(eps, "eps", lo=0.0, allow_inf=True))
     check_sampling(temperature, top_k, top_p, cfg_scale, V)
-    seed = check_seed(seed, B, device)
-    return dict(tokens=tk.contiguous(), parents=parents.contiguous(), target_logits=target_logits.contiguous(),
-                method=method, draft_logits=None if draft_logits is None else draft_logits.contiguous(),
-                hidden=None if hidden is None else hidden.contiguous(), residual=residual, eps=eps,
-                temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                cfg_scale=None if cfg_scale is None else float(cfg_scale), seed=seed)
+    greedy = temperature == 0
+    return VerifyArgs(
+        tokens=_contiguous(tokens if tokens.dtype == torch.int64 else tokens.to(torch.int64)), tree=tree,
+        target_logits=_contiguous(target_logits),
+        draft_logits=None if draft_logits is None or greedy else _contiguous(draft_logits),
+        hidden=None if hidden is None or packed.code != codes.METHODS["cascade"] else _contiguous(hidden),
+        method=packed, transport=residual == "transport", eps=eps, temperature=float(temperature),
+        top_k=int(top_k), top_p=float(top_p), cfg_scale=None if cfg_scale is None else float(cfg_scale),
+        seed=check_seed(seed, B, device))
+
+
+def _contiguous(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def check_verify_values(args: VerifyArgs) -> None:
+    """``check="full"``: the eager (synchronising) value checks, raising instead of setting ``status``."""
+    B, N = args.tokens.shape
+    V = args.target_logits.shape[2]
+    real = args.tree.parents.expand(B, N) >= 0
+    real[:, 0] = False  # the root's token is never read
+    bad = real & ((args.tokens < -1) | (args.tokens >= V))
+    if bool(bad.any()):
+        b, i = torch.nonzero(bad)[0].tolist()
+        raise ValueError(f"tokens[{b}, {i}] = {int(args.tokens[b, i])} is outside [0, V={V}) (and not -1)")

@@ -1,15 +1,12 @@
 // pybind11 module cascade_kernels._C: the CPU backend's entry points.
 //
 // Interface choice: NO torch C++ headers (they make the build slow and tie it to one torch ABI).
-// The Python wrapper (cascade_kernels/cpu.py) makes every input a contiguous CPU tensor and passes
-// its address (tensor.data_ptr()) as an integer, plus the shapes and a dtype code
-// (0 float32, 1 bfloat16, 2 float16, 3 float64); it also allocates the outputs and passes their
-// addresses. So the tensors are read and written in place, zero-copy; the wrapper keeps them alive
-// for the duration of the call. The GIL is released while the batch is verified (OpenMP threads).
+// The Python wrapper (cascade_kernels/ops/verify/cpu.py) passes every tensor as its address
+// (tensor.data_ptr()) with shapes and a dtype code (codes.h); the outputs are allocated by the caller,
+// so tensors are read and written in place, zero-copy. The GIL is released while the batch is verified.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <stdexcept>
 #include <string>
 
 #include "philox.h"
@@ -22,19 +19,18 @@ static T* as_ptr(uintptr_t p) {
     return reinterpret_cast<T*>(p);
 }
 
-static int64_t verify_py(int64_t B, int64_t N, int64_t V, uintptr_t tokens, uintptr_t parents, uintptr_t target,
-                         int target_dtype, bool cfg, double cfg_scale, uintptr_t draft, int draft_dtype,
-                         uintptr_t hidden, int hidden_dtype, int64_t D, int method, uintptr_t neighbors,
-                         int64_t nb_stride, int64_t n_neighbors, double lantern_delta, double lantern_lam,
-                         int64_t gsd_G, double gsd_dp, double tau_pos, double tau_seq, bool use_interchange,
-                         bool use_convergence, double cool_delta, double cool_nu, double cool_wmin, bool transport,
-                         double eps, double temperature, int64_t top_k, double top_p, uintptr_t seeds,
-                         uintptr_t accept_len, uintptr_t accepted_nodes, uintptr_t next_token, uintptr_t tvd,
-                         uintptr_t status, int num_threads) {
+static void verify_py(int64_t B, int64_t N, int64_t V, int64_t L, uintptr_t tokens, uintptr_t parents,
+                      int64_t parents_stride, uintptr_t target, int target_dtype, bool cfg, double cfg_scale,
+                      uintptr_t draft, int draft_dtype, uintptr_t hidden, int hidden_dtype, int64_t D, int method,
+                      uintptr_t iparams, uintptr_t fparams, uintptr_t neighbors, int64_t nb_stride, bool transport,
+                      double eps, double temperature, int64_t top_k, double top_p, uintptr_t seeds,
+                      uintptr_t accept_len, uintptr_t accepted_nodes, uintptr_t next_token, uintptr_t tvd,
+                      uintptr_t status, int num_threads) {
     ck::VerifyParams P;
-    P.B = B; P.N = N; P.V = V;
+    P.B = B; P.N = N; P.V = V; P.L = L;
     P.tokens = as_ptr<const int64_t>(tokens);
     P.parents = as_ptr<const int32_t>(parents);
+    P.parents_stride = parents_stride;
     P.target = as_ptr<const void>(target);
     P.target_dtype = target_dtype;
     P.cfg = cfg; P.cfg_scale = cfg_scale;
@@ -43,13 +39,10 @@ static int64_t verify_py(int64_t B, int64_t N, int64_t V, uintptr_t tokens, uint
     P.hidden = hidden ? as_ptr<const void>(hidden) : nullptr;
     P.hidden_dtype = hidden_dtype; P.D = D;
     P.method = method;
+    P.iparams = as_ptr<const int64_t>(iparams);
+    P.fparams = as_ptr<const double>(fparams);
     P.neighbors = neighbors ? as_ptr<const int64_t>(neighbors) : nullptr;
-    P.nb_stride = nb_stride; P.n_neighbors = n_neighbors;
-    P.lantern_delta = lantern_delta; P.lantern_lam = lantern_lam;
-    P.gsd_G = gsd_G; P.gsd_dp = gsd_dp;
-    P.tau_pos = tau_pos; P.tau_seq = tau_seq;
-    P.use_interchange = use_interchange; P.use_convergence = use_convergence;
-    P.cool_delta = cool_delta; P.cool_nu = cool_nu; P.cool_wmin = cool_wmin;
+    P.nb_stride = nb_stride;
     P.transport = transport; P.eps = eps; P.temperature = temperature;
     P.top_k = top_k; P.top_p = top_p;
     P.seeds = as_ptr<const int64_t>(seeds);
@@ -59,15 +52,13 @@ static int64_t verify_py(int64_t B, int64_t N, int64_t V, uintptr_t tokens, uint
     P.tvd = as_ptr<float>(tvd);
     P.status = as_ptr<int32_t>(status);
     P.num_threads = num_threads;
-    if (P.method == ck::M_CASCADE && !P.hidden) throw std::invalid_argument("cascade needs hidden states");
-    if (P.method == ck::M_LANTERN && !P.neighbors) throw std::invalid_argument("lantern needs its neighbour table");
     py::gil_scoped_release release;
-    return ck::verify_cpu(P);
+    ck::verify_cpu(P);
 }
 
 PYBIND11_MODULE(_C, m) {
-    m.doc() = "cascade_kernels C++ CPU backend (raw data pointers; see cascade_kernels/cpu.py)";
-    m.def("verify", &verify_py, "Verify a batch of draft trees (SPEC §3-6); returns L = max depth + 1.");
+    m.doc() = "cascade_kernels C++ CPU backend (raw data pointers; see cascade_kernels/ops/verify/cpu.py)";
+    m.def("verify", &verify_py, "Verify a batch of draft trees into caller-allocated outputs (docs/CONTRACT.md).");
     m.def("uniform", [](int64_t seed, uint32_t stream, int64_t index) { return ck::uniform(seed, stream, index); },
           "Philox uniform(seed, stream, index), as cascade_kernels.philox.uniform.");
     m.def("isa", []() { return std::string(ck::kernels_isa()); }, "Instruction set of the row kernels in use.");

@@ -5,9 +5,9 @@
 #pragma once
 #include <cstdint>
 
-namespace ck {
+#include "codes.h"
 
-enum DType : int { DT_F32 = 0, DT_BF16 = 1, DT_F16 = 2, DT_F64 = 3 };
+namespace ck {
 
 struct RowStats {
     float max;      // max over the non-NaN entries (-inf if none)

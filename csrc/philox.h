@@ -30,9 +30,6 @@ inline float uint32_to_uniform(uint32_t x) {
     return static_cast<float>(s) * 4.6566127342e-10f;
 }
 
-constexpr uint32_t STREAM_ACCEPT = 0;
-constexpr uint32_t STREAM_SAMPLE = 1;
-
 // uniform(seed, stream, index) of philox.py: counter (index & 0xffffffff, stream).
 inline float uniform(int64_t seed, uint32_t stream, int64_t index) {
     return uint32_to_uniform(

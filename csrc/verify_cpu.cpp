@@ -32,9 +32,6 @@ namespace ck {
 namespace {
 
 constexpr float F_INF = std::numeric_limits<float>::infinity();
-constexpr int32_t STATUS_NONFINITE_TARGET = 1;
-constexpr int32_t STATUS_EMPTY_RESIDUAL = 2;
-constexpr int32_t STATUS_NONFINITE_DRAFT = 4;
 
 inline float f32(double x) { return static_cast<float>(x); }
 
@@ -75,7 +72,7 @@ class Walker {
    public:
     Walker(const VerifyParams& P, const Kernels* K, Work& wk) : P_(P), K_(K), wk_(wk), V_(P.V) {}
 
-    int64_t run(int64_t b);
+    void run(int64_t b);
 
    private:
     const VerifyParams& P_;
@@ -265,12 +262,12 @@ float Walker::cosine(int32_t i, int32_t j) {
     return static_cast<float>(dot) / den;
 }
 
-// Sorted unique tokens (>= 0) of ``nodes`` with q > 0, not x and not already absorbed.
+// Sorted unique tokens (in [0, V)) of ``nodes`` with q > 0, not x and not already absorbed.
 void Walker::collect_live(const std::vector<int32_t>& nodes, const Dist& q, int64_t x, std::vector<int64_t>& out) {
     out.clear();
     for (int32_t n : nodes) {
         const int64_t t = tok_[n];
-        if (t < 0 || t == x || !(q.at(t) > 0.0f)) continue;
+        if (t < 0 || t >= V_ || t == x || !(q.at(t) > 0.0f)) continue;
         if (std::find(wk_.absorbed.begin(), wk_.absorbed.end(), t) != wk_.absorbed.end()) continue;
         out.push_back(t);
     }
@@ -291,7 +288,8 @@ Relaxation Walker::relax(const Dist& q, int64_t x, int32_t child, double tvd) {
             return rel;
         case M_COOL: {
             const int d = wk_.depth[child];
-            const double w = std::max(P_.cool_wmin, P_.cool_delta * std::exp(-P_.cool_nu * (d - 1)));
+            const double w = std::max(P_.fparams[FP_COOL_WMIN],
+                                      P_.fparams[FP_COOL_DELTA] * std::exp(-P_.fparams[FP_COOL_NU] * (d - 1)));
             const double r = f32(std::min(std::min(1.0, w * qx), qx + left));
             rel.r = r;
             rel.charge = f32(r - qx);
@@ -303,20 +301,22 @@ Relaxation Walker::relax(const Dist& q, int64_t x, int32_t child, double tvd) {
             const int64_t* row = P_.neighbors + x * P_.nb_stride;
             wk_.nb.clear();
             wk_.masses.clear();
-            for (int64_t k = 0; k < P_.n_neighbors; ++k) {
+            for (int64_t k = 0; k < P_.iparams[IP_N_NEIGHBORS]; ++k) {
                 const int64_t t = row[k];
                 if (t < 0 || t >= V_) continue;
                 wk_.nb.push_back(t);
                 wk_.masses.push_back(q.at(t));
             }
-            const double cap = P_.lantern_lam < 0 ? P_.lantern_delta : (P_.lantern_lam - 1.0) * qx;
+            // LANTERN++'s cap (lam - 1) q(x) is 0 when q(x) = 0, also for lam = inf
+            const double cap = !P_.iparams[IP_LANTERN_PP] ? P_.fparams[FP_LANTERN_DELTA]
+                               : (qx > 0.0 ? P_.fparams[FP_LANTERN_LAM_M1] * qx : 0.0);
             const int64_t m = prefix_within(wk_.masses, std::min(cap, left));
             wk_.absorbed.assign(wk_.nb.begin(), wk_.nb.begin() + m);
             break;
         }
         case M_GSD: {
-            const int64_t G = P_.gsd_G;
-            const float dpf = static_cast<float>(P_.gsd_dp);
+            const int64_t G = std::min<int64_t>(P_.iparams[IP_GSD_G], V_);  // never more than V tokens
+            const float dpf = static_cast<float>(P_.fparams[FP_GSD_DP]);
             // the G nearest (distance, then id) live tokens within dp, kept sorted by insertion
             std::vector<std::pair<float, int64_t>> best;
             best.reserve(static_cast<size_t>(G) + 1);
@@ -345,15 +345,15 @@ Relaxation Walker::relax(const Dist& q, int64_t x, int32_t child, double tvd) {
             for (int blk = 0; blk < 2; ++blk) {
                 std::vector<int32_t> nodes;
                 if (blk == 0) {
-                    if (!P_.use_interchange) continue;
-                    const float tau = static_cast<float>(P_.tau_pos);
+                    if (!P_.iparams[IP_USE_INTERCHANGE]) continue;
+                    const float tau = static_cast<float>(P_.fparams[FP_TAU_POS]);
                     for (int32_t k = wk_.kid_start[parent]; k < wk_.kid_start[parent + 1]; ++k) {
                         const int32_t s = wk_.kid_list[k];
                         if (s != child && cosine(child, s) >= tau) nodes.push_back(s);
                     }
                 } else {
-                    if (!P_.use_convergence) continue;
-                    const float tau = static_cast<float>(P_.tau_seq);
+                    if (!P_.iparams[IP_USE_CONVERGENCE]) continue;
+                    const float tau = static_cast<float>(P_.fparams[FP_TAU_SEQ]);
                     for (int32_t k = wk_.kid_start[child]; k < wk_.kid_start[child + 1]; ++k) {
                         const int32_t g = wk_.kid_list[k];
                         if (cosine(child, g) >= tau) nodes.push_back(g);
@@ -440,24 +440,22 @@ float Walker::residual(const Dist& q, const Dist* p, int64_t x, const Relaxation
     return total;
 }
 
-int64_t Walker::run(int64_t b) {
+void Walker::run(int64_t b) {
     b_ = b;
     const int64_t N = P_.N;
     tok_ = P_.tokens + b * N;
-    par_ = P_.parents + b * N;
+    par_ = P_.parents + b * P_.parents_stride;
     // children in increasing node index (CSR), depths
     auto& ks = wk_.kid_start;
     auto& kl = wk_.kid_list;
     auto& depth = wk_.depth;
     ks.assign(N + 1, 0);
     depth.assign(N, 0);
-    int32_t max_depth = 0;
     for (int64_t i = 1; i < N; ++i) {
         const int32_t p = par_[i];
         if (p >= 0 && p < i) {
             ks[p + 1]++;
             depth[i] = depth[p] + 1;
-            max_depth = std::max(max_depth, depth[i]);
         }
     }
     for (int64_t i = 0; i < N; ++i) ks[i + 1] += ks[i];
@@ -498,9 +496,17 @@ int64_t Walker::run(int64_t b) {
             status |= STATUS_NONFINITE_TARGET;
             break;
         }
-        bool any_child = false;
-        for (int32_t k = ks[u]; k < ks[u + 1]; ++k)
-            if (tok_[kl[k]] >= 0) any_child = true;
+        bool any_child = false, bad_token = false;
+        for (int32_t k = ks[u]; k < ks[u + 1]; ++k) {
+            const int64_t t = tok_[kl[k]];
+            any_child |= t >= 0;
+            bad_token |= t < -1 || t >= V_;
+        }
+        if (bad_token) {
+            status |= STATUS_BAD_TOKEN;
+            next = final_token(qu, greedy, u_sample);
+            break;
+        }
         if (!any_child) {
             next = final_token(qu, greedy, u_sample);
             break;
@@ -563,35 +569,29 @@ int64_t Walker::run(int64_t b) {
     }
     if (next < 0 || next >= V_) next = 0;  // never out of range (unreachable)
     P_.accept_len[b] = static_cast<int32_t>(path.size() - 1);
-    int32_t* nodes = P_.accepted_nodes + b * N;
-    for (size_t i = 0; i < path.size() && static_cast<int64_t>(i) < N; ++i) nodes[i] = path[i];
+    int32_t* nodes = P_.accepted_nodes + b * P_.L;
+    for (size_t i = 0; i < path.size() && static_cast<int64_t>(i) < P_.L; ++i) nodes[i] = path[i];
     P_.next_token[b] = next;
     P_.tvd[b] = static_cast<float>(tvd);
     P_.status[b] = status;
-    return max_depth;
 }
 
 }  // namespace
 
 const char* kernels_isa() { return select_kernels()->isa; }
 
-int64_t verify_cpu(const VerifyParams& P) {
+void verify_cpu(const VerifyParams& P) {
     const Kernels* K = select_kernels();
     const int64_t B = P.B;
     int nt = std::max(1, P.num_threads);
     if (nt > B) nt = static_cast<int>(B);
-    int64_t deepest = 0;
-#pragma omp parallel num_threads(nt) reduction(max : deepest)
+#pragma omp parallel num_threads(nt)
     {
         Work wk(P.V);
         Walker walker(P, K, wk);
 #pragma omp for schedule(dynamic)
-        for (int64_t b = 0; b < B; ++b) {
-            const int64_t d = walker.run(b);
-            deepest = std::max(deepest, d);
-        }
+        for (int64_t b = 0; b < B; ++b) walker.run(b);
     }
-    return deepest + 1;
 }
 
 }  // namespace ck

@@ -2,14 +2,15 @@
 #pragma once
 #include <cstdint>
 
-namespace ck {
+#include "codes.h"
 
-enum MethodCode : int { M_EXACT = 0, M_LANTERN = 1, M_GSD = 2, M_CASCADE = 3, M_COOL = 4 };
+namespace ck {
 
 struct VerifyParams {
     int64_t B = 0, N = 0, V = 0;
     const int64_t* tokens = nullptr;   // [B, N]
-    const int32_t* parents = nullptr;  // [B, N]
+    const int32_t* parents = nullptr;  // [B, N], or [1, N] shared by the batch (parents_stride 0)
+    int64_t parents_stride = 0;
     const void* target = nullptr;      // [B or 2B, N, V]
     int target_dtype = 0;
     bool cfg = false;
@@ -20,14 +21,10 @@ struct VerifyParams {
     int hidden_dtype = 0;
     int64_t D = 0;
     int method = M_EXACT;
+    const int64_t* iparams = nullptr;    // [N_INT_PARAMS], slots IP_* (codes.h; methods.pack)
+    const double* fparams = nullptr;     // [N_FLOAT_PARAMS], slots FP_*
     const int64_t* neighbors = nullptr;  // LANTERN [V, nb_stride]
-    int64_t nb_stride = 0, n_neighbors = 0;
-    double lantern_delta = 0.1, lantern_lam = -1.0;  // lam < 0: plain LANTERN
-    int64_t gsd_G = 14;
-    double gsd_dp = 0.15;
-    double tau_pos = 0.85, tau_seq = 0.5;
-    bool use_interchange = true, use_convergence = true;
-    double cool_delta = 2.0, cool_nu = 0.7, cool_wmin = 1.0;
+    int64_t nb_stride = 0;
     bool transport = true;
     double eps = 0.0;
     double temperature = 1.0;
@@ -36,15 +33,16 @@ struct VerifyParams {
     const int64_t* seeds = nullptr;  // [B]
     // outputs
     int32_t* accept_len = nullptr;      // [B]
-    int32_t* accepted_nodes = nullptr;  // [B, N], pre-filled with -1
+    int32_t* accepted_nodes = nullptr;  // [B, L], pre-filled with -1
+    int64_t L = 1;                      // max depth of the tree + 1
     int64_t* next_token = nullptr;      // [B]
     float* tvd = nullptr;               // [B]
     int32_t* status = nullptr;          // [B]
     int num_threads = 1;
 };
 
-// Runs the walk of every sequence; returns L = (deepest node's depth) + 1 over the batch.
-int64_t verify_cpu(const VerifyParams& P);
+// Runs the walk of every sequence.
+void verify_cpu(const VerifyParams& P);
 
 const char* kernels_isa();
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cascade_kernels.ops.drafter_loss import cascade_drafter_loss, position_weights
-from cascade_kernels.ops.drafter_loss.cpu import soft_cross_entropy_cpu
+from cascade_kernels.ops.drafter_loss.chunked import soft_cross_entropy_chunked
 from cascade_kernels.ops.drafter_loss.reference import (
     cascade_drafter_loss_reference,
     soft_cross_entropy_reference,
@@ -35,7 +35,7 @@ if HAS_TRITON and (HAS_CUDA or INTERPRET):
     from cascade_kernels.ops.drafter_loss.triton import soft_cross_entropy_triton
 
 DEVICES = [
-    pytest.param("cpu", id="cpu"),
+    pytest.param("chunked", id="chunked"),
     pytest.param("cuda", id="cuda", marks=requires_cuda),
 ]
 
@@ -135,7 +135,7 @@ def test_reference_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (d, fp), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize("backend", ["reference", "chunked", pytest.param("triton", marks=requires_triton)])
 @pytest.mark.parametrize("B,T,V,D", [pytest.param(0, 7, 37, 16, id="T7-V37"),
                                      pytest.param(2, 5, 130, 12, id="B2-T5-V130")])
 def test_c1_equals_eagle_loss(backend, B, T, V, D):
@@ -197,7 +197,7 @@ def test_triton_soft_ce_parity_fp32(B, T, V, D, block, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "backend", [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton", marks=requires_triton)]
+    "backend", [pytest.param("chunked", id="chunked"), pytest.param("triton", id="triton", marks=requires_triton)]
 )
 @pytest.mark.parametrize("B,T,V,D,block", SHAPES)
 def test_api_parity_fp32_with_features(B, T, V, D, block, backend, device):
@@ -216,7 +216,7 @@ def test_api_parity_fp32_with_features(B, T, V, D, block, backend, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize("backend", ["chunked", pytest.param("triton", marks=requires_triton)])
 @pytest.mark.parametrize("offset", [pytest.param(1e3, id="plus1e3"), pytest.param(-3e4, id="minus3e4")])
 def test_large_common_logit_offset(offset, backend, device):
     # softmax is shift-invariant; the fused forms must not lose the loss to cancellation
@@ -236,10 +236,10 @@ def test_cpu_path_row_chunks(device):
     d2, t2 = draft.reshape(-1, 33), target.reshape(-1, 33)
     a = d2.clone().requires_grad_(True)
     threads = torch.get_num_threads()
-    la = soft_cross_entropy_cpu(a, t2, scale, chunk_elems=70)  # 2 rows per chunk, worker threads
+    la = soft_cross_entropy_chunked(a, t2, scale, chunk_elems=70)  # 2 rows per chunk, worker threads
     la.backward()
     assert torch.get_num_threads() == threads  # the worker threads' setting does not leak
-    again = soft_cross_entropy_cpu(d2, t2, scale, chunk_elems=70)
+    again = soft_cross_entropy_chunked(d2, t2, scale, chunk_elems=70)
     assert torch.equal(again, la.detach())  # fixed-order partial sums: deterministic
     b = d2.clone().requires_grad_(True)
     lb = soft_cross_entropy_reference(b, t2, scale)
@@ -258,7 +258,7 @@ def _err_vs_fp64(x, truth):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "backend", [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton", marks=requires_triton)]
+    "backend", [pytest.param("chunked", id="chunked"), pytest.param("triton", id="triton", marks=requires_triton)]
 )
 @pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")])
 @pytest.mark.parametrize("B,T,V,D,block", SHAPES[:3])
@@ -283,7 +283,7 @@ def test_low_precision_tolerance_rule(B, T, V, D, block, dtype, backend, device)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "backend",
-    ["reference", "cpu", pytest.param("triton", marks=requires_triton)],
+    ["reference", "chunked", pytest.param("triton", marks=requires_triton)],
 )
 @pytest.mark.parametrize("poison", [pytest.param(1e3, id="big"), pytest.param(float("nan"), id="nan"),
                                     pytest.param(float("inf"), id="inf")])
@@ -307,7 +307,7 @@ def test_masked_positions_contribute_nothing(poison, backend, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["reference", "cpu", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize("backend", ["reference", "chunked", pytest.param("triton", marks=requires_triton)])
 def test_all_masked_gives_zero(backend, device):
     draft, target, hidden, _ = _inputs(0, 5, 17, 4, device=device, seed=29)
     mask = torch.zeros(5, dtype=torch.bool, device=device)
@@ -325,7 +325,7 @@ def test_all_masked_gives_zero(backend, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize("backend", ["chunked", pytest.param("triton", marks=requires_triton)])
 def test_grad_output_scaling_and_retain_graph(backend, device):
     draft, target, hidden, mask = _inputs(0, 5, 29, 4, device=device, seed=31)
     _, g1 = _run("reference", draft, target, hidden, mask)
@@ -342,13 +342,13 @@ def test_target_is_detached_and_no_grad_ok():
     draft, target, hidden, mask = _inputs(0, 4, 13, 4, seed=37)
     t = target.clone().requires_grad_(True)
     d = draft.clone().requires_grad_(True)
-    for backend in ("reference", "cpu"):
+    for backend in ("reference", "chunked"):
         loss = cascade_drafter_loss(d, t, hidden, mask, backend=backend)
         assert loss.dtype == torch.float32 and loss.dim() == 0
         loss.backward()
         assert t.grad is None
     with torch.no_grad():
-        cascade_drafter_loss(draft, target, hidden, mask, backend="cpu")
+        cascade_drafter_loss(draft, target, hidden, mask, backend="chunked")
 
 
 def test_auto_backend_on_cpu_is_cpu_path():

@@ -6,7 +6,7 @@ import torch
 
 import cascade_kernels as ck
 from cascade_kernels import philox
-from cascade_kernels.reference.verify import sample_inverse_cdf
+from cascade_kernels.ops.verify.reference import sample_inverse_cdf
 
 NEG = -30.0
 

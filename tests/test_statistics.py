@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import cascade_kernels as ck
-from cascade_kernels.reference import verify as reference_verify
+from cascade_kernels.ops.verify import reference as reference_verify
 from walk_oracle import chi2_against, outcome_probs, tvd_first_token, walk_distribution
 
 HEADLINE_SEEDS = 200_000

@@ -2,34 +2,17 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import torch
 
-from .cpu import soft_cross_entropy_cpu
-from .reference import (
-    feature_regression_loss,
-    position_weights,
-    soft_cross_entropy_reference,
-)
+from ... import _backend
+from .reference import feature_regression_loss, position_weights
 
 __all__ = ["cascade_drafter_loss", "BACKENDS"]
 
-BACKENDS = ("auto", "reference", "cpu", "triton")
+BACKENDS = ("auto", *_backend.IMPLS["drafter_loss"])
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _check_float(x: torch.Tensor, name: str) -> None:
@@ -120,22 +103,6 @@ def _validate(draft_logits, target_logits, target_hidden, mask, c, tau_seq, feat
     return c, tau_seq, w_cls, w_reg
 
 
-def _pick_backend(backend: str, device: torch.device) -> str:
-    if backend == "auto":
-        if device.type == "cuda" and _triton_available():
-            return "triton"
-        return "cpu"
-    if backend == "triton":
-        if not _triton_available():
-            raise RuntimeError("backend='triton' was asked for but triton cannot be imported")
-        if device.type != "cuda" and not _interpreting():
-            raise ValueError(
-                "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is "
-                f"imported, for the CPU interpreter); got tensors on {device}"
-            )
-    return backend
-
-
 def cascade_drafter_loss(
     draft_logits: torch.Tensor,
     target_logits: torch.Tensor,
@@ -166,8 +133,8 @@ def cascade_drafter_loss(
         feature_pred, feature_target: optional ``[.., T, D']`` EAGLE feature-regression pair (both or
             neither); ``feature_target`` is detached.
         w_cls, w_reg: weights of the classification and regression terms (EAGLE's 0.1 and 1.0).
-        backend: ``"auto"`` (CUDA tensors with triton → ``"triton"``, otherwise ``"cpu"``),
-            ``"reference"`` (plain PyTorch, autograd backward), ``"cpu"`` (row chunks, gradient
+        backend: ``"auto"`` (CUDA tensors with triton → ``"triton"``, otherwise ``"chunked"``),
+            ``"reference"`` (plain PyTorch, autograd backward), ``"chunked"`` (row chunks, gradient
             computed in forward) or ``"triton"`` (fused kernel; on CPU only under
             ``TRITON_INTERPRET=1``).
 
@@ -212,19 +179,12 @@ def cascade_drafter_loss(
         if feature_pred is not None:
             feature_pred, feature_target = feature_pred.unsqueeze(0), feature_target.unsqueeze(0)
 
-    chosen = _pick_backend(backend, draft_logits.device)
+    _, soft_cross_entropy = _backend.resolve("drafter_loss", backend, draft_logits.device)
     w, n_valid = position_weights(target_hidden, mask, c, tau_seq)
     scale = (w * (w_cls / n_valid.clamp_min(1).to(torch.float32))).reshape(-1)
     draft2d = draft_logits.reshape(-1, v)
     target2d = target_logits.detach().reshape(-1, v)
-    if chosen == "reference":
-        loss = soft_cross_entropy_reference(draft2d, target2d, scale)
-    elif chosen == "cpu":
-        loss = soft_cross_entropy_cpu(draft2d, target2d, scale)
-    else:
-        from .triton import soft_cross_entropy_triton
-
-        loss = soft_cross_entropy_triton(draft2d, target2d, scale)
+    loss = soft_cross_entropy(draft2d, target2d, scale)
     if feature_pred is not None:
         loss = loss + w_reg * feature_regression_loss(feature_pred, feature_target, mask, n_valid)
     return loss

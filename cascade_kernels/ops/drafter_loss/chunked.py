@@ -1,4 +1,4 @@
-"""CPU path of the drafter soft cross-entropy (SPEC §7): row chunks, gradient computed in forward.
+"""``backend="chunked"`` drafter soft cross-entropy (CONTRACT §7): row chunks, gradient computed in forward.
 
 Per chunk of rows (float32 math; float64 for float64 inputs): ``logp = log_softmax(draft)`` and
 ``q = softmax(target)`` are computed once, the row loss is ``-<q, logp>``, and the gradient ``scale_k * (exp(logp) - q)`` is written
@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["soft_cross_entropy_cpu", "CpuSoftCrossEntropyFunction"]
+__all__ = ["soft_cross_entropy_chunked", "ChunkedSoftCrossEntropyFunction"]
 
 # float32 elements per chunk and temporary: 2**18 elements = 1 MiB, a few of them fit in L2.
 _CHUNK_ELEMS = 1 << 18
@@ -88,7 +88,7 @@ def _forward(draft, target, scale, chunk_elems, num_workers=None):
     return loss, grad
 
 
-class CpuSoftCrossEntropyFunction(torch.autograd.Function):
+class ChunkedSoftCrossEntropyFunction(torch.autograd.Function):
     """``sum_k scale_k * CE(softmax(target_k), log_softmax(draft_k))``; gradient wrt draft only."""
 
     @staticmethod
@@ -108,8 +108,8 @@ class CpuSoftCrossEntropyFunction(torch.autograd.Function):
         return grad * grad_output.to(grad.dtype), None, None, None
 
 
-def soft_cross_entropy_cpu(
+def soft_cross_entropy_chunked(
     draft: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, chunk_elems: int = _CHUNK_ELEMS
 ) -> torch.Tensor:
     """``draft``, ``target``: ``[R, V]`` (any float dtype, rows contiguous); ``scale``: ``[R]``."""
-    return CpuSoftCrossEntropyFunction.apply(draft, target, scale, chunk_elems)
+    return ChunkedSoftCrossEntropyFunction.apply(draft, target, scale, chunk_elems)

@@ -11,9 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..types import SimilaritySets
+from ...types import SimilaritySets
 
-__all__ = ["similarity_sets_triton"]
+__all__ = ["similarity_sets"]
 
 
 @triton.jit
@@ -60,7 +60,7 @@ def _similarity_kernel(h_ptr, par_ptr, inter_ptr, conv_ptr, inter_pk_ptr, conv_p
     _pack_row(conv, offs_n, conv_pk_ptr + (b * N + i) * W, W, BLOCK_N)
 
 
-def similarity_sets_triton(parents: torch.Tensor, hidden: torch.Tensor, tau_pos: float, tau_seq: float,
+def similarity_sets(parents: torch.Tensor, hidden: torch.Tensor, tau_pos: float, tau_seq: float,
                            block_d: int = 128) -> SimilaritySets:
     """``ck.similarity_sets`` on validated ``parents [B,N] int32`` and ``hidden [B,N,D]``."""
     B, N = parents.shape

@@ -1,4 +1,4 @@
-"""Fused tree buffers (SPEC §1) for a batch of different trees: one launch, grid ``(B * N,)``.
+"""Fused tree buffers (docs/CONTRACT.md §1) for a batch of different trees: one launch, grid ``(B * N,)``.
 
 Program ``(b, i)`` walks node ``i``'s ancestor chain once and writes its mask row (bool and packed
 int32 words), its ``position_ids`` entry and, when ``i`` is a leaf, its root->leaf path into
@@ -12,11 +12,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..trees import depths
-from ..types import TreeBuffers
-from .similarity_triton import _pack_row
+from ...trees import depths
+from ...types import TreeBuffers
+from ..similarity_sets.triton import _pack_row
 
-__all__ = ["tree_buffers_triton"]
+__all__ = ["tree_buffers"]
 
 
 @triton.jit
@@ -57,7 +57,7 @@ def _tree_buffers_kernel(par_ptr, prefix_ptr, mask_ptr, packed_ptr, pos_ptr, ret
             d -= 1
 
 
-def tree_buffers_triton(parents: torch.Tensor, prefix_len: torch.Tensor) -> TreeBuffers:
+def tree_buffers(parents: torch.Tensor, prefix_len: torch.Tensor) -> TreeBuffers:
     """``ck.tree_buffers`` on validated ``parents [B,N] int32`` and ``prefix_len [B] int64``."""
     B, N = parents.shape
     dev = parents.device

@@ -1,8 +1,8 @@
-"""Reference verification walk (SPEC §3-6, docs/SEMANTICS.md): the executable spec.
+"""Reference verification walk (docs/CONTRACT.md §2-6): the executable statement of the contract.
 
 Plain, per-sequence PyTorch. The walk is written once (:func:`_walk`); every method plugs in
-through :func:`_relax`, which names the absorbed set ``A(x)``, the relaxed probability ``r(x)`` and
-the charge added to ``tvd``.
+through one relaxation function per method code (:data:`_RELAX`), which names the absorbed set
+``A(x)``, the relaxed probability ``r(x)`` and the charge added to ``tvd``.
 """
 import math
 from dataclasses import dataclass
@@ -11,13 +11,13 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from .. import philox
-from ..methods import GSD, Cascade, Cool, Exact, Lantern
-from ..trees import children_lists, depths
-from ..types import (STATUS_EMPTY_RESIDUAL, STATUS_NONFINITE_DRAFT, STATUS_NONFINITE_TARGET,
-                     SimilaritySets, VerifyOutput)
-from .logits import guide, nan_safe_argmax, probs_from_guided
-from .trees import similarity_sets
+from ... import philox
+from ...codes import METHODS
+from ...methods import PackedMethod, cool_scale
+from ...types import (STATUS_BAD_TOKEN, STATUS_EMPTY_RESIDUAL, STATUS_NONFINITE_DRAFT, STATUS_NONFINITE_TARGET,
+                      SimilaritySets, VerifyArgs, VerifyOutput)
+from ..process_logits.reference import guide, nan_safe_argmax, probs_from_guided
+from ..similarity_sets.reference import similarity_sets
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
 
@@ -39,55 +39,69 @@ def _prefix_within(masses: torch.Tensor, cap: float) -> int:
 
 
 def _unique_live(tokens: torch.Tensor, q: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
-    """Sorted unique tokens (ids >= 0) with q > 0 that are not in ``exclude``."""
-    tokens = torch.unique(tokens[tokens >= 0])
+    """Sorted unique tokens (ids in [0, V)) with q > 0 that are not in ``exclude``."""
+    tokens = torch.unique(tokens[(tokens >= 0) & (tokens < q.shape[0])])
     tokens = tokens[q[tokens] > 0]
     if exclude.numel():
         tokens = tokens[~torch.isin(tokens, exclude)]
     return tokens
 
 
-def _relax(method, q, x: int, child: int, tvd: float, eps: float, ctx) -> _Relaxation:
-    """SPEC §4: the method's relaxation of candidate token ``x`` (node ``child``) under ``q``."""
+def _relax_exact(m: PackedMethod, q, x: int, child: int, tvd: float, eps: float, ctx) -> _Relaxation:
+    return _Relaxation(_EMPTY, float(q[x]), 0.0)
+
+
+def _relax_cool(m: PackedMethod, q, x: int, child: int, tvd: float, eps: float, ctx) -> _Relaxation:
     qx = float(q[x])
-    left = eps - tvd
-    if isinstance(method, Exact):
-        return _Relaxation(_EMPTY, qx, 0.0)
-    if isinstance(method, Cool):
-        w = method.scale(int(ctx.depth[child]))
-        r = float(np.float32(min(1.0, w * qx, qx + left)))
-        return _Relaxation(_EMPTY, r, float(np.float32(r - qx)), cool_scale=w)
-    if isinstance(method, Lantern):
-        nb = method.neighbors[x, : method.n_neighbors]
-        nb = nb[nb >= 0]
-        cap = method.delta if method.lam is None else (method.lam - 1.0) * qx
-        m = _prefix_within(q[nb], min(cap, left))
-        absorbed = nb[:m]
-    elif isinstance(method, GSD):
-        dist = (q - qx).abs()
-        ids = torch.nonzero((q > 0) & (dist < method.dp)).flatten()
-        ids = ids[ids != x]
-        ids = ids[torch.sort(dist[ids], stable=True).indices][: method.G]
-        absorbed = ids[: _prefix_within(q[ids], left)]
-    elif isinstance(method, Cascade):
-        absorbed, charge = _EMPTY, 0.0
-        x_t = torch.tensor([x])
-        blocks = []
-        if method.use_interchange:
-            blocks.append(ctx.sets.interchange[child])
-        if method.use_convergence:
-            blocks.append(ctx.sets.convergence[child])
-        for members in blocks:
-            toks = _unique_live(ctx.tokens[members], q, torch.cat([x_t, absorbed]))
-            mass = float(q[toks].sum())
-            if np.float32(tvd + charge + mass) <= eps:
-                absorbed = torch.cat([absorbed, toks])
-                charge = float(np.float32(charge + mass))
-        return _Relaxation(absorbed, float(np.float32(qx + charge)), charge)
-    else:  # pragma: no cover - validation rejects other types
-        raise TypeError(f"unknown method {method!r}")
+    w = cool_scale(m.fparams, int(ctx.depth[child]))
+    r = float(np.float32(min(1.0, w * qx, qx + (eps - tvd))))
+    return _Relaxation(_EMPTY, r, float(np.float32(r - qx)), cool_scale=w)
+
+
+def _absorbing(absorbed: torch.Tensor, q, x: int) -> _Relaxation:
     mass = float(q[absorbed].sum()) if absorbed.numel() else 0.0
-    return _Relaxation(absorbed, float(np.float32(qx + mass)), mass)
+    return _Relaxation(absorbed, float(np.float32(float(q[x]) + mass)), mass)
+
+
+def _relax_lantern(m: PackedMethod, q, x: int, child: int, tvd: float, eps: float, ctx) -> _Relaxation:
+    nb = m.neighbors[x]
+    nb = nb[nb >= 0]
+    qx = float(q[x])
+    if m.i("lantern_pp"):  # the cap (lam - 1) q(x) is 0 when q(x) = 0, also for lam = inf
+        cap = m.f("lantern_lam_m1") * qx if qx > 0 else 0.0
+    else:
+        cap = m.f("lantern_delta")
+    return _absorbing(nb[: _prefix_within(q[nb], min(cap, eps - tvd))], q, x)
+
+
+def _relax_gsd(m: PackedMethod, q, x: int, child: int, tvd: float, eps: float, ctx) -> _Relaxation:
+    dist = (q - q[x]).abs()
+    ids = torch.nonzero((q > 0) & (dist < m.f("gsd_dp"))).flatten()
+    ids = ids[ids != x]
+    ids = ids[torch.sort(dist[ids], stable=True).indices][: m.i("gsd_G")]
+    return _absorbing(ids[: _prefix_within(q[ids], eps - tvd)], q, x)
+
+
+def _relax_cascade(m: PackedMethod, q, x: int, child: int, tvd: float, eps: float, ctx) -> _Relaxation:
+    """Interchangeable block first, then convergence; each absorbed whole if it fits the budget."""
+    absorbed, charge = _EMPTY, 0.0
+    x_t = torch.tensor([x])
+    blocks = []
+    if m.i("use_interchange"):
+        blocks.append(ctx.sets.interchange[child])
+    if m.i("use_convergence"):
+        blocks.append(ctx.sets.convergence[child])
+    for members in blocks:
+        toks = _unique_live(ctx.tokens[members], q, torch.cat([x_t, absorbed]))
+        mass = float(q[toks].sum())
+        if np.float32(tvd + charge + mass) <= eps:
+            absorbed = torch.cat([absorbed, toks])
+            charge = float(np.float32(charge + mass))
+    return _Relaxation(absorbed, float(np.float32(float(q[x]) + charge)), charge)
+
+
+_RELAX = {METHODS["exact"]: _relax_exact, METHODS["cool"]: _relax_cool, METHODS["lantern"]: _relax_lantern,
+          METHODS["gsd"]: _relax_gsd, METHODS["cascade"]: _relax_cascade}
 
 
 def sample_inverse_cdf(weights: torch.Tensor, u: float) -> int:
@@ -142,7 +156,7 @@ class _Context:
 
 
 def _walk(b, ctx, kids: List[List[int]], guided, target_probs, draft_probs, u_accept, u_sample, method, eps,
-          transport, greedy, out):
+          transport, greedy, out):  # noqa: C901 - the walk is the contract, kept in one piece
     """One sequence's walk over its rows ``[N, V]``; writes the outputs at row ``b``.
 
     ``draft_probs`` is None in deterministic drafting and in greedy mode.
@@ -155,7 +169,12 @@ def _walk(b, ctx, kids: List[List[int]], guided, target_probs, draft_probs, u_ac
             out.next_token[b] = nan_safe_argmax(guided[u])
             status |= STATUS_NONFINITE_TARGET
             break
-        children = [c for c in kids[u] if int(ctx.tokens[c]) >= 0]
+        ids = [int(ctx.tokens[c]) for c in kids[u]]
+        if any(x < -1 or x >= q_u.shape[0] for x in ids):
+            status |= STATUS_BAD_TOKEN
+            out.next_token[b] = _final_token(q_u, greedy, u_sample)
+            break
+        children = [c for c, x in zip(kids[u], ids) if x >= 0]
         if not children:
             out.next_token[b] = _final_token(q_u, greedy, u_sample)
             break
@@ -171,7 +190,7 @@ def _walk(b, ctx, kids: List[List[int]], guided, target_probs, draft_probs, u_ac
                 if x in seen:
                     continue
                 seen.add(x)
-            rel = _relax(method, q, x, c, tvd, eps, ctx)
+            rel = _RELAX[method.code](method, q, x, c, tvd, eps, ctx)
             tvd = float(np.float32(tvd + rel.charge))
             if greedy:
                 ok = _greedy_accepts(q, x, rel)
@@ -213,36 +232,35 @@ def _final_token(weights, greedy: bool, u_sample: float) -> int:
     return sample_inverse_cdf(weights, u_sample)
 
 
-def verify_reference(tokens, parents, target_logits, *, method, draft_logits, hidden, residual, eps,
-                     temperature, top_k, top_p, cfg_scale, seed) -> VerifyOutput:
-    """Reference ``ck.verify`` on validated, normalized inputs (``seed`` int64 [B], ``eps`` float)."""
-    B, N = tokens.shape
-    greedy = temperature == 0
-    guided = guide(target_logits, cfg_scale)
-    depth = depths(parents)
-    L = int(depth.max()) + 1
+def verify(args: VerifyArgs, out: VerifyOutput) -> None:
+    """Reference ``ck.verify``: fills ``out`` (on the logits' device) from validated ``args``."""
+    B, N = args.tokens.shape
+    tree, method, dev = args.tree, args.method, args.target_logits.device
+    cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
+    tokens, seed = cpu(args.tokens), cpu(args.seed)
+    greedy = args.temperature == 0
+    guided = guide(cpu(args.target_logits), args.cfg_scale)
+    parents = cpu(tree.expand(B))
+    depth = cpu(tree.depth).expand(B, N)
     sets = None
-    if isinstance(method, Cascade):
-        sets = similarity_sets(parents, hidden, method.tau_pos, method.tau_seq)
+    if method.code == METHODS["cascade"]:
+        sets = similarity_sets(parents, cpu(args.hidden), method.f("tau_pos"), method.f("tau_seq"))
+    if method.neighbors is not None:
+        method = method._replace(neighbors=cpu(method.neighbors))
     nodes = torch.arange(N, dtype=torch.int64)
     u_accept = philox.uniform(seed.view(B, 1), philox.ACCEPT, nodes.view(1, N))
     u_sample = torch.clamp(philox.uniform(seed, philox.SAMPLE, torch.zeros(B, dtype=torch.int64)), min=2.0**-32)
-
-    out = VerifyOutput(
-        accept_len=torch.zeros(B, dtype=torch.int32),
-        accepted_nodes=torch.full((B, L), -1, dtype=torch.int32),
-        next_token=torch.zeros(B, dtype=torch.int64),
-        tvd=torch.zeros(B, dtype=torch.float32),
-        status=torch.zeros(B, dtype=torch.int32),
-        backend="reference",
-    )
-    target_probs = probs_from_guided(guided, temperature, top_k, top_p)
+    result = VerifyOutput(*(torch.zeros_like(t, device="cpu") for t in out[:4]),
+                          status=torch.zeros_like(out.status, device="cpu"))
+    result.accepted_nodes.fill_(-1)
+    target_probs = probs_from_guided(guided, args.temperature, args.top_k, args.top_p)
     draft_probs = None
-    if draft_logits is not None and not greedy:
-        draft_probs = probs_from_guided(draft_logits.float(), temperature, top_k, top_p)
+    if args.draft_logits is not None:
+        draft_probs = probs_from_guided(cpu(args.draft_logits).float(), args.temperature, args.top_k, args.top_p)
     for b in range(B):
         ctx = _Context(tokens[b], depth[b], None if sets is None else SimilaritySets(*(s[b] for s in sets)))
-        _walk(b, ctx, children_lists(parents[b].tolist()), guided[b], target_probs[b],
-              None if draft_probs is None else draft_probs[b], u_accept[b], float(u_sample[b]), method, eps,
-              residual == "transport", greedy, out)
-    return out
+        _walk(b, ctx, tree.children[b if tree.batch > 1 else 0], guided[b], target_probs[b],
+              None if draft_probs is None else draft_probs[b], u_accept[b], float(u_sample[b]), method, args.eps,
+              args.transport, greedy, result)
+    for dst, src in zip(out[:5], result[:5]):
+        dst.copy_(src)

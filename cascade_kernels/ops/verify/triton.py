@@ -26,15 +26,26 @@ import torch
 import triton
 import triton.language as tl
 
-from ..methods import GSD, Cascade, Cool, Exact, Lantern
-from ..trees import depths
-from ..types import VerifyOutput
+from ...codes import METHODS, STATUS, STREAMS
+from ...methods import cool_scale
+from ...types import VerifyArgs, VerifyOutput
+from ..similarity_sets.triton import similarity_sets
 
-__all__ = ["verify_triton", "MAX_BLOCK_V"]
+__all__ = ["verify", "MAX_BLOCK_V"]
 
 MAX_BLOCK_V = 1024  # tests lower this so the chunk loop runs several times on tiny vocabularies
 
-M_EXACT, M_LANTERN, M_GSD, M_CASCADE, M_COOL = 0, 1, 2, 3, 4
+# codes.py, as compile-time constants of the kernels
+M_LANTERN = tl.constexpr(METHODS["lantern"])
+M_GSD = tl.constexpr(METHODS["gsd"])
+M_CASCADE = tl.constexpr(METHODS["cascade"])
+M_COOL = tl.constexpr(METHODS["cool"])
+ST_NONFINITE_TARGET = tl.constexpr(STATUS["NONFINITE_TARGET"])
+ST_EMPTY_RESIDUAL = tl.constexpr(STATUS["EMPTY_RESIDUAL"])
+ST_NONFINITE_DRAFT = tl.constexpr(STATUS["NONFINITE_DRAFT"])
+ST_BAD_TOKEN = tl.constexpr(STATUS["BAD_TOKEN"])
+STREAM_ACCEPT = tl.constexpr(STREAMS["ACCEPT"])
+STREAM_SAMPLE = tl.constexpr(STREAMS["SAMPLE"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,7 +261,7 @@ def _uniform(seed, offset):
 
 
 @triton.jit
-def _cascade_block(sets, tok_row, qrow, arow, b, c, x, N, W, n_abs, charge, tvd, eps32):
+def _cascade_block(sets, tok_row, qrow, arow, b, c, x, N, V, W, n_abs, charge, tvd, eps32):
     """One CASCADE block of child ``c``: deduplicated live tokens, absorbed all-or-nothing if it fits."""
     n_blk = n_abs
     mass = 0.0
@@ -258,7 +269,7 @@ def _cascade_block(sets, tok_row, qrow, arow, b, c, x, N, W, n_abs, charge, tvd,
         word = tl.load(sets + (b * N + c) * W + jj // 32)
         if ((word >> (jj % 32)) & 1) != 0:
             y = tl.load(tok_row + jj)
-            if y >= 0:
+            if (y >= 0) & (y < V):
                 qy = tl.load(qrow + y)
                 new = (qy > 0.0) & (y != x)
                 k = n_blk * 0
@@ -284,7 +295,7 @@ def _verify_kernel(
     tok_ptr, fc_ptr, ns_ptr, cw_ptr, tgt_ptr, drf_ptr, nb_ptr, inter_ptr, conv_ptr, seed_ptr, fp_ptr,
     q_ptr, p_ptr, a_ptr, am_ptr,
     acc_len_ptr, nodes_ptr, next_ptr, tvd_ptr, status_ptr,
-    B, N, V, L, W, MAXA, n_nb, gsd_G, gsd_dp, cfg_s, temp, top_k, top_p,
+    B, N, V, L, W, MAXA, TREE_STRIDE, n_nb, gsd_G, gsd_dp, cfg_s, temp, top_k, top_p,
     METHOD: tl.constexpr, LANTERN_PP: tl.constexpr, USE_INTER: tl.constexpr, USE_CONV: tl.constexpr,
     SAMPLED: tl.constexpr, GREEDY: tl.constexpr, TRANSPORT: tl.constexpr, CFG: tl.constexpr,
     TOPK: tl.constexpr, TOPP: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -301,7 +312,7 @@ def _verify_kernel(
     arow = a_ptr + b * MAXA
     amrow = am_ptr + b * MAXA
     tok_row = tok_ptr + b * N
-    u_sample = tl.maximum(_uniform(seed, tl.full([], 1, tl.int64) << 32), 2.3283064365386963e-10)
+    u_sample = tl.maximum(_uniform(seed, tl.full([], STREAM_SAMPLE, tl.int64) << 32), 2.3283064365386963e-10)
 
     u = tl.full([], 0, tl.int64)
     n_acc = tl.full([], 0, tl.int64)
@@ -318,7 +329,7 @@ def _verify_kernel(
                                                  CFG, TOPK, TOPP, BLOCK_V)
         if valid == 0:
             nxt_tok = _nan_safe_argmax(cond, uncond, V, cfg_s, CFG, BLOCK_V)
-            status = status | 1
+            status = status | ST_NONFINITE_TARGET
             done = 1
         else:
             # q_u into the scratch row
@@ -327,10 +338,25 @@ def _verify_kernel(
                 pr = _probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
                 tl.store(qrow + cols, pr, mask=cols < V)
             tl.debug_barrier()
-            c = tl.load(fc_ptr + row).to(tl.int64)
+            trow = b * TREE_STRIDE + u  # the tree's row (one tree may serve the whole batch)
+            # a drafted child outside [-1, V) stops the walk here (docs/CONTRACT.md §Status)
+            bad = tl.full([], 0, tl.int32)
+            c = tl.load(fc_ptr + trow).to(tl.int64)
+            while c >= 0:
+                y = tl.load(tok_row + c)
+                bad = bad | ((y < -1) | (y >= V)).to(tl.int32)
+                c = tl.load(ns_ptr + b * TREE_STRIDE + c).to(tl.int64)
+            c = tl.load(fc_ptr + trow).to(tl.int64)
             while (c >= 0) & (tl.load(tok_row + tl.maximum(c, 0)) < 0):
-                c = tl.load(ns_ptr + b * N + c).to(tl.int64)
-            if c < 0:
+                c = tl.load(ns_ptr + b * TREE_STRIDE + c).to(tl.int64)
+            if bad != 0:
+                status = status | ST_BAD_TOKEN
+                if GREEDY:
+                    nxt_tok = _argmax_row(qrow, V, BLOCK_V)
+                else:
+                    nxt_tok = _sample_row(qrow, V, u_sample, BLOCK_V)
+                done = 1
+            elif c < 0:
                 if GREEDY:
                     nxt_tok = _argmax_row(qrow, V, BLOCK_V)
                 else:
@@ -342,7 +368,7 @@ def _verify_kernel(
                     dkth, dm, dinv_s, dt, dsp, dvalid = _row_stats(dcond, dcond, V, cfg_s, temp, top_k, top_p,
                                                                    False, TOPK, TOPP, BLOCK_V)
                     if dvalid == 0:
-                        status = status | 4
+                        status = status | ST_NONFINITE_DRAFT
                         nxt_tok = _sample_row(qrow, V, u_sample, BLOCK_V)
                         done = 1
                     else:
@@ -359,26 +385,26 @@ def _verify_kernel(
                     x = tl.load(tok_row + c)
                     skip = x < 0
                     if not SAMPLED:
-                        d = tl.load(fc_ptr + row).to(tl.int64)
+                        d = tl.load(fc_ptr + trow).to(tl.int64)
                         while d != c:
                             skip = skip | (tl.load(tok_row + d) == x)
-                            d = tl.load(ns_ptr + b * N + d).to(tl.int64)
+                            d = tl.load(ns_ptr + b * TREE_STRIDE + d).to(tl.int64)
                     if skip == 0:
                         qx = tl.load(qrow + x)
                         left = eps - tvd.to(tl.float64)
                         r = qx
                         charge = 0.0
                         n_abs = tl.full([], 0, tl.int64)
-                        w_cool = tl.load(cw_ptr + b * N + c)  # float64 (1.0 unless COOL)
+                        w_cool = tl.load(cw_ptr + b * TREE_STRIDE + c)  # float64 (1.0 unless COOL)
                         # ---------------- method relaxation (SPEC §4) ----------------
-                        if METHOD == 4:  # COOL
+                        if METHOD == M_COOL:
                             qx64 = qx.to(tl.float64)
                             r64 = tl.minimum(tl.minimum(1.0, w_cool * qx64), qx64 + left)
                             r = r64.to(tl.float32)
                             charge = (r.to(tl.float64) - qx64).to(tl.float32)
-                        if METHOD == 1:  # LANTERN / LANTERN++
+                        if METHOD == M_LANTERN:  # LANTERN / LANTERN++ (cap 0 when q(x) = 0, also for lam = inf)
                             if LANTERN_PP:
-                                cap = lan_lam_m1 * qx.to(tl.float64)
+                                cap = tl.where(qx > 0.0, lan_lam_m1 * qx.to(tl.float64), 0.0)
                             else:
                                 cap = lan_delta
                             cap32 = tl.minimum(cap, left).to(tl.float32)
@@ -398,7 +424,7 @@ def _verify_kernel(
                                 j += 1
                             charge = run
                             r = qx + run
-                        if METHOD == 2:  # GSD
+                        if METHOD == M_GSD:
                             left32 = left.to(tl.float32)
                             run = 0.0
                             fits = tl.full([], 1, tl.int32)
@@ -436,12 +462,12 @@ def _verify_kernel(
                                         fits = 0
                             charge = run
                             r = qx + run
-                        if METHOD == 3:  # CASCADE: interchangeable block first, then convergence
+                        if METHOD == M_CASCADE:  # interchangeable block first, then convergence
                             if USE_INTER:
-                                n_abs, charge = _cascade_block(inter_ptr, tok_row, qrow, arow, b, c, x, N, W,
+                                n_abs, charge = _cascade_block(inter_ptr, tok_row, qrow, arow, b, c, x, N, V, W,
                                                                n_abs, charge, tvd, eps32)
                             if USE_CONV:
-                                n_abs, charge = _cascade_block(conv_ptr, tok_row, qrow, arow, b, c, x, N, W,
+                                n_abs, charge = _cascade_block(conv_ptr, tok_row, qrow, arow, b, c, x, N, V, W,
                                                                n_abs, charge, tvd, eps32)
                             r = qx + charge
                         tvd = tvd + charge
@@ -467,14 +493,14 @@ def _verify_kernel(
                                 k += 1
                             tl.debug_barrier()
                             best64 = best.to(tl.float64)
-                            if METHOD == 4:
+                            if METHOD == M_COOL:
                                 if qx < 1.0:
                                     best64 = best64 * ((1.0 - r.to(tl.float64)) / (1.0 - qx.to(tl.float64)))
                                 else:
                                     best64 = best64 * 0.0
                             ok = r.to(tl.float64) >= best64
                         else:
-                            ua = _uniform(seed, c)
+                            ua = _uniform(seed, c + (tl.full([], STREAM_ACCEPT, tl.int64) << 32))
                             if SAMPLED:
                                 px = tl.load(prow + x)
                                 ratio = tl.where(px == 0.0, tl.where(r > 0.0, 1.0, 0.0), r / px)
@@ -486,7 +512,7 @@ def _verify_kernel(
                         else:
                             # ---------------- residual (SPEC §3) ----------------
                             if SAMPLED:
-                                if METHOD != 4:
+                                if METHOD != M_COOL:
                                     if TRANSPORT:
                                         tl.store(qrow + x, r)
                                         k = 0
@@ -500,7 +526,7 @@ def _verify_kernel(
                                     cols = start + offs
                                     qv = tl.load(qrow + cols, mask=cols < V, other=0.0)
                                     pv = tl.load(prow + cols, mask=cols < V, other=0.0)
-                                    if METHOD == 4:
+                                    if METHOD == M_COOL:
                                         f = tl.where(pv > 0.0, tl.minimum(w32 * qv / pv, 1.0), 1.0)
                                         nq = tl.maximum(qv - pv * f, 0.0)
                                     else:
@@ -527,12 +553,12 @@ def _verify_kernel(
                                     tl.store(qrow + cols, qv / total, mask=cols < V)
                                 tl.debug_barrier()
                             else:
-                                status = status | 2
+                                status = status | ST_EMPTY_RESIDUAL
                                 nxt_tok = _argmax_probs(cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
                                                         CFG, TOPK, TOPP, BLOCK_V)
                                 ended = 1
                     if accepted < 0:
-                        c = tl.load(ns_ptr + b * N + c).to(tl.int64)
+                        c = tl.load(ns_ptr + b * TREE_STRIDE + c).to(tl.int64)
                 if accepted >= 0:
                     u = accepted
                     n_acc += 1
@@ -554,91 +580,51 @@ def _verify_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launcher
 # ----------------------------------------------------------------------------------------------
-def children_links(parents: torch.Tensor):
-    """first_child [B,N] and next_sibling [B,N] int32 (-1 = none), children in increasing node index."""
-    B, N = parents.shape
-    p = parents.to(torch.int64)
-    idx = torch.arange(N, device=p.device)
-    real = (p >= 0) & (idx > 0)
-    is_child = (p.unsqueeze(1) == idx.view(1, N, 1)) & real.unsqueeze(1)  # [b, u, j]: parent(j) == u
-    big = torch.full_like(is_child, N, dtype=torch.int64).masked_fill(~is_child, N)
-    first = torch.where(is_child, idx.view(1, 1, N).expand(B, N, N), big).min(-1).values
-    first_child = torch.where(first < N, first, -1)
-    sib = (p.unsqueeze(-1) == p.unsqueeze(-2)) & real.unsqueeze(-1) & real.unsqueeze(-2)
-    sib &= idx.view(1, 1, N) > idx.view(1, N, 1)
-    nxt = torch.where(sib, idx.view(1, 1, N).expand(B, N, N), big).min(-1).values
-    next_sibling = torch.where(nxt < N, nxt, -1)
-    return first_child.to(torch.int32).contiguous(), next_sibling.to(torch.int32).contiguous()
-
-
 def _block_v(V: int) -> int:
     return max(2, min(MAX_BLOCK_V, triton.next_power_of_2(V)))
 
 
-def verify_triton(*, tokens, parents, target_logits, method, draft_logits, hidden, residual, eps, temperature,
-                  top_k, top_p, cfg_scale, seed) -> VerifyOutput:
-    """Fused ``ck.verify`` on validated, normalized inputs (one verification launch for the batch)."""
-    device = target_logits.device
+def verify(args: VerifyArgs, out: VerifyOutput) -> None:
+    """Fused ``ck.verify``: one verification launch for the batch (plus one similarity launch for CASCADE)."""
+    tokens, tree, m = args.tokens, args.tree, args.method
+    device = args.target_logits.device
     B, N = tokens.shape
-    V = target_logits.shape[2]
-    greedy = temperature == 0
-    sampled = draft_logits is not None and not greedy
-    depth = depths(parents)
-    L = int(depth.max()) + 1
-    first_child, next_sibling = children_links(parents)
-
-    fparams = torch.zeros(4, dtype=torch.float64, device=device)
-    fparams[0] = float(eps)
-    cool_w = torch.ones(B, N, dtype=torch.float64, device=device)
-    nb = torch.full((1, 1), -1, dtype=torch.int64, device=device)
-    n_nb, gsd_G, gsd_dp = 0, 0, 0.0
+    V = args.target_logits.shape[2]
+    greedy = args.temperature == 0
+    sampled = args.draft_logits is not None
+    fparams = torch.tensor([args.eps, m.f("lantern_delta"), m.f("lantern_lam_m1"), 0.0], dtype=torch.float64)
+    fparams = fparams.to(device, non_blocking=True)
     words = (N + 31) // 32
+    nb = torch.full((1, 1), -1, dtype=torch.int64, device=device)
     inter = conv = torch.zeros(1, dtype=torch.int32, device=device)
-    kind, lantern_pp, use_inter, use_conv = M_EXACT, False, False, False
     maxa = 1
-    if isinstance(method, Cool):
-        kind = M_COOL
-        table = torch.tensor([method.scale(d) for d in range(int(depth.max()) + 1)], dtype=torch.float64)
-        cool_w = table.to(device)[depth]
-    elif isinstance(method, Lantern):
-        kind = M_LANTERN
-        n_nb = method.n_neighbors
-        nb = method.neighbors[:, :n_nb].contiguous() if n_nb else nb
-        lantern_pp = method.lam is not None
-        fparams[1] = float(method.delta)
-        fparams[2] = float(method.lam - 1.0) if lantern_pp else 0.0
-        maxa = max(1, n_nb)
-    elif isinstance(method, GSD):
-        kind, gsd_G, gsd_dp = M_GSD, int(method.G), float(method.dp)
-        maxa = max(1, gsd_G)
-    elif isinstance(method, Cascade):
-        from .similarity_triton import similarity_sets_triton
-
-        kind, use_inter, use_conv = M_CASCADE, bool(method.use_interchange), bool(method.use_convergence)
-        sets = similarity_sets_triton(parents, hidden, method.tau_pos, method.tau_seq)
+    cool_w = torch.ones(tree.depth.shape, dtype=torch.float64, device=device)  # w = 1 unless COOL
+    if m.code == METHODS["cool"]:
+        table = torch.tensor([cool_scale(m.fparams, d) for d in range(tree.max_depth + 1)], dtype=torch.float64)
+        cool_w = table.to(device)[tree.depth]
+    elif m.code == METHODS["lantern"]:
+        if m.i("n_neighbors"):
+            nb = m.neighbors
+        maxa = max(1, m.i("n_neighbors"))
+    elif m.code == METHODS["gsd"]:
+        maxa = max(1, min(m.i("gsd_G"), V))
+    elif m.code == METHODS["cascade"]:
+        sets = similarity_sets(tree.expand(B).contiguous(), args.hidden, m.f("tau_pos"), m.f("tau_seq"))
         inter, conv = sets.interchange_packed.contiguous(), sets.convergence_packed.contiguous()
         maxa = 2 * N
-    elif not isinstance(method, Exact):  # pragma: no cover - validation rejects other types
-        raise TypeError(f"unknown method {method!r}")
-
     q_ws = torch.empty(B, V, dtype=torch.float32, device=device)
     p_ws = torch.empty(B, V, dtype=torch.float32, device=device) if sampled else q_ws
     a_ws = torch.empty(B, maxa, dtype=torch.int64, device=device)
     am_ws = torch.empty(B, maxa, dtype=torch.float32, device=device)
-    accept_len = torch.zeros(B, dtype=torch.int32, device=device)
-    nodes = torch.full((B, L), -1, dtype=torch.int32, device=device)
-    next_token = torch.zeros(B, dtype=torch.int64, device=device)
-    tvd = torch.zeros(B, dtype=torch.float32, device=device)
-    status = torch.zeros(B, dtype=torch.int32, device=device)
-    drf = draft_logits if sampled else target_logits
+    drf = args.draft_logits if sampled else args.target_logits
+    cfg = args.cfg_scale
     _verify_kernel[(B,)](
-        tokens, first_child, next_sibling, cool_w, target_logits, drf, nb, inter, conv, seed, fparams,
-        q_ws, p_ws, a_ws, am_ws, accept_len, nodes, next_token, tvd, status,
-        B, N, V, L, words, maxa, n_nb, gsd_G, gsd_dp,
-        float(cfg_scale) if cfg_scale is not None else 1.0,
-        1.0 if greedy else float(temperature), int(top_k), float(top_p),
-        METHOD=kind, LANTERN_PP=lantern_pp, USE_INTER=use_inter, USE_CONV=use_conv,
-        SAMPLED=sampled, GREEDY=greedy, TRANSPORT=residual == "transport", CFG=cfg_scale is not None,
-        TOPK=top_k > 0, TOPP=top_p < 1.0, BLOCK_V=_block_v(V),
+        tokens, tree.first_child, tree.next_sibling, cool_w, args.target_logits, drf, nb, inter, conv, args.seed,
+        fparams, q_ws, p_ws, a_ws, am_ws, out.accept_len, out.accepted_nodes, out.next_token, out.tvd, out.status,
+        B, N, V, tree.max_depth + 1, words, maxa, 0 if tree.batch == 1 else N, m.i("n_neighbors"),
+        min(m.i("gsd_G"), V), m.f("gsd_dp"), 1.0 if cfg is None else cfg, 1.0 if greedy else args.temperature,
+        args.top_k, args.top_p,
+        METHOD=m.code, LANTERN_PP=bool(m.i("lantern_pp")), USE_INTER=bool(m.i("use_interchange")),
+        USE_CONV=bool(m.i("use_convergence")), SAMPLED=sampled, GREEDY=greedy, TRANSPORT=args.transport,
+        CFG=cfg is not None, TOPK=args.top_k > 0, TOPP=args.top_p < 1.0, BLOCK_V=_block_v(V),
     )
-    return VerifyOutput(accept_len, nodes, next_token, tvd, status, backend="triton")

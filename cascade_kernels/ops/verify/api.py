@@ -1,0 +1,117 @@
+"""``ck.verify``: check once at the boundary, then one backend writes the outputs.
+
+Backends (``reference.py``, ``cpu.py``, ``triton.py`` beside this file) expose ``verify(args, out)``:
+``args`` is a :class:`~cascade_kernels.types.VerifyArgs`, ``out`` a :class:`VerifyOutput` of
+caller-visible tensors that they fill in place. Under ``torch.compile`` the call goes through the
+``cascade_kernels::verify`` custom op (``torch.library``), whose fake implementation gives the output
+shapes, so a compiled decode step has no graph break.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+
+from ... import _backend
+from ...methods import Exact, PackedMethod
+from ...trees import Tree, prepare_tree
+from ...types import VerifyArgs, VerifyOutput
+from ...validation import check_verify_inputs, check_verify_values
+
+CHECKS = ("fast", "full")
+
+
+def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None, hidden=None,
+           residual="transport", eps=None, temperature=1.0, top_k=0, top_p=1.0, cfg_scale=None, seed=0,
+           backend="auto", check="fast", out: Optional[VerifyOutput] = None) -> VerifyOutput:
+    """Verify a batch of draft trees against the target (docs/CONTRACT.md §2-6).
+
+    tokens [B,N] int64; parents: a ``ck.Tree`` (``ck.prepare_tree``), or [N] / [B,N] ints (prepared
+    and cached); target_logits [B,N,V] (or [2B,N,V] with ``cfg_scale``); ``draft_logits`` [B,N,V]
+    switches to sampled drafting; ``hidden`` [B,N,D] feeds ck.Cascade. ``seed``: an int or an int64
+    tensor [B] (or [1]) on the logits' device (CUDA-graph friendly). ``check="full"`` adds eager,
+    synchronising value checks that raise instead of setting ``status``. ``out``: a ``VerifyOutput``
+    of preallocated tensors to write into (accepted_nodes must be [B, tree.max_depth + 1]).
+    Returns accept_len [B], accepted_nodes [B, L] (root first, -1 padded), next_token [B], tvd [B],
+    status [B] (``ck.STATUS_*`` bits) and the backend used.
+    """
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    if torch.compiler.is_compiling():
+        return _verify_compiled(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
+                                temperature, top_k, top_p, cfg_scale, seed, backend)
+    args = check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
+                               temperature, top_k, top_p, cfg_scale, seed)
+    if check == "full":
+        check_verify_values(args)
+    name, impl = _backend.resolve("verify", backend, args.target_logits.device)
+    out = _outputs(args, out)
+    impl(args, out)
+    return out._replace(backend=name)
+
+
+def _outputs(args: VerifyArgs, out: Optional[VerifyOutput]) -> VerifyOutput:
+    B = args.tokens.shape[0]
+    L = args.tree.max_depth + 1
+    dev = args.target_logits.device
+    if out is None:
+        return VerifyOutput(torch.zeros(B, dtype=torch.int32, device=dev),
+                            torch.full((B, L), -1, dtype=torch.int32, device=dev),
+                            torch.zeros(B, dtype=torch.int64, device=dev),
+                            torch.zeros(B, dtype=torch.float32, device=dev),
+                            torch.zeros(B, dtype=torch.int32, device=dev))
+    want = {"accept_len": ((B,), torch.int32), "accepted_nodes": ((B, L), torch.int32),
+            "next_token": ((B,), torch.int64), "tvd": ((B,), torch.float32), "status": ((B,), torch.int32)}
+    for field, (shape, dtype) in want.items():
+        t = getattr(out, field)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype or t.device != dev \
+                or not t.is_contiguous():
+            raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev}")
+    out.accepted_nodes.fill_(-1)
+    for t in (out.accept_len, out.next_token, out.tvd, out.status):
+        t.zero_()
+    return VerifyOutput(*out[:5])
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.library custom op (used under torch.compile)
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("cascade_kernels::verify", mutates_args=())
+def _verify_op(tokens: torch.Tensor, parents: torch.Tensor, target_logits: torch.Tensor,
+               draft_logits: Optional[torch.Tensor], hidden: Optional[torch.Tensor],
+               neighbors: Optional[torch.Tensor], method_code: int, iparams: List[int], fparams: List[float],
+               transport: bool, eps: float, temperature: float, top_k: int, top_p: float,
+               cfg_scale: Optional[float], seed: torch.Tensor, max_depth: int,
+               backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    tree = prepare_tree(parents, device=target_logits.device)
+    ip, fp = tuple(iparams), tuple(fparams)
+    packed = PackedMethod(method_code, ip, fp, neighbors, torch.tensor(ip, dtype=torch.int64),
+                          torch.tensor(fp, dtype=torch.float64))
+    args = VerifyArgs(tokens, tree, target_logits, draft_logits, hidden, packed, transport, eps, temperature, top_k,
+                      top_p, cfg_scale, seed)
+    _, impl = _backend.resolve("verify", backend, target_logits.device)
+    out = _outputs(args, None)
+    impl(args, out)
+    return tuple(t.clone() for t in out[:5])  # custom ops may not return views of their inputs
+
+
+@_verify_op.register_fake
+def _(tokens, parents, target_logits, draft_logits, hidden, neighbors, method_code, iparams, fparams, transport,
+      eps, temperature, top_k, top_p, cfg_scale, seed, max_depth, backend):
+    B = tokens.shape[0]
+    new = target_logits.new_empty
+    return (new((B,), dtype=torch.int32), new((B, max_depth + 1), dtype=torch.int32), new((B,), dtype=torch.int64),
+            new((B,), dtype=torch.float32), new((B,), dtype=torch.int32))
+
+
+def _verify_compiled(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps, temperature,
+                     top_k, top_p, cfg_scale, seed, backend) -> VerifyOutput:
+    """The traced path: shape checks run at trace time, the work runs in the custom op."""
+    if not isinstance(parents, Tree):
+        raise TypeError("under torch.compile, pass parents as a ck.prepare_tree(...) result (its depth must be "
+                        "known when the graph is traced)")
+    args = check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
+                               temperature, top_k, top_p, cfg_scale, seed)
+    m = args.method
+    res = _verify_op(args.tokens, args.tree.parents, args.target_logits, args.draft_logits, args.hidden, m.neighbors,
+                     m.code, list(m.iparams), list(m.fparams), args.transport, args.eps, args.temperature,
+                     args.top_k, args.top_p, args.cfg_scale, args.seed, args.tree.max_depth, backend)
+    return VerifyOutput(*res, backend=backend)
