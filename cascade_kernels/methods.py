@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 
 from . import codes
@@ -44,6 +45,13 @@ def _pack(method: Method, neighbors=None, **slots) -> PackedMethod:
     fp = tuple(float(slots.get(k, 0.0)) for k in codes.FLOAT_PARAMS)
     return PackedMethod(codes.METHODS[method.name], ip, fp, neighbors,
                         torch.tensor(ip, dtype=torch.int64), torch.tensor(fp, dtype=torch.float64))
+
+
+def _param(method, attr: str, **bounds):
+    """Check one method parameter (numpy scalars count, bools do not); the error names ``Class.attr``."""
+    from .validation import check_number  # validation imports this module
+
+    check_number(getattr(method, attr), f"{type(method).__name__}.{attr}", **bounds)
 
 
 def cool_scale(fparams, depth: int) -> float:
@@ -93,12 +101,11 @@ class Lantern(Method):
         srt = nb.sort(dim=1).values
         if bool(((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)).any()):
             raise ValueError("Lantern.neighbors: a row lists a token twice")
-        if self.k is not None and (not isinstance(self.k, int) or self.k < 0):
-            raise ValueError(f"Lantern.k must be a non-negative int or None, got {self.k!r}")
-        if not (self.delta >= 0):
-            raise ValueError(f"Lantern.delta must be >= 0, got {self.delta!r}")
-        if self.lam is not None and not (self.lam >= 1):
-            raise ValueError(f"Lantern.lam must be >= 1 (LANTERN++), got {self.lam!r}")
+        if self.k is not None:
+            _param(self, "k", lo=0, integer=True)
+        _param(self, "delta", lo=0.0)
+        if self.lam is not None:
+            _param(self, "lam", lo=1.0, allow_inf=True)
         # a private copy: later edits of the caller's tensor cannot make the backends disagree
         object.__setattr__(self, "neighbors", nb.to(torch.int64, copy=True).contiguous())
 
@@ -124,10 +131,8 @@ class GSD(Method):
     name = "gsd"
 
     def __post_init__(self):
-        if not isinstance(self.G, int) or self.G < 0:
-            raise ValueError(f"GSD.G must be a non-negative int, got {self.G!r}")
-        if not (self.dp >= 0):
-            raise ValueError(f"GSD.dp must be >= 0, got {self.dp!r}")
+        _param(self, "G", lo=0, integer=True)
+        _param(self, "dp", lo=0.0, allow_inf=True)
 
     @functools.cached_property
     def packed(self) -> PackedMethod:
@@ -146,12 +151,12 @@ class Cascade(Method):
     name = "cascade"
 
     def __post_init__(self):
-        for attr in ("tau_pos", "tau_seq"):
-            v = getattr(self, attr)
-            if not isinstance(v, (int, float)) or math.isnan(v):  # > 1 empties the set
-                raise ValueError(f"Cascade.{attr} must be a number, got {v!r}")
-        if not (self.eps >= 0):
-            raise ValueError(f"Cascade.eps must be >= 0, got {self.eps!r}")
+        _param(self, "tau_pos", allow_inf=True)  # > 1 empties the set
+        _param(self, "tau_seq", allow_inf=True)
+        _param(self, "eps", lo=0.0, allow_inf=True)
+        for attr in ("use_interchange", "use_convergence"):
+            if not isinstance(getattr(self, attr), (bool, np.bool_)):
+                raise TypeError(f"Cascade.{attr} must be a bool, got {getattr(self, attr)!r}")
 
     @property
     def default_eps(self) -> float:
@@ -173,10 +178,9 @@ class Cool(Method):
     name = "cool"
 
     def __post_init__(self):
-        if not (self.w_min >= 1.0):
-            raise ValueError(f"Cool.w_min must be >= 1, got {self.w_min!r}")
-        if not (self.delta >= 0 and self.nu >= 0):
-            raise ValueError(f"Cool.delta and Cool.nu must be >= 0, got {self.delta!r}, {self.nu!r}")
+        _param(self, "w_min", lo=1.0)
+        _param(self, "delta", lo=0.0)
+        _param(self, "nu", lo=0.0)
 
     @functools.cached_property
     def packed(self) -> PackedMethod:

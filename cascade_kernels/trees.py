@@ -263,6 +263,8 @@ def lantern_neighbors(codebook: torch.Tensor, k: int, chunk: int = 1024) -> torc
     """
     if codebook.dim() != 2 or not codebook.is_floating_point():
         raise ValueError(f"codebook must be a float tensor [V, d], got {tuple(codebook.shape)} {codebook.dtype}")
+    if not bool(torch.isfinite(codebook).all()):
+        raise ValueError("codebook holds NaN or inf entries: nearest neighbours are undefined")
     V = codebook.shape[0]
     if not (isinstance(k, int) and 0 <= k < V):
         raise ValueError(f"k must be an int in [0, V-1={V - 1}], got {k!r}")

@@ -70,8 +70,13 @@ def check_sampling(temperature, top_k, top_p, cfg_scale, V: int):
         check_number(cfg_scale, "cfg_scale")
 
 
+_seed_cache = {}
+
+
 def check_seed(seed, B: int, device) -> torch.Tensor:
-    """int or int64 tensor ``[B]`` (or ``[1]``) -> int64 ``[B]`` on ``device``."""
+    """int or int64 tensor ``[B]`` (or ``[1]``) -> int64 ``[B]`` on ``device`` (read-only for the backends).
+
+    Int seeds map to small cached tensors, so a decode loop passing ints does not allocate every call."""
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64:
             raise TypeError(f"seed tensor must be int64, got {seed.dtype}")
@@ -84,7 +89,13 @@ def check_seed(seed, B: int, device) -> torch.Tensor:
         raise TypeError(f"seed must be an int or an int64 tensor [B], got {type(seed).__name__}")
     if not (-(2**63) <= int(seed) < 2**63):
         raise ValueError(f"seed = {seed} does not fit in int64")
-    return torch.full((B,), int(seed), dtype=torch.int64, device=device)
+    key = (int(seed), B, device)
+    hit = _seed_cache.get(key)
+    if hit is None:
+        if len(_seed_cache) > 256:
+            _seed_cache.clear()
+        hit = _seed_cache[key] = torch.full((B,), int(seed), dtype=torch.int64, device=device)
+    return hit
 
 
 def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
@@ -149,7 +160,8 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
 
 
 def _contiguous(x: torch.Tensor) -> torch.Tensor:
-    x = x.detach()
+    if x.requires_grad:
+        x = x.detach()
     return x if x.is_contiguous() else x.contiguous()
 
 

@@ -233,8 +233,8 @@ def test_parity_settings(backend, kw, case_kw, method):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_rows_set_status(backend):
-    B, V = size(backend, 64, 37)
-    inputs = make_case(5, B=B, V=V, nan=True, draft=True)
+    B = 64 if backend == "cpu" or HAS_CUDA else 12  # enough sequences for some to meet a poisoned row
+    inputs = make_case(5, B=B, V=37, nan=True, draft=True)
     ref, out = run_both(backend, inputs, ck.Exact())
     assert bool((ref.status != 0).any())
 

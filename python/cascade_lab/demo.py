@@ -43,11 +43,23 @@ def parse_args(argv=None):
     ap.add_argument("--drafter", default="drafter_eagle.pt", help="drafter weight file in --weights")
     ap.add_argument("--num-tokens", type=int, default=256, help="image tokens per image (256 = 16x16)")
     ap.add_argument("--out", default="demo_out")
-    return ap.parse_args(argv)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: this small model's ops are too short to split, and a "
+                         "busy second core would stall a 2-thread team at every barrier)")
+    args = ap.parse_args(argv)
+    side = int(round(args.num_tokens ** 0.5))
+    if args.num_tokens < 1 or side * side != args.num_tokens:
+        ap.error(f"--num-tokens must be a square number of tokens (the VQ grid, e.g. 256 = 16x16), got {args.num_tokens}")
+    if args.per_class < 1:
+        ap.error(f"--per-class must be >= 1, got {args.per_class}")
+    if args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
+    return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     vq = load_vq(args.weights, device=dev)
     target = load_target(args.weights, device=dev)

@@ -31,7 +31,11 @@ def load_drafter(weights_dir: str = WEIGHTS_DIR, dtype=torch.float32, device="cp
     from .drafter import Drafter, DrafterConfig
 
     obj = load_weights(name, weights_dir)
-    return _finish(Drafter(DrafterConfig(**obj["config"])), obj, dtype, device)
+    try:
+        config = DrafterConfig(**obj["config"])
+    except TypeError as exc:
+        raise WeightsError(f"{name} is not a drafter's weight file ({exc})") from exc
+    return _finish(Drafter(config), obj, dtype, device)
 
 
 def load_classifier(weights_dir: str = WEIGHTS_DIR, dtype=torch.float32, device="cpu"):

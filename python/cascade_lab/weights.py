@@ -32,7 +32,10 @@ def sha256_file(path: str) -> str:
 def _read_json(path, default):
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            try:
+                return json.load(f)
+            except json.JSONDecodeError as exc:
+                raise WeightsError(f"{path} is not valid JSON ({exc}); restore it from the repository") from exc
     return default
 
 

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from .reference import scale_saved_grad, zero_where_unsupported
+
 __all__ = ["soft_cross_entropy_chunked", "ChunkedSoftCrossEntropyFunction"]
 
 # float32 elements per chunk and temporary: 2**18 elements = 1 MiB, a few of them fit in L2.
@@ -40,7 +42,7 @@ def _run_tasks(tasks, draft, target, scale, grad, acc):
         s = scale[r0:r1].to(acc)
         logp = torch.log_softmax(draft[r0:r1].to(acc), dim=-1)
         q = torch.softmax(target[r0:r1].to(acc), dim=-1)
-        loss = loss - (s * torch.linalg.vecdot(q, logp)).sum()
+        loss = loss - (s * torch.linalg.vecdot(q, zero_where_unsupported(logp, q))).sum()
         if grad.dtype == acc:
             torch.exp(logp, out=grad[r0:r1])
             grad[r0:r1].sub_(q).mul_(s[:, None])
@@ -102,10 +104,7 @@ class ChunkedSoftCrossEntropyFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        # Liger's trick: a loss that is the graph's output gets grad_output == 1; skip the multiply.
-        if torch.equal(grad_output, torch.ones_like(grad_output)):
-            return grad, None, None, None
-        return grad * grad_output.to(grad.dtype), None, None, None
+        return scale_saved_grad(grad, grad_output), None, None, None
 
 
 def soft_cross_entropy_chunked(

@@ -88,9 +88,19 @@ def soft_cross_entropy_reference(
         row_scale = row_scale[keep]
     acc = _acc(draft_logits)
     q = torch.softmax(target_logits.detach().to(acc), dim=-1)
-    logp = torch.log_softmax(draft_logits.to(acc), dim=-1)
+    logp = zero_where_unsupported(torch.log_softmax(draft_logits.to(acc), dim=-1), q)
     ce = -(q * logp).sum(-1)
     return (row_scale.to(acc) * ce).sum()
+
+
+def zero_where_unsupported(logp: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """0 * log p := 0: a token the target gives no mass contributes nothing, even where p = 0 too."""
+    return logp.masked_fill(q == 0, 0.0)
+
+
+def scale_saved_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
+    """Backward of the fused paths: a new tensor (never the saved buffer itself), no host sync."""
+    return grad * grad_output.to(grad.dtype)
 
 
 def cascade_drafter_loss_reference(

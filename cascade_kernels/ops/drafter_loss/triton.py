@@ -23,9 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .reference import scale_saved_grad
+
 __all__ = [
     "drafter_ce_forward",
-    "drafter_ce_backward",
     "TritonSoftCrossEntropyFunction",
     "soft_cross_entropy_triton",
 ]
@@ -174,13 +175,6 @@ def drafter_ce_forward(draft: torch.Tensor, target: torch.Tensor, scale: torch.T
     return loss_rows.sum(), grad
 
 
-def drafter_ce_backward(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-    """Scale the gradient computed in forward by the incoming (scalar) gradient."""
-    if torch.equal(grad_output, torch.ones_like(grad_output)):
-        return grad
-    return grad * grad_output.to(grad.dtype)
-
-
 class TritonSoftCrossEntropyFunction(torch.autograd.Function):
     """``sum_k scale_k * CE(softmax(target_k), log_softmax(draft_k))``; gradient wrt draft only."""
 
@@ -195,7 +189,7 @@ class TritonSoftCrossEntropyFunction(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        return drafter_ce_backward(grad, grad_output), None, None, None
+        return scale_saved_grad(grad, grad_output), None, None, None
 
 
 def soft_cross_entropy_triton(draft, target, scale, block=None):

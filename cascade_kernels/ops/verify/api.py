@@ -52,12 +52,12 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput]) -> VerifyOutput:
     B = args.tokens.shape[0]
     L = args.tree.max_depth + 1
     dev = args.target_logits.device
-    if out is None:
-        return VerifyOutput(torch.zeros(B, dtype=torch.int32, device=dev),
+    if out is None:  # every backend writes all of accept_len, next_token, tvd and status
+        return VerifyOutput(torch.empty(B, dtype=torch.int32, device=dev),
                             torch.full((B, L), -1, dtype=torch.int32, device=dev),
-                            torch.zeros(B, dtype=torch.int64, device=dev),
-                            torch.zeros(B, dtype=torch.float32, device=dev),
-                            torch.zeros(B, dtype=torch.int32, device=dev))
+                            torch.empty(B, dtype=torch.int64, device=dev),
+                            torch.empty(B, dtype=torch.float32, device=dev),
+                            torch.empty(B, dtype=torch.int32, device=dev))
     want = {"accept_len": ((B,), torch.int32), "accepted_nodes": ((B, L), torch.int32),
             "next_token": ((B,), torch.int64), "tvd": ((B,), torch.float32), "status": ((B,), torch.int32)}
     for field, (shape, dtype) in want.items():
@@ -66,8 +66,6 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput]) -> VerifyOutput:
                 or not t.is_contiguous():
             raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev}")
     out.accepted_nodes.fill_(-1)
-    for t in (out.accept_len, out.next_token, out.tvd, out.status):
-        t.zero_()
     return VerifyOutput(*out[:5])
 
 

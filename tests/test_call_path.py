@@ -1,0 +1,146 @@
+"""The call path: prepared trees and their cache, no host synchronisation, torch.compile, out=, codes."""
+import sys
+
+import pytest
+import torch
+
+import cascade_kernels as ck
+from cascade_kernels import codes
+from conftest import HAS_TRITON
+
+EAGLE = ck.tree_from_choices(ck.MC_SIM_7B_63)
+
+
+def _inputs(B=2, V=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    N = EAGLE.shape[0]
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    logits = torch.randn(B, N, V, generator=g)
+    for i in range(1, N):  # boost the drafted tokens so walks go deep
+        logits[torch.arange(B), EAGLE[i].long(), tokens[:, i]] += 3.0
+    return tokens, logits, torch.randn(B, N, 8, generator=g)
+
+
+def test_prepared_tree_holds_the_structure():
+    tree = ck.prepare_tree(EAGLE)
+    assert tree.batch == 1 and tree.num_nodes == 26 and tree.max_depth == 5
+    kids0 = tree.child_list[0, tree.child_start[0, 0]:tree.child_start[0, 1]].tolist()
+    assert kids0 == [1, 2, 3, 4] == tree.children[0][0]
+    assert tree.first_child[0, 0] == 1 and tree.next_sibling[0, 1] == 2 and tree.next_sibling[0, 4] == -1
+    ref = ck.tree_buffers(EAGLE.unsqueeze(0), 7, backend="reference")
+    got = ck.tree_buffers(tree, 7)
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+    assert ck.prepare_tree("eagle").max_depth == 5 and ck.prepare_tree(tree) is tree
+
+
+def test_cache_hits_and_sees_in_place_edits():
+    parents = torch.tensor([-1, 0, 0, 1], dtype=torch.int32)
+    first = ck.prepare_tree(parents)
+    assert ck.prepare_tree(parents) is first  # same unmodified tensor: a lookup
+    parents[3] = 2  # dynamic-tree code reusing its buffer
+    second = ck.prepare_tree(parents)
+    assert second is not first and second.children[0][2] == [3] and first.children[0][1] == [3]
+    parents[3] = 5  # now invalid: the edit is seen and rejected
+    with pytest.raises(ValueError, match="parents"):
+        ck.prepare_tree(parents)
+    same_values = torch.tensor([-1, 0, 0, 1], dtype=torch.int32)
+    assert ck.prepare_tree(same_values) is not first  # another tensor object is prepared anew
+
+
+def test_verify_accepts_tree_parents_and_names_alike():
+    tokens, logits, _ = _inputs()
+    outs = [ck.verify(tokens, p, logits, seed=3) for p in
+            (ck.prepare_tree(EAGLE), EAGLE, EAGLE.expand(2, -1), "eagle", ck.MC_SIM_7B_63)]
+    for o in outs[1:]:
+        for a, b in zip(outs[0][:5], o[:5]):
+            assert torch.equal(a, b)
+
+
+def test_out_buffers_are_written_in_place():
+    tokens, logits, _ = _inputs()
+    tree = ck.prepare_tree(EAGLE)
+    fresh = ck.verify(tokens, tree, logits, seed=5)
+    out = ck.VerifyOutput(torch.full((2,), 9, dtype=torch.int32), torch.zeros(2, 6, dtype=torch.int32),
+                          torch.zeros(2, dtype=torch.int64), torch.zeros(2), torch.full((2,), 3, dtype=torch.int32))
+    got = ck.verify(tokens, tree, logits, seed=5, out=out)
+    for a, b, c in zip(fresh[:5], got[:5], out[:5]):
+        assert torch.equal(a, b) and b is c
+    with pytest.raises(ValueError, match="out.accepted_nodes"):
+        ck.verify(tokens, tree, logits, out=out._replace(accepted_nodes=torch.zeros(2, 5, dtype=torch.int32)))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_triton_path_never_reads_tensor_values_on_the_host(monkeypatch):
+    """With a prepared tree and tensor seeds, nothing in cascade_kernels calls item/bool/int/float/tolist/numpy."""
+    tokens, logits, hidden = _inputs()
+    tree = ck.prepare_tree(EAGLE)
+    seed = torch.tensor([11, 12])
+    methods = [ck.Exact(), ck.Cascade(tau_pos=0.1, tau_seq=0.1), ck.Cool()]
+    for m in methods:
+        ck.verify(tokens, tree, logits, method=m, hidden=hidden, seed=seed, backend="triton")  # compile first
+    calls = []
+
+    def guard(name):
+        original = getattr(torch.Tensor, name)
+
+        def patched(self, *a, **k):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("cascade_kernels"):
+                calls.append((name, caller))
+                raise AssertionError(f"host sync: Tensor.{name} called from {caller}")
+            return original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, patched)
+
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "numpy"):
+        guard(name)
+    for m in methods:
+        out = ck.verify(tokens, tree, logits, method=m, hidden=hidden, seed=seed, backend="triton")
+        assert out.backend == "triton"
+    assert calls == []
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    tokens, logits, hidden = _inputs(seed=4)
+    tree = ck.prepare_tree(EAGLE)
+    seed = torch.tensor([1, 2])
+    method = ck.Cascade(tau_pos=0.2, tau_seq=0.2)
+
+    def step(tokens, logits, hidden, seed):
+        out = ck.verify(tokens, tree, logits * 1.0, method=method, hidden=hidden, seed=seed, top_k=10)
+        return out.accept_len, out.accepted_nodes, out.next_token, out.tvd, out.status
+
+    eager = step(tokens, logits, hidden, seed)
+    # aot_eager: dynamo (no graph break allowed), fake tensors through register_fake, then the custom op
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(tokens, logits, hidden, seed)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+
+
+def test_codes_header_is_generated_from_codes_py():
+    import pathlib
+
+    header = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "codes.h"
+    assert header.read_text() == codes.render_header(), "run: python -m cascade_kernels.codes > csrc/codes.h"
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_triton_constants_come_from_codes_py():
+    from cascade_kernels.ops.verify import triton as kernel
+
+    assert (kernel.M_LANTERN, kernel.M_GSD, kernel.M_CASCADE, kernel.M_COOL) == tuple(
+        codes.METHODS[m] for m in ("lantern", "gsd", "cascade", "cool"))
+    assert (kernel.ST_NONFINITE_TARGET, kernel.ST_EMPTY_RESIDUAL, kernel.ST_NONFINITE_DRAFT,
+            kernel.ST_BAD_TOKEN) == tuple(codes.STATUS[k] for k in ("NONFINITE_TARGET", "EMPTY_RESIDUAL",
+                                                                     "NONFINITE_DRAFT", "BAD_TOKEN"))
+    assert (kernel.STREAM_ACCEPT, kernel.STREAM_SAMPLE) == (codes.STREAMS["ACCEPT"], codes.STREAMS["SAMPLE"])
+
+
+def test_every_method_packs_into_the_declared_slots():
+    nb = ck.lantern_neighbors(torch.randn(16, 2), 3)
+    for m in (ck.Exact(), ck.Lantern(nb, lam=float("inf")), ck.GSD(G=2**40), ck.Cascade(), ck.Cool(delta=3.0)):
+        p = ck.methods.pack(m)
+        assert p.code == codes.METHODS[m.name]
+        assert len(p.iparams) == len(codes.INT_PARAMS) and len(p.fparams) == len(codes.FLOAT_PARAMS)
+        assert all(-(2**63) <= v < 2**63 for v in p.iparams)
+    assert ck.methods.pack(ck.Cool(delta=3.0)).f("cool_delta") == 3.0
