@@ -8,6 +8,12 @@ import torch
 
 ACCEPT = 0  # one uniform per tree node: the U of SPEC §3
 SAMPLE = 1  # one uniform per sequence and step: the inverse-CDF u of SPEC §6
+# (2 is the decode loop's sampled drafting stream, docs/SEMANTICS.md.)
+# verify_continuous (docs/CONTINUOUS.md); n = position * max_proposals + proposal, D = token size:
+CONT_ACCEPT = 3  # index = position: the U of draft token i
+CONT_COMPONENT = 4  # index = n: the inverse-CDF u choosing the mixture component of proposal n
+CONT_NORMAL = 5  # index = 2 (n D + d) and 2 (n D + d) + 1: Box-Muller's u1, u2 for coordinate d
+CONT_RESIDUAL = 6  # index = n: the u keeping or refusing proposal n in the residual sampler
 
 _MASK32 = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53
