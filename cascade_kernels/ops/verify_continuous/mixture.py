@@ -146,10 +146,14 @@ def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
 
 
 def draw_uniforms(seed: torch.Tensor, n: torch.Tensor, D: int):
-    """The uniforms of proposal number ``n`` (docs/CONTINUOUS.md, "Randomness"): ``seed [B]``, ``n [B]``
-    int64 -> (component u [B], Box-Muller u1 [B, D], u2 [B, D], residual u [B])."""
+    """The uniforms of proposals number ``n`` (docs/CONTINUOUS.md, "Randomness"): ``seed [B]``,
+    ``n [B, C]`` int64 -> (component u [B, C], Box-Muller u1 [B, C, D], u2 [B, C, D], residual u [B, C]),
+    in one Philox evaluation."""
     d = torch.arange(D, dtype=torch.int64, device=n.device)
     base = (n.unsqueeze(-1) * D + d) * 2
-    s = seed.unsqueeze(-1)
-    return (philox.uniform(seed, philox.CONT_COMPONENT, n), philox.uniform(s, philox.CONT_NORMAL, base),
-            philox.uniform(s, philox.CONT_NORMAL, base + 1), philox.uniform(seed, philox.CONT_RESIDUAL, n))
+    n1 = n.unsqueeze(-1)
+    index = torch.cat([n1, base, base + 1, n1], -1)  # [B, C, 2D + 2]
+    stream = torch.tensor([philox.CONT_COMPONENT] + [philox.CONT_NORMAL] * (2 * D) + [philox.CONT_RESIDUAL],
+                          dtype=torch.int64, device=n.device)
+    u = philox.uint32_to_uniform(philox.philox_uint32(seed.view(-1, 1, 1), index, stream))
+    return u[..., 0], u[..., 1:D + 1], u[..., D + 1:2 * D + 1], u[..., -1]
