@@ -54,7 +54,7 @@ def _log_prob(lg_ptr, mu_ptr, ls_ptr, K, D, y, BK: tl.constexpr, BD: tl.constexp
     lse = tl.log(tl.sum(tl.where(km, tl.exp(lg - m), 0.0), 0))
     z = (y[None, :] - mu) * tl.exp(-ls)
     c = tl.sum(tl.where(m2, -0.5 * z * z - ls, 0.0), 1)
-    t = tl.where(km, (lg - m - lse) + (c - D.to(tl.float32) * HALF_LOG_2PI), -float("inf"))
+    t = tl.where(km, (lg - m - lse) + (c - D * HALF_LOG_2PI), -float("inf"))
     mt = tl.max(t, 0)
     s = tl.sum(tl.where(km, tl.exp(t - mt), 0.0), 0)
     return tl.where(mt == -float("inf"), -float("inf"), mt + tl.log(s))
