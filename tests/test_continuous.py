@@ -14,6 +14,7 @@ from scipy import integrate, stats
 from cascade_kernels.ops.verify_continuous import (STATUS_NONFINITE, STATUS_PROPOSALS_EXHAUSTED, GaussianMixture,
                                                    verify_continuous)
 from cascade_kernels.ops.verify_continuous.cpu import unavailable_reason
+from cascade_kernels.ops.verify_continuous.mixture import box_muller, choose_component, draw_uniforms
 
 from conftest import HAS_TRITON
 
@@ -280,6 +281,38 @@ def test_exhausted_sampler_returns_a_proposal_not_zeros():
     big = verify_continuous(draft, p, q, seed=torch.arange(B), max_proposals=4096)
     assert torch.equal(big.accept_len, out.accept_len)
     assert int(((big.status & STATUS_PROPOSALS_EXHAUSTED) != 0).sum()) == 0
+
+
+@pytest.mark.parametrize("backend", _parity_backends())
+def test_exhausted_fallback_is_the_proposal_with_the_largest_residual_ratio(backend):
+    """Recomputes the M proposals from their documented Philox indices and checks the fallback choice."""
+    B, L, D, M = 64, 2, 3, 3
+    draft, p, q = _random_case(B, L, 2, 2, D, seed=12, shift=0.1)
+    seed = torch.arange(B) * 7
+    out = verify_continuous(draft, p, q, seed=seed, max_proposals=M, backend=backend)
+    ex = torch.nonzero((out.status & STATUS_PROPOSALS_EXHAUSTED) != 0).flatten()
+    assert ex.numel() > 3
+    for b in ex.tolist():
+        s = int(out.accept_len[b])
+        qs = GaussianMixture(q.logits[b, s], q.means[b, s], q.log_scales[b, s])
+        ps = GaussianMixture(p.logits[b, s], p.means[b, s], p.log_scales[b, s])
+        uc, u1, u2, _ = draw_uniforms(seed[b:b + 1], torch.arange(M).view(1, M) + s * M, D)
+        k = choose_component(qs.logits, uc[0])
+        y = qs.means[k] + qs.log_scales[k].exp() * box_muller(u1[0], u2[0])  # [M, D]
+        rho = (1 - torch.exp(ps.log_prob(y) - qs.log_prob(y))).clamp(min=0)
+        assert torch.allclose(out.next[b], y[int(torch.argmax(rho))], atol=1e-5), (b, rho)
+
+
+def test_bonus_token_follows_the_last_target_ks():
+    B = N_STAT
+    q = mixture(Q1, B, 2)
+    q = GaussianMixture(q.logits, torch.cat([q.means[:, :1], q.means[:, 1:] + 2.0], 1), q.log_scales)  # q_1 = q_0 + 2
+    p = GaussianMixture(q.logits[:, :1], q.means[:, :1], q.log_scales[:, :1])  # p = q_0: the draft is accepted
+    out = verify_continuous(sample(p, torch.Generator().manual_seed(13)), p, q, seed=torch.arange(B) + 99,
+                            backend=STAT_BACKEND)
+    assert bool((out.accept_len == 1).all())
+    shifted = (Q1[0], [m + 2.0 for m in Q1[1]], Q1[2])
+    assert stats.kstest(out.next[:, 0].numpy(), lambda x: cdf1(shifted, x)).pvalue > P_MIN
 
 
 def test_seed_int_equals_constant_tensor_and_is_deterministic():
