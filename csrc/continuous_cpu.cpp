@@ -47,20 +47,36 @@ float max_of(const float* v, int64_t n) {
     return m;
 }
 
-// log sum_k softmax(lg)_k N(x; mu_k, exp(ls_k)^2) as mixture.mixture_log_prob; t is scratch [K].
-float log_prob(const Mix& g, int64_t D, const float* x, float* t) {
-    const float m = max_of(g.lg, g.K);
-    float se = 0.f;
-    for (int64_t k = 0; k < g.K; ++k) se += std::exp(g.lg[k] - m);
-    const float lse = std::log(se);
+// A mixture's x-independent terms, computed once per (sequence, position) and reused by every
+// evaluation there (the residual sampler evaluates p and q at each proposal): exp(-ls) and
+// log_softmax(lg). The values, hence the results, are those computed inline by the reference.
+struct Prepared {
+    std::vector<float> inv_scale;  // [K, D]
+    std::vector<float> log_w;      // [K]
+    std::vector<float> t;          // [K] scratch
+    void prepare(const Mix& g, int64_t D) {
+        inv_scale.resize(g.K * D);
+        log_w.resize(g.K);
+        t.resize(g.K);
+        const float m = max_of(g.lg, g.K);
+        float se = 0.f;
+        for (int64_t k = 0; k < g.K; ++k) se += std::exp(g.lg[k] - m);
+        const float lse = std::log(se);
+        for (int64_t k = 0; k < g.K; ++k) log_w[k] = g.lg[k] - m - lse;
+        for (int64_t e = 0; e < g.K * D; ++e) inv_scale[e] = std::exp(-g.ls[e]);
+    }
+};
+
+// log sum_k softmax(lg)_k N(x; mu_k, exp(ls_k)^2) as mixture.mixture_log_prob; `pre` = prepare(g).
+float log_prob(const Mix& g, int64_t D, const float* x, Prepared& pre) {
+    float* t = pre.t.data();
     for (int64_t k = 0; k < g.K; ++k) {
         float c = 0.f;
         for (int64_t d = 0; d < D; ++d) {
-            const float ls = g.ls[k * D + d];
-            const float z = (x[d] - g.mu[k * D + d]) * std::exp(-ls);
-            c += -0.5f * z * z - ls;
+            const float z = (x[d] - g.mu[k * D + d]) * pre.inv_scale[k * D + d];
+            c += -0.5f * z * z - g.ls[k * D + d];
         }
-        t[k] = (g.lg[k] - m - lse) + (c - static_cast<float>(D) * kHalfLog2Pi);
+        t[k] = pre.log_w[k] + (c - static_cast<float>(D) * kHalfLog2Pi);
     }
     const float mt = max_of(t, g.K);
     if (mt == kNegInf) return kNegInf;
@@ -97,7 +113,7 @@ float propose(const Mix& q, int64_t D, int64_t seed, int64_t n, float* y) {
     return uniform(seed, STREAM_CONT_RESIDUAL, n);
 }
 
-void verify_one(const ContinuousParams& P, int64_t b, std::vector<float>& t, std::vector<float>& y,
+void verify_one(const ContinuousParams& P, int64_t b, Prepared& pp, Prepared& pq, std::vector<float>& y,
                 std::vector<float>& best) {
     const int64_t L = P.L, D = P.D, M = P.M;
     const int64_t seed = P.seeds[b];
@@ -111,7 +127,9 @@ void verify_one(const ContinuousParams& P, int64_t b, std::vector<float>& t, std
         tgt_ok = finite(q, D);
         drf_ok = finite(p, D) && std::all_of(x, x + D, [](float v) { return std::isfinite(v); });
         if (!tgt_ok || !drf_ok) break;
-        const float ratio = log_prob(q, D, x, t.data()) - log_prob(p, D, x, t.data());
+        pq.prepare(q, D);  // still prepared for the residual sampler if this draft is rejected
+        pp.prepare(p, D);
+        const float ratio = log_prob(q, D, x, pq) - log_prob(p, D, x, pp);
         const float u = uniform(seed, STREAM_CONT_ACCEPT, s);
         if (!(ratio >= 0.f || u < std::exp(ratio))) break;  // NaN ratio: rejected
     }
@@ -137,7 +155,7 @@ void verify_one(const ContinuousParams& P, int64_t b, std::vector<float>& t, std
                 done = true;
                 break;
             }
-            const float d = log_prob(p, D, y.data(), t.data()) - log_prob(q, D, y.data(), t.data());
+            const float d = log_prob(p, D, y.data(), pp) - log_prob(q, D, y.data(), pq);
             const float r = d < 0.f ? 1.f - std::exp(d) : 0.f;
             if (r > best_r) {
                 best_r = r;
@@ -168,9 +186,10 @@ void verify_continuous_cpu(const ContinuousParams& P) {
     const int nt = std::max(1, std::min<int>(P.num_threads, static_cast<int>(P.B)));
 #pragma omp parallel num_threads(nt)
     {
-        std::vector<float> t(std::max(P.p.K, P.q.K)), y(P.D), best(P.D);
+        Prepared pp, pq;
+        std::vector<float> y(P.D), best(P.D);
 #pragma omp for schedule(dynamic)
-        for (int64_t b = 0; b < P.B; ++b) verify_one(P, b, t, y, best);
+        for (int64_t b = 0; b < P.B; ++b) verify_one(P, b, pp, pq, y, best);
     }
 }
 
