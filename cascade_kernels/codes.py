@@ -26,6 +26,16 @@ STREAMS = {
     "ACCEPT": 0,  # one uniform per tree node: the acceptance U
     "SAMPLE": 1,  # one uniform per sequence and step: the inverse-CDF u of the final token
     "DRAFT": 2,  # the decode loop's sampled drafting, one per drafted node
+    "CONT_ACCEPT": 3,  # verify_continuous (docs/CONTINUOUS.md): the acceptance U of draft token i
+    "CONT_COMPONENT": 4,  # mixture component of residual proposal n
+    "CONT_NORMAL": 5,  # Box-Muller uniforms of proposal n
+    "CONT_RESIDUAL": 6,  # keep-or-refuse uniform of proposal n
+}
+
+# ``ContinuousVerifyOutput.status`` bits (docs/CONTINUOUS.md).
+CONT_STATUS = {
+    "NONFINITE": 1,  # a non-finite draft token / mixture parameter met by the walk, or a non-finite output
+    "PROPOSALS_EXHAUSTED": 2,  # the residual sampler used max_proposals proposals without keeping one
 }
 
 # Element types the C++ backend reads.
@@ -49,6 +59,7 @@ def render_header() -> str:
     enum("FloatParam", "FP_", {k: i for i, k in enumerate(FLOAT_PARAMS)})
     lines.insert(-1, f"constexpr int N_FLOAT_PARAMS = {len(FLOAT_PARAMS)};")
     enum("StatusBit", "STATUS_", STATUS)
+    enum("ContinuousStatusBit", "CONT_STATUS_", CONT_STATUS)
     enum("Stream", "STREAM_", STREAMS)
     enum("DType", "DT_", {"f32": DTYPES["float32"], "bf16": DTYPES["bfloat16"], "f16": DTYPES["float16"],
                           "f64": DTYPES["float64"]})

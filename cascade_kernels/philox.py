@@ -11,6 +11,11 @@ from .codes import STREAMS
 ACCEPT = STREAMS["ACCEPT"]  # one uniform per tree node: the acceptance U
 SAMPLE = STREAMS["SAMPLE"]  # one uniform per sequence and step: the inverse-CDF u of the final token
 DRAFT = STREAMS["DRAFT"]  # the decode loop's sampled drafting
+# verify_continuous (docs/CONTINUOUS.md); n = position * max_proposals + proposal, D = token size:
+CONT_ACCEPT = STREAMS["CONT_ACCEPT"]  # index = position: the U of draft token i
+CONT_COMPONENT = STREAMS["CONT_COMPONENT"]  # index = n: the inverse-CDF u choosing proposal n's component
+CONT_NORMAL = STREAMS["CONT_NORMAL"]  # index = 2 (n D + d) and 2 (n D + d) + 1: Box-Muller's u1, u2
+CONT_RESIDUAL = STREAMS["CONT_RESIDUAL"]  # index = n: the u keeping or refusing proposal n (residual sampler)
 
 _MASK32 = 0xFFFFFFFF
 _ROUND_A = 0xD2511F53

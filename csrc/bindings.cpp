@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "continuous_cpu.h"
 #include "philox.h"
 #include "verify_cpu.h"
 
@@ -62,4 +63,5 @@ PYBIND11_MODULE(_C, m) {
     m.def("uniform", [](int64_t seed, uint32_t stream, int64_t index) { return ck::uniform(seed, stream, index); },
           "Philox uniform(seed, stream, index), as cascade_kernels.philox.uniform.");
     m.def("isa", []() { return std::string(ck::kernels_isa()); }, "Instruction set of the row kernels in use.");
+    register_continuous(m);
 }

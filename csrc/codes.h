@@ -42,10 +42,19 @@ enum StatusBit : int32_t {
     STATUS_BAD_TOKEN = 8,
 };
 
+enum ContinuousStatusBit : int32_t {
+    CONT_STATUS_NONFINITE = 1,
+    CONT_STATUS_PROPOSALS_EXHAUSTED = 2,
+};
+
 enum Stream : int32_t {
     STREAM_ACCEPT = 0,
     STREAM_SAMPLE = 1,
     STREAM_DRAFT = 2,
+    STREAM_CONT_ACCEPT = 3,
+    STREAM_CONT_COMPONENT = 4,
+    STREAM_CONT_NORMAL = 5,
+    STREAM_CONT_RESIDUAL = 6,
 };
 
 enum DType : int32_t {
