@@ -1,4 +1,4 @@
-"""Benchmarks of CASCADE's drafter loss (SPEC §7): forward + backward, fused/CPU paths vs reference.
+"""Benchmarks of CASCADE's drafter loss (CONTRACT §7): forward + backward, fused/CPU paths vs reference.
 
 Two ways to run it:
 
@@ -230,7 +230,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
-    md = ["# drafter loss (SPEC §7), CPU: fused-gradient CPU path vs PyTorch reference", "",
+    md = ["# drafter loss (CONTRACT §7), CPU: fused-gradient CPU path vs PyTorch reference", "",
           f"Command: `{meta['command']}`  ", f"Machine: {meta['platform']}, {meta['processor']}, "
           f"{meta['cpu_count']} CPUs ({meta['torch_threads']} torch threads), load average at end "
           f"{load}  ", f"torch {meta['torch']}, triton {meta['triton']}, Python {meta['python']}  ",

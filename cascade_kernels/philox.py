@@ -1,4 +1,4 @@
-"""Philox-4x32-10 exactly as Triton's ``tl.rand`` computes it (SPEC §6, docs/SEMANTICS.md).
+"""Philox-4x32-10 exactly as Triton's ``tl.rand`` computes it (CONTRACT §6, docs/CONTRACT.md).
 
 ``uniform(seed, stream, index)`` equals ``tl.rand(seed, offset)`` with the int64 offset
 ``index + (stream << 32)``: key ``(seed_lo, seed_hi)``, counter ``(index, stream, 0, 0)``.

@@ -13,7 +13,7 @@ STATUS_BAD_TOKEN = STATUS["BAD_TOKEN"]
 
 
 class VerifyOutput(NamedTuple):
-    """What ``ck.verify`` returns (SPEC §3 outputs); ``backend`` names who computed it."""
+    """What ``ck.verify`` returns (CONTRACT §3 outputs); ``backend`` names who computed it."""
 
     accept_len: torch.Tensor  # [B] int32
     accepted_nodes: torch.Tensor  # [B, L] int32, root first, -1 padded
@@ -42,7 +42,7 @@ class VerifyArgs(NamedTuple):
 
 
 class TreeBuffers(NamedTuple):
-    """Derived tree buffers (SPEC §1)."""
+    """Derived tree buffers (CONTRACT §1)."""
 
     mask: torch.Tensor  # [B, N, N] bool: mask[b, i, j] iff j is an ancestor of i or j == i
     position_ids: torch.Tensor  # [B, N] int64: prefix_len + depth
@@ -51,7 +51,7 @@ class TreeBuffers(NamedTuple):
 
 
 class SimilaritySets(NamedTuple):
-    """CASCADE's per-node sets (SPEC §4) as boolean matrices and as packed int32 bit words.
+    """CASCADE's per-node sets (CONTRACT §4) as boolean matrices and as packed int32 bit words.
 
     ``interchange[b, i, j]``: j is a sibling of i (same parent, j != i) with cos(H_i, H_j) >= tau_pos.
     ``convergence[b, i, j]``: j is a child of i with cos(H_i, H_j) >= tau_seq.
@@ -85,7 +85,7 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class Method:
-    """Base of the method objects; ``name`` is the SPEC §4 identifier."""
+    """Base of the method objects; ``name`` is the CONTRACT §4 identifier."""
 
     name: str = ""
     default_eps: Optional[float] = None

@@ -1,4 +1,4 @@
-"""CASCADE drafter loss (SPEC §7): fused Triton / CPU backends against the PyTorch reference.
+"""CASCADE drafter loss (CONTRACT §7): fused Triton / CPU backends against the PyTorch reference.
 
 Triton runs through its CPU interpreter here (tests/conftest.py sets TRITON_INTERPRET=1), so the
 shapes are small and odd, and the chunk size is forced small to exercise the online-softmax loop.
@@ -93,7 +93,7 @@ def _assert_close(name, got, want, atol, rtol=0.0):
 
 
 # --------------------------------------------------------------------------------------------
-# Position weights (the w_k of SPEC §7)
+# Position weights (the w_k of CONTRACT §7)
 
 
 def test_position_weights_hand_built():

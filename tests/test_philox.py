@@ -1,4 +1,4 @@
-"""Philox-4x32-10 (SPEC §6): known answers and bit-exact parity with Triton's tl.rand."""
+"""Philox-4x32-10 (CONTRACT §6): known answers and bit-exact parity with Triton's tl.rand."""
 import pytest
 import torch
 

@@ -103,7 +103,7 @@ def eagle_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None, w
 
 
 def eq4_loss(pred_feat, pred_logits, target_feat, target_logits, valid=None, c=2.0, tau_seq=0.5):
-    """CASCADE's drafter loss (``--loss eq4``, SPEC §7): EAGLE's loss with the soft cross-entropy of a
+    """CASCADE's drafter loss (``--loss eq4``, CONTRACT §7): EAGLE's loss with the soft cross-entropy of a
     position weighted by ``c`` where consecutive target hidden states converge
     (cos(H_k, H_{k+1}) >= tau_seq); ``c = 1`` is exactly :func:`eagle_loss`."""
     from cascade_kernels import cascade_drafter_loss

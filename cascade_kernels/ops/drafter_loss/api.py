@@ -1,4 +1,4 @@
-"""Public entry point of CASCADE's drafter training loss (SPEC §7, CASCADE Eq. 4)."""
+"""Public entry point of CASCADE's drafter training loss (CONTRACT §7, CASCADE Eq. 4)."""
 from __future__ import annotations
 
 import math
@@ -116,7 +116,7 @@ def cascade_drafter_loss(
     w_reg: float = 1.0,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """CASCADE's drafter training loss (SPEC §7, CASCADE Eq. 4), as a 0-d float32 tensor.
+    """CASCADE's drafter training loss (CONTRACT §7, CASCADE Eq. 4), as a 0-d float32 tensor.
 
     (float64 inputs are computed and returned in float64 by the ``reference`` and ``cpu`` backends,
     for gradcheck and ground truths; the Triton kernel always computes in float32.)
@@ -138,7 +138,7 @@ def cascade_drafter_loss(
             computed in forward) or ``"triton"`` (fused kernel; on CPU only under
             ``TRITON_INTERPRET=1``).
 
-    Definition and normalisation (SPEC §7). Along each sequence (the ``T`` axis; each ``b`` is its
+    Definition and normalisation (CONTRACT §7). Along each sequence (the ``T`` axis; each ``b`` is its
     own sequence), position ``k`` gets the weight
 
     - ``w_k = 0`` if ``mask[k]`` is False;

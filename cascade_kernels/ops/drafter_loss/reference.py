@@ -1,4 +1,4 @@
-"""Plain PyTorch form of CASCADE's drafter training loss (SPEC §7, CASCADE Eq. 4).
+"""Plain PyTorch form of CASCADE's drafter training loss (CONTRACT §7, CASCADE Eq. 4).
 
 This file is the executable form of the contract for the loss: the fused Triton kernel
 (``triton.py``) and the CPU path (``cpu.py``) must match it. All math is float32 (float64 when the
@@ -41,7 +41,7 @@ def position_weights(
     ``cos(H_k, H_{k+1}) >= tau_seq``; ``w_k = 1`` for any other counted position (the last position
     of a sequence, or a position whose successor is masked, is a sequence end); ``w_k = 0`` for a
     masked position. The cosine is ``dot(a, b) / max(|a| |b|, 1e-12)`` in float32, and NaN counts as
-    not similar (docs/SEMANTICS.md, CASCADE section).
+    not similar (docs/CONTRACT.md, CASCADE section).
     """
     h = target_hidden.detach().float()
     m = mask.to(torch.bool)

@@ -1,4 +1,4 @@
-"""Fused Triton soft cross-entropy for CASCADE's drafter loss (SPEC §7), Liger-Kernel style.
+"""Fused Triton soft cross-entropy for CASCADE's drafter loss (CONTRACT §7), Liger-Kernel style.
 
 One program per row ``k`` (``int64`` row offsets, so ``R * V`` may pass ``2**31``):
 

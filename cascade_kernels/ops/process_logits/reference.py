@@ -1,4 +1,4 @@
-"""SPEC §2 in plain PyTorch: guidance, temperature, top-k, top-p, float32 softmax."""
+"""CONTRACT §2 in plain PyTorch: guidance, temperature, top-k, top-p, float32 softmax."""
 import numpy as np
 import torch
 
@@ -14,7 +14,7 @@ def guide(logits: torch.Tensor, cfg_scale) -> torch.Tensor:
 
 
 def row_is_distribution(scaled: torch.Tensor) -> torch.Tensor:
-    """False for rows with a NaN or +inf logit, or no finite logit at all (docs/SEMANTICS.md)."""
+    """False for rows with a NaN or +inf logit, or no finite logit at all (docs/CONTRACT.md)."""
     bad = torch.isnan(scaled).any(-1) | torch.isposinf(scaled).any(-1)
     return ~bad & torch.isfinite(scaled).any(-1)
 
@@ -25,7 +25,7 @@ def nan_safe_argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def probs_from_guided(guided: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Steps 2-5 of SPEC §2 on already-guided float32 logits ``[..., V]``.
+    """Steps 2-5 of CONTRACT §2 on already-guided float32 logits ``[..., V]``.
 
     Greedy mode (``temperature == 0``) takes masses at T = 1. Rows that are not distributions come
     back as NaN.

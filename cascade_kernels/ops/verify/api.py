@@ -36,6 +36,9 @@ def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None,
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
     if torch.compiler.is_compiling():
+        if out is not None or check == "full":
+            raise ValueError("under torch.compile, out= and check='full' are not available (the custom op "
+                             "returns fresh outputs; a value check would synchronise)")
         return _verify_compiled(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
                                 temperature, top_k, top_p, cfg_scale, seed, backend)
     args = check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
