@@ -73,9 +73,9 @@ def _load(spec: str) -> Callable:
 
 def resolve(op: str, backend: str, device: torch.device) -> Tuple[str, Callable]:
     """(name, function) serving ``op`` for tensors on ``device``; cached per (op, backend, device type)."""
-    key = (op, backend, device.type, interpreting())
+    key = (op, backend, device.type)
     hit = _resolved.get(key)
-    if hit is not None:
+    if hit is not None and (hit[0] != "triton" or device.type != "cpu" or interpreting()):
         return hit
     impls = IMPLS[op]
     if backend != "auto":

@@ -47,6 +47,9 @@ def check_shape(x: torch.Tensor, name: str, shape) -> None:
 def check_number(value, name: str, *, lo=None, hi=None, lo_open=False, hi_open=False, allow_inf=False,
                  integer=False):
     """A real (or integer) scalar within bounds; numpy scalars count, bools do not."""
+    if type(value) is float and not integer and lo is None and hi is None and value == value \
+            and (allow_inf or abs(value) != math.inf):  # the common case, without the generic checks
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if integer and not isinstance(value, numbers.Integral):
@@ -61,6 +64,9 @@ def check_number(value, name: str, *, lo=None, hi=None, lo_open=False, hi_open=F
 
 
 def check_sampling(temperature, top_k, top_p, cfg_scale, V: int):
+    if temperature.__class__ is float and top_k.__class__ is int and top_p.__class__ is float \
+            and 0.0 <= temperature < math.inf and 0 <= top_k <= V and 0.0 < top_p <= 1.0 and cfg_scale is None:
+        return  # the common case, plain Python scalars in range
     check_number(temperature, "temperature", lo=0.0)
     check_number(top_k, "top_k", lo=0, integer=True)
     if top_k > V:

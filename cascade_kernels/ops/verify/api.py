@@ -46,12 +46,12 @@ def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None,
     if check == "full":
         check_verify_values(args)
     name, impl = _backend.resolve("verify", backend, args.target_logits.device)
-    out = _outputs(args, out)
+    out = _outputs(args, out, name)
     impl(args, out)
-    return out._replace(backend=name)
+    return out
 
 
-def _outputs(args: VerifyArgs, out: Optional[VerifyOutput]) -> VerifyOutput:
+def _outputs(args: VerifyArgs, out: Optional[VerifyOutput], backend: str = "reference") -> VerifyOutput:
     B = args.tokens.shape[0]
     L = args.tree.max_depth + 1
     dev = args.target_logits.device
@@ -60,7 +60,7 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput]) -> VerifyOutput:
                             torch.full((B, L), -1, dtype=torch.int32, device=dev),
                             torch.empty(B, dtype=torch.int64, device=dev),
                             torch.empty(B, dtype=torch.float32, device=dev),
-                            torch.empty(B, dtype=torch.int32, device=dev))
+                            torch.empty(B, dtype=torch.int32, device=dev), backend)
     want = {"accept_len": ((B,), torch.int32), "accepted_nodes": ((B, L), torch.int32),
             "next_token": ((B,), torch.int64), "tvd": ((B,), torch.float32), "status": ((B,), torch.int32)}
     for field, (shape, dtype) in want.items():
@@ -69,7 +69,7 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput]) -> VerifyOutput:
                 or not t.is_contiguous():
             raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev}")
     out.accepted_nodes.fill_(-1)
-    return VerifyOutput(*out[:5])
+    return VerifyOutput(*out[:5], backend)
 
 
 # ------------------------------------------------------------------------------------------------
