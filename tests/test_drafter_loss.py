@@ -35,7 +35,7 @@ if HAS_TRITON and (HAS_CUDA or INTERPRET):
     from cascade_kernels.ops.drafter_loss.triton import soft_cross_entropy_triton
 
 DEVICES = [
-    pytest.param("chunked", id="chunked"),
+    pytest.param("cpu", id="cpu"),
     pytest.param("cuda", id="cuda", marks=requires_cuda),
 ]
 
@@ -351,11 +351,11 @@ def test_target_is_detached_and_no_grad_ok():
         cascade_drafter_loss(draft, target, hidden, mask, backend="chunked")
 
 
-def test_auto_backend_on_cpu_is_cpu_path():
+def test_auto_backend_on_cpu_is_chunked_path():
     draft, target, hidden, mask = _inputs(0, 4, 13, 4, seed=41)
     d = draft.clone().requires_grad_(True)
     loss = cascade_drafter_loss(d, target, hidden, mask)
-    assert "CpuSoftCrossEntropy" in type(loss.grad_fn).__name__
+    assert "ChunkedSoftCrossEntropy" in type(loss.grad_fn).__name__
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,25 +69,30 @@ def run_method(target, drafter, codebook, name: str, class_ids: torch.Tensor, *,
     return MethodRun(name, residual, out.tokens, out.stats, wall)
 
 
-# A small static tree for compute-bound CPU decoding: a depth-4 trunk with one alternative per level 1-2.
-SMALL_TREE = [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0]]
+TREES = [*ck.NAMED_TREES, "dynamic"]
 
 
 def tree_arg(name: str):
-    """--tree flag: eagle | deep | small | dynamic."""
-    if name == "small":
-        return SMALL_TREE
-    if name == "eagle":
-        return ck.MC_SIM_7B_63
-    if name == "deep":
-        return ck.DEEP_CHOICES
+    """--tree flag: a named static tree (ck.NAMED_TREES) or "dynamic" (EAGLE-2)."""
     if name == "dynamic":
         return ck.DynamicTree(total_tokens=25, depth=6, top_k=4)
-    raise ValueError(f"unknown tree {name!r} (eagle | deep | small | dynamic)")
+    return ck.named_tree(name)
 
 
-def label_grid(rows: list[tuple[str, torch.Tensor]], path: str, scale: int = 2) -> None:
-    """PNG grid: one row per (label, images [n,3,64,64] in [-1,1]), the label drawn on the left."""
+def interleaved_walls(target, drafter, codebook, names, class_id: int, rounds: int, **settings) -> dict:
+    """Batch-1 wall clock of each method, interleaved: round r runs every method once, in an order rotated
+    by r (ABC, BCA, CAB, ...), so load that comes and goes hits every method alike. Returns name -> [s]."""
+    walls = {n: [] for n in names}
+    ids = torch.tensor([class_id])
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            walls[name].append(run_method(target, drafter, codebook, name, ids, **settings).wall)
+    return walls
+
+
+def label_grid(rows: list[tuple[str, torch.Tensor]], path: str, scale: int = 2, columns=None) -> None:
+    """PNG grid: one row per (label, images [n,3,64,64] in [-1,1]), the label drawn on the left and
+    optional column titles (e.g. class names) on top."""
     from PIL import Image, ImageDraw
 
     from .data import to_uint8
@@ -95,10 +100,13 @@ def label_grid(rows: list[tuple[str, torch.Tensor]], path: str, scale: int = 2) 
     n = max(len(im) for _, im in rows)
     h = w = 64 * scale
     label_w, pad = 190, 4
-    canvas = Image.new("RGB", (label_w + n * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    top = 20 if columns else 0
+    canvas = Image.new("RGB", (label_w + n * (w + pad) + pad, top + len(rows) * (h + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(columns or []):
+        draw.text((label_w + pad + c * (w + pad) + 4, 4), str(title)[:20], fill=(0, 0, 0))
     for r, (label, images) in enumerate(rows):
-        y = pad + r * (h + pad)
+        y = top + pad + r * (h + pad)
         for line_no, line in enumerate(label.split("\n")):
             draw.text((6, y + 8 + 16 * line_no), line, fill=(0, 0, 0))
         for c, arr in enumerate(to_uint8(images)):

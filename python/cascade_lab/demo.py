@@ -17,7 +17,8 @@ import torch
 
 import cascade_kernels as ck
 
-from .compare import METHODS, fmt_speedup, label_grid, run_method, tree_arg
+from .compare import METHODS, TREES, fmt_speedup, interleaved_walls, label_grid, run_method, tree_arg
+from .data import CLASS_NAMES
 from .loaders import load_drafter, load_target, load_vq
 from .weights import WEIGHTS_DIR
 
@@ -28,7 +29,7 @@ def parse_args(argv=None):
     ap.add_argument("--per-class", type=int, default=1, help="images per class")
     ap.add_argument("--methods", nargs="+", default=["ar", "exact", "lantern", "lantern++", "gsd", "cool", "cascade"],
                     choices=METHODS)
-    ap.add_argument("--tree", default="small", choices=["eagle", "deep", "small", "dynamic"],
+    ap.add_argument("--tree", default="small", choices=TREES,
                     help="small (6 drafted nodes) suits a compute-bound CPU target; eagle = EAGLE-1 26 nodes")
     ap.add_argument("--sampled-drafting", action="store_true", help="draw the tree's children from the drafter")
     ap.add_argument("--residual", default="transport", choices=["transport", "standard"])
@@ -43,6 +44,9 @@ def parse_args(argv=None):
     ap.add_argument("--drafter", default="drafter_eagle.pt", help="drafter weight file in --weights")
     ap.add_argument("--num-tokens", type=int, default=256, help="image tokens per image (256 = 16x16)")
     ap.add_argument("--out", default="demo_out")
+    ap.add_argument("--timing-rounds", type=int, default=3,
+                    help="batch-1 timing rounds, methods interleaved in rotated order (0 skips timing)")
+    ap.add_argument("--timing-tokens", type=int, default=64, help="image tokens per timed generation")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: this small model's ops are too short to split, and a "
                          "busy second core would stall a 2-thread team at every barrier)")
@@ -52,6 +56,8 @@ def parse_args(argv=None):
         ap.error(f"--num-tokens must be a square number of tokens (the VQ grid, e.g. 256 = 16x16), got {args.num_tokens}")
     if args.per_class < 1:
         ap.error(f"--per-class must be >= 1, got {args.per_class}")
+    if args.timing_rounds < 0 or args.timing_tokens < 1:
+        ap.error("--timing-rounds must be >= 0 and --timing-tokens >= 1")
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
     return args
@@ -72,32 +78,51 @@ def main(argv=None) -> dict:
     settings = dict(tree=tree_arg(args.tree), cfg_scale=args.cfg or None, temperature=args.temperature,
                     top_k=args.top_k, seed=args.seed, sampled=args.sampled_drafting, tau_pos=args.tau_pos,
                     tau_seq=args.tau_seq, residual=args.residual, num_tokens=args.num_tokens)
-    runs, rows = [], []
-    ar_wall = None
-    print(f"cascade_lab demo: {len(class_ids)} images x {len(args.methods)} methods on {dev} "
-          f"(backends: {ck.available_backends()})", file=sys.stderr)
+    print(f"cascade_lab demo: {len(class_ids)} images x {len(args.methods)} methods on {dev}, "
+          f"{args.threads} thread(s) (backends: {ck.available_backends()})", file=sys.stderr)
+    # 1. quality: every method on the same classes and seeds (acceptance, TVD, images)
+    runs = {}
     for name in args.methods:
         t0 = time.perf_counter()
-        run = run_method(target, drafter, vq.embedding, name, class_ids, progress=True, **settings)
-        if name == "ar":
-            ar_wall = run.wall
-        summary = run.summary(ar_wall)
-        runs.append(summary)
-        images = vq.decode(run.tokens.clamp(0, target.cfg.vocab_size - 1))
+        runs[name] = run_method(target, drafter, vq.embedding, name, class_ids, progress=True, **settings)
+        print(f"  {name:<10} alpha={runs[name].summary()['alpha']:.2f} ({time.perf_counter() - t0:.1f}s)",
+              file=sys.stderr)
+    # 2. speed: batch-1 wall clock, methods interleaved, medians (one run each would put load changes
+    #    between methods into the speedup column)
+    timing = dict(settings, num_tokens=args.timing_tokens)
+    walls = {}
+    if args.timing_rounds:
+        print(f"  timing: {args.timing_rounds} interleaved rounds x {len(args.methods)} methods, batch 1, "
+              f"{args.timing_tokens} tokens", file=sys.stderr)
+        walls = interleaved_walls(target, drafter, vq.embedding, list(args.methods), args.classes[0],
+                                  args.timing_rounds, **timing)
+    median = {n: sorted(w)[len(w) // 2] for n, w in walls.items()}
+    ar_wall = median.get("ar")
+    summaries, rows = [], []
+    for name in args.methods:
+        summary = runs[name].summary()
+        summary.pop("wall_s")
+        summary["batch1_wall_s"] = walls.get(name)
+        summary["speedup"] = (ar_wall / median[name]) if ar_wall and name in median else None
+        summaries.append(summary)
+        images = vq.decode(runs[name].tokens.clamp(0, target.cfg.vocab_size - 1))
         rows.append((f"{name}\nalpha={summary['alpha']:.2f}\nspeedup={fmt_speedup(summary['speedup'])}\n"
                      f"tvd={summary['mean_tvd_per_image']:.3f}", images))
         print(f"  {name:<10} alpha={summary['alpha']:.2f} speedup={fmt_speedup(summary['speedup'])} "
-              f"tvd/image={summary['mean_tvd_per_image']:.3f} ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)
+              f"tvd/image={summary['mean_tvd_per_image']:.3f}", file=sys.stderr)
     grid_path = os.path.join(args.out, "grid.png")
-    label_grid(rows, grid_path)
+    label_grid(rows, grid_path, columns=[CLASS_NAMES[c] for c in class_ids.tolist()])
     result = {
         "command": "python -m cascade_lab.demo " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(dev)},
         "versions": {"torch": torch.__version__, "cascade_kernels": ck.__version__},
         "classes": class_ids.tolist(), "settings": {k: (v if not isinstance(v, (list, tuple, ck.DynamicTree))
                                                         else args.tree) for k, v in settings.items()},
+        "threads": args.threads,
         "alpha_note": "alpha = image tokens per target forward (prefill included)",
-        "methods": runs,
+        "speedup_note": (f"median batch-1 wall clock of AR / the method's, {args.timing_rounds} rounds with the "
+                         f"methods interleaved in rotated order, {args.timing_tokens} tokens per image"),
+        "methods": summaries,
         "grid": grid_path,
     }
     with open(os.path.join(args.out, "stats.json"), "w") as f:

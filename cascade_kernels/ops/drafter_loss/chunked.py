@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from .reference import scale_saved_grad, zero_where_unsupported
+from .reference import GradientInForward, zero_where_unsupported
 
 __all__ = ["soft_cross_entropy_chunked", "ChunkedSoftCrossEntropyFunction"]
 
@@ -90,7 +90,7 @@ def _forward(draft, target, scale, chunk_elems, num_workers=None):
     return loss, grad
 
 
-class ChunkedSoftCrossEntropyFunction(torch.autograd.Function):
+class ChunkedSoftCrossEntropyFunction(GradientInForward):
     """``sum_k scale_k * CE(softmax(target_k), log_softmax(draft_k))``; gradient wrt draft only."""
 
     @staticmethod
@@ -98,13 +98,6 @@ class ChunkedSoftCrossEntropyFunction(torch.autograd.Function):
         loss, grad = _forward(draft, target.detach(), scale.detach().float(), int(chunk_elems))
         ctx.save_for_backward(grad)
         return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        return scale_saved_grad(grad, grad_output), None, None, None
 
 
 def soft_cross_entropy_chunked(

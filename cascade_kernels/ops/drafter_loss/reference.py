@@ -98,9 +98,16 @@ def zero_where_unsupported(logp: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return logp.masked_fill(q == 0, 0.0)
 
 
-def scale_saved_grad(grad: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-    """Backward of the fused paths: a new tensor (never the saved buffer itself), no host sync."""
-    return grad * grad_output.to(grad.dtype)
+class GradientInForward(torch.autograd.Function):
+    """Base of the fused paths: ``forward`` computes the loss and its gradient wrt ``draft`` (saved);
+    ``backward`` scales that gradient by the incoming one — a new tensor, never the saved buffer, no sync."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        return grad * grad_output.to(grad.dtype), None, None, None
 
 
 def cascade_drafter_loss_reference(

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import scale_saved_grad
+from .reference import GradientInForward
 
 __all__ = [
     "drafter_ce_forward",
@@ -175,7 +175,7 @@ def drafter_ce_forward(draft: torch.Tensor, target: torch.Tensor, scale: torch.T
     return loss_rows.sum(), grad
 
 
-class TritonSoftCrossEntropyFunction(torch.autograd.Function):
+class TritonSoftCrossEntropyFunction(GradientInForward):
     """``sum_k scale_k * CE(softmax(target_k), log_softmax(draft_k))``; gradient wrt draft only."""
 
     @staticmethod
@@ -183,13 +183,6 @@ class TritonSoftCrossEntropyFunction(torch.autograd.Function):
         loss, grad = drafter_ce_forward(draft, target.detach(), scale, block)
         ctx.save_for_backward(grad)
         return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        return scale_saved_grad(grad, grad_output), None, None, None
 
 
 def soft_cross_entropy_triton(draft, target, scale, block=None):
