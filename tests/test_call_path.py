@@ -117,6 +117,21 @@ def test_torch_compile_fullgraph_matches_eager():
         assert torch.equal(a, b)
 
 
+def test_torch_compile_similarity_sets_and_buffers():
+    _, _, hidden = _inputs(seed=6)
+    tree = ck.prepare_tree(EAGLE)
+
+    def sets(hidden):
+        s = ck.similarity_sets(tree, hidden * 1.0, 0.1, 0.0)
+        b = ck.tree_buffers(tree, 3)
+        return s.interchange, s.convergence_packed, b.position_ids, b.mask
+
+    eager = sets(hidden)
+    compiled = torch.compile(sets, fullgraph=True, backend="aot_eager")(hidden)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+
+
 def test_codes_header_is_generated_from_codes_py():
     import pathlib
 
