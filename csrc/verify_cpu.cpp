@@ -54,7 +54,7 @@ struct Dist {
     double wsum = 0.0;             // float64 sum of w over the entries not removed
     double scale = 1.0;            // d * div[0] * ... * div[n-1] in float64
     int ndiv = 0;
-    float div[MAX_CHAIN];
+    float div[MAX_CHAIN] = {};
     std::vector<int64_t> removed;  // zeroed entries (only when ndiv > 0)
     Dist() = default;
     Dist(float* w_, float d_, double ws) : w(w_), d(d_), wsum(ws), scale(d_) {}
@@ -827,7 +827,6 @@ void Walker::run(int64_t b) {
     P_.status[b] = status;
 }
 
-}  // namespace
 
 // A small persistent pool of std::threads for the batch loop. Idle workers sleep on a condition
 // variable (no spinning, so a busy peer core never stalls a call); the calling thread works too and, when
