@@ -17,8 +17,8 @@ struct RowStats {
 struct Kernels {
     // out[i] = g_i / T with g = guided logit (float32): c (no CFG) or u + s * (c - u).
     RowStats (*prep_row)(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V);
-    // a[i] = exp(a[i] - m); returns the sum (lane order).
-    float (*exp_sum)(float* a, float m, int64_t n);
+    // a[i] = exp(a[i] - m); returns the sum (lane order); *dsum (if not null) = the same sum in float64.
+    float (*exp_sum)(float* a, float m, int64_t n, double* dsum);
     // dst[i] = src[i] / d over [lo, hi); returns the sum of dst.
     float (*div_sum)(const float* src, float d, float* dst, int64_t lo, int64_t hi);
     // dst[i] = max(src[i]/d - p[i]/dp, 0) over [lo, hi); returns the sum of dst.
@@ -32,6 +32,12 @@ struct Kernels {
     float (*keep_ge_sum)(const float* src, float t, float* dst, int64_t n);
     // sum of src[i] / d over [lo, hi) (block sums of the inverse CDF).
     float (*sum_div)(const float* src, float d, int64_t lo, int64_t hi);
+    // Appends (a[i], i) for every a[i] >= t to vals / idx in index order; returns the count.
+    int64_t (*compact_ge)(const float* a, float t, int64_t n, float* vals, int32_t* idx);
+    // dst[i] = (((src[i] / divs[0]) / divs[1]) ...) over [lo, hi) (ndiv >= 0); returns the float64 sum of dst.
+    double (*chain_div)(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi);
+    // sum of a[i] * b[i] in float64 (lane order).
+    double (*dot_f64)(const float* a, const float* b, int64_t n);
     const char* isa;
 };
 

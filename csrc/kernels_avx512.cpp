@@ -3,6 +3,7 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2")
 #pragma GCC optimize("fp-contract=off")
@@ -10,7 +11,9 @@ namespace ck {
 namespace {
 #define K_ISA_NAME "avx512"
 #define K_LANES 16
+#define K_USE_AVX512 1
 #include "kernels_impl.h"
+#undef K_USE_AVX512
 #undef K_LANES
 #undef K_ISA_NAME
 }  // namespace

@@ -115,23 +115,118 @@ static inline k_v8f k_exp8(k_v8f x) {
     return small ? k_bc(0.0f) : out;
 }
 
-static float k_exp_sum(float* a, float m, int64_t n) {
+typedef double k_v8d __attribute__((vector_size(8 * K_LANES)));
+
+static float k_exp_sum(float* a, float m, int64_t n, double* dsum) {
     k_v8f acc = k_bc(0.0f);
+    k_v8d dacc = k_v8d{} + 0.0;
     int64_t i = 0;
-    for (; i + K_LANES <= n; i += K_LANES) {
-        k_v8f x;
-        __builtin_memcpy(&x, a + i, sizeof(x));
-        const k_v8f e = k_exp8(x - m);
-        __builtin_memcpy(a + i, &e, sizeof(e));
-        acc += e;
+    if (dsum) {
+        for (; i + K_LANES <= n; i += K_LANES) {
+            k_v8f x;
+            __builtin_memcpy(&x, a + i, sizeof(x));
+            const k_v8f e = k_exp8(x - m);
+            __builtin_memcpy(a + i, &e, sizeof(e));
+            acc += e;
+            dacc += __builtin_convertvector(e, k_v8d);
+        }
+    } else {
+        for (; i + K_LANES <= n; i += K_LANES) {
+            k_v8f x;
+            __builtin_memcpy(&x, a + i, sizeof(x));
+            const k_v8f e = k_exp8(x - m);
+            __builtin_memcpy(a + i, &e, sizeof(e));
+            acc += e;
+        }
     }
     float s = 0.0f;
-    for (int l = 0; l < K_LANES; ++l) s += acc[l];
+    double ds = 0.0;
+    for (int l = 0; l < K_LANES; ++l) {
+        s += acc[l];
+        ds += dacc[l];
+    }
     for (; i < n; ++i) {
         const float e = k_exp(a[i] - m);
         a[i] = e;
         s += e;
+        ds += e;
     }
+    if (dsum) *dsum = ds;
+    return s;
+}
+
+static int64_t k_compact_ge(const float* a, float t, int64_t n, float* vals, int32_t* idx) {
+    int64_t c = 0, i = 0;
+#if defined(K_USE_AVX512)
+    const __m512 tv = _mm512_set1_ps(t);
+    const __m512i step = _mm512_set1_epi32(16);
+    __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; i + 16 <= n; i += 16, iv = _mm512_add_epi32(iv, step)) {
+        const __m512 x = _mm512_loadu_ps(a + i);
+        const __mmask16 m = _mm512_cmp_ps_mask(x, tv, _CMP_GE_OQ);
+        if (m) {
+            // compress into a register, then a plain store (compress-to-memory is slow on some cores)
+            _mm512_storeu_ps(vals + c, _mm512_maskz_compress_ps(m, x));
+            _mm512_storeu_si512(reinterpret_cast<void*>(idx + c), _mm512_maskz_compress_epi32(m, iv));
+            c += __builtin_popcount(static_cast<unsigned>(m));
+        }
+    }
+#else
+    for (; i + K_LANES <= n; i += K_LANES) {
+        k_v8f x;
+        __builtin_memcpy(&x, a + i, sizeof(x));
+        const k_v8i m = x >= k_bc(t);
+        int any = 0;
+        for (int l = 0; l < K_LANES; ++l) any |= m[l];
+        if (!any) continue;
+        for (int l = 0; l < K_LANES; ++l) {
+            vals[c] = x[l];
+            idx[c] = static_cast<int32_t>(i + l);
+            c += m[l] ? 1 : 0;
+        }
+    }
+#endif
+    for (; i < n; ++i) {
+        vals[c] = a[i];
+        idx[c] = static_cast<int32_t>(i);
+        c += a[i] >= t ? 1 : 0;
+    }
+    return c;
+}
+
+static double k_chain_div(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi) {
+    k_v8d dacc = k_v8d{} + 0.0;
+    int64_t i = lo;
+    for (; i + K_LANES <= hi; i += K_LANES) {
+        k_v8f x;
+        __builtin_memcpy(&x, src + i, sizeof(x));
+        for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+        __builtin_memcpy(dst + i, &x, sizeof(x));
+        dacc += __builtin_convertvector(x, k_v8d);
+    }
+    double ds = 0.0;
+    for (int l = 0; l < K_LANES; ++l) ds += dacc[l];
+    for (; i < hi; ++i) {
+        float x = src[i];
+        for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+        dst[i] = x;
+        ds += x;
+    }
+    return ds;
+}
+
+static double k_dot_f64(const float* a, const float* b, int64_t n) {
+    k_v8d acc = k_v8d{} + 0.0;
+    int64_t i = 0;
+    for (; i + K_LANES <= n; i += K_LANES) {
+        k_v8f x, y;
+        __builtin_memcpy(&x, a + i, sizeof(x));
+        __builtin_memcpy(&y, b + i, sizeof(y));
+        acc += __builtin_convertvector(x, k_v8d) * __builtin_convertvector(y, k_v8d);
+    }
+    double s = 0.0;
+    for (int l = 0; l < K_LANES; ++l) s += acc[l];
+    for (; i < n; ++i) s += static_cast<double>(a[i]) * b[i];
     return s;
 }
 
@@ -204,5 +299,5 @@ static float k_sum_div(const float* src, float d, int64_t lo, int64_t hi) {
     return s;
 }
 
-static const Kernels k_table = {k_prep_row, k_exp_sum, k_div_sum, k_sub_sum, k_cool_sum, k_max_div, k_keep_ge_sum,
-                                k_sum_div, K_ISA_NAME};
+static const Kernels k_table = {k_prep_row, k_exp_sum,   k_div_sum,   k_sub_sum,   k_cool_sum, k_max_div,
+                                k_keep_ge_sum, k_sum_div, k_compact_ge, k_chain_div, k_dot_f64, K_ISA_NAME};

@@ -1,26 +1,36 @@
 // The verification walk of the CPU backend (SPEC §3-6 and docs/SEMANTICS.md), decision for decision
-// the same as cascade_kernels/reference/verify.py.
+// the same as cascade_kernels/ops/verify/reference.py.
 //
-// Per sequence (one OpenMP task each, schedule(dynamic)), only the rows the walk visits are read:
+// Per sequence (a small pool of std::threads that wait on condition variables, never spinning; one thread
+// when the batch is too small to split), only the rows the walk visits are read:
 //   1. prep_row: guidance + temperature into a float32 scratch row, with the row max and NaN count;
-//   2. top-k (optional): the k-th largest by std::nth_element on a copy, then exponentials only for
-//      the kept entries; otherwise exp(x - max) over the row, summed in the same pass;
-//   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities.
+//   2. top-k (optional): the k-th largest without sorting the row: a threshold from a strided sample,
+//      one vectorised compaction of the entries above it, then a radix select (11/11/10 bits of the
+//      order-preserving key) over those candidates; exponentials only for the kept entries;
+//      otherwise exp(x - max) over the row, summed in the same pass (float32 lanes + a float64 sum);
+//   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
+//      (of the <= k survivors when top-k is on).
 // A distribution is kept *lazily* as (w, d) with q(i) = w[i] / d, which equals the reference's
-// element-wise division bit for bit; a rejection writes the next residual in one pass (zeroed /
-// transported entries are handled as "patches" between vectorised segments) and returns its sum,
-// which becomes the next divisor. Scalars follow the reference's float32/float64 conventions
-// (np.float32 rounding of tvd, r, charges; float32 running sums in order for prefix sums).
+// element-wise division bit for bit. A deterministic rejection is pure bookkeeping: the zeroed tokens go
+// to a small "removed" list and the residual's sum (computed from the float64 row sum minus the removed
+// weights, exact to ~1e-12 relative) becomes one more divisor, q'(i) = (w[i] / d) / total, the same float
+// operations as a materialised residual divided by its sum. Full-row consumers (greedy max, GSD, the final
+// argmax / inverse CDF) read the row once more; the sampled residual writes the next row in one pass
+// (zeroed / transported entries are "patches" between vectorised segments). Scalars follow the
+// reference's float32/float64 conventions (np.float32 rounding of tvd, r, charges; float32 running sums
+// in index order for prefix sums and the inverse CDF).
 #include "verify_cpu.h"
 
-#include <omp.h>
-
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -32,13 +42,37 @@ namespace ck {
 namespace {
 
 constexpr float F_INF = std::numeric_limits<float>::infinity();
+constexpr size_t MAX_REMOVED = 64;  // a longer removed list is folded into a materialised row
+constexpr int MAX_CHAIN = 16;       // idem for the chain of divisors
 
 inline float f32(double x) { return static_cast<float>(x); }
 
-struct Dist {  // q(i) = w[i] / d
-    float* w;
-    float d;
-    float at(int64_t i) const { return w[i] / d; }
+// q(i) = removed(i) ? 0 : (((w[i] / d) / div[0]) / div[1]) ...
+struct Dist {
+    float* w = nullptr;
+    float d = 1.0f;
+    double wsum = 0.0;             // float64 sum of w over the entries not removed
+    double scale = 1.0;            // d * div[0] * ... * div[n-1] in float64
+    int ndiv = 0;
+    float div[MAX_CHAIN] = {};
+    std::vector<int64_t> removed;  // zeroed entries (only when ndiv > 0)
+    Dist() = default;
+    Dist(float* w_, float d_, double ws) : w(w_), d(d_), wsum(ws), scale(d_) {}
+    bool lazy() const { return ndiv > 0; }
+    bool is_removed(int64_t i) const {
+        for (int64_t r : removed)
+            if (r == i) return true;
+        return false;
+    }
+    float chain(float v) const {
+        v = v / d;
+        for (int j = 0; j < ndiv; ++j) v = v / div[j];
+        return v;
+    }
+    float at(int64_t i) const {
+        if (ndiv == 0) return w[i] / d;
+        return is_removed(i) ? 0.0f : chain(w[i]);
+    }
 };
 
 size_t dtype_size(int dt) { return dt == DT_F32 ? 4 : (dt == DT_F64 ? 8 : 2); }
@@ -47,18 +81,79 @@ const void* row_ptr(const void* base, int dt, int64_t row, int64_t V) {
     return static_cast<const char*>(base) + static_cast<size_t>(row) * static_cast<size_t>(V) * dtype_size(dt);
 }
 
+// Scratch of one thread, kept between calls (grown, never shrunk): no allocation or page faults per call.
 struct Work {
-    int64_t V;
-    std::unique_ptr<float[]> A, W, P, S;
+    int64_t cap;
+    std::unique_ptr<float[]> A, W, P, S, R;
     std::unique_ptr<int32_t[]> idx;
-    std::vector<int32_t> kid_start, kid_list, depth, path;
-    std::vector<int64_t> seen, absorbed, block, nb;
-    std::vector<float> masses, norms;
+    std::vector<int32_t> kid_start, kid_list, depth, path, fill;
+    std::vector<int64_t> seen, absorbed, block, nb, excl;
+    std::vector<float> masses, norms, sample, cos_cache;
     std::vector<char> norm_ok;
     std::vector<std::pair<int64_t, float>> patches;
+    std::vector<int64_t> patches_ids;
+    std::vector<std::pair<float, int64_t>> best;
+    std::vector<int32_t> nodes;
     explicit Work(int64_t V_)
-        : V(V_), A(new float[V_]), W(new float[V_]), P(new float[V_]), S(new float[V_]), idx(new int32_t[V_]) {}
+        : cap(V_),
+          A(new float[V_ + 16]),
+          W(new float[V_ + 16]),
+          P(new float[V_ + 16]),
+          S(new float[V_ + 16]),
+          R(new float[V_ + 16]),
+          idx(new int32_t[V_ + 16]) {}
 };
+
+Work& thread_work(int64_t V) {
+    thread_local std::unique_ptr<Work> w;
+    if (!w || w->cap < V) {
+        w.reset();
+        w.reset(new Work(V));
+    }
+    return *w;
+}
+
+inline uint32_t f2key(float f) {  // order-preserving unsigned key of a non-NaN float
+    uint32_t b;
+    std::memcpy(&b, &f, 4);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+inline float key2f(uint32_t k) {
+    const uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+}
+
+// k-th largest (1 <= k <= n) of v[0..n) (no NaN) by radix select on the order-preserving keys, 11 + 11 + 10
+// bits; v is reordered (filtered in place).
+float radix_kth_largest(float* v, int64_t n, int64_t k) {
+    uint32_t prefix = 0;
+    const int shifts[3] = {21, 10, 0};
+    const uint32_t widths[3] = {11, 11, 10};
+    uint32_t cnt[2048];
+    for (int pass = 0; pass < 3; ++pass) {
+        const int sh = shifts[pass];
+        const uint32_t nb = 1u << widths[pass];
+        std::memset(cnt, 0, sizeof(uint32_t) * nb);
+        for (int64_t i = 0; i < n; ++i) cnt[(f2key(v[i]) >> sh) & (nb - 1)]++;
+        uint32_t bin = nb - 1;
+        while (true) {  // walk down from the top bin
+            if (static_cast<int64_t>(cnt[bin]) >= k) break;
+            k -= cnt[bin];
+            --bin;
+        }
+        prefix |= bin << sh;
+        if (pass == 2) break;
+        const uint32_t hi_mask = ~((1u << sh) - 1u);  // bits fixed so far
+        int64_t m = 0;
+        for (int64_t i = 0; i < n; ++i)
+            if ((f2key(v[i]) & hi_mask) == prefix) v[m++] = v[i];
+        n = m;
+    }
+    return key2f(prefix);
+}
 
 struct Relaxation {
     double r = 0.0;
@@ -82,20 +177,50 @@ class Walker {
     int64_t b_ = 0;
     const int64_t* tok_ = nullptr;
     const int32_t* par_ = nullptr;
+    int32_t cos_parent_ = -1;  // the parent whose children's pairwise cosines are in wk_.cos_cache
+    int32_t cos_n_ = 0;
 
     bool process_row(const void* c, const void* u, int dtype, float T, float* out_buf, Dist& out);
+    float kth_largest(const float* A, int64_t k);
     int64_t nan_safe_argmax_target(int64_t node);
+    void materialize(Dist& q);
+    const float* values(const Dist& q);
     int64_t argmax(const Dist& q);
     int64_t inverse_cdf(const Dist& q, float u);
     int64_t final_token(const Dist& q, bool greedy, float u) { return greedy ? argmax(q) : inverse_cdf(q, u); }
-    Relaxation relax(const Dist& q, int64_t x, int32_t child, double tvd);
+    Relaxation relax(Dist& q, int64_t x, int32_t child, double tvd);
     int64_t prefix_within(const std::vector<float>& masses, double cap);
     float cosine(int32_t i, int32_t j);
+    float sibling_cosine(int32_t parent, int32_t i, int32_t j);
     float norm(int32_t i);
     bool greedy_accepts(const Dist& q, int64_t x, const Relaxation& rel);
     float residual(const Dist& q, const Dist* p, int64_t x, const Relaxation& rel, bool sampled, float* dst);
+    bool lazy_reject(Dist& q, int64_t x);
     void collect_live(const std::vector<int32_t>& nodes, const Dist& q, int64_t x, std::vector<int64_t>& out);
 };
+
+// The k-th largest of A[0..V) (no NaN; 1 <= k <= V): a threshold t from a strided sample, the entries
+// >= t compacted (vectorised), a radix select among them; all entries when the sample's guess is short.
+float Walker::kth_largest(const float* A, int64_t k) {
+    float* vals = wk_.S.get();
+    int32_t* idx = wk_.idx.get();
+    float t = -F_INF;
+    const int64_t ns = std::min<int64_t>(V_, 1024);
+    const double expect = static_cast<double>(k) * ns / static_cast<double>(V_);
+    const int64_t r = static_cast<int64_t>(std::ceil(expect * 1.25 + 4.0 * std::sqrt(expect) + 8.0));
+    if (V_ >= 4096 && r < ns) {
+        auto& smp = wk_.sample;
+        smp.resize(static_cast<size_t>(ns));
+        const int64_t stride = V_ / ns;
+        for (int64_t j = 0; j < ns; ++j) smp[j] = A[j * stride + (j * 7) % stride];
+        std::nth_element(smp.begin(), smp.begin() + (r - 1), smp.end(), std::greater<float>());
+        t = smp[r - 1];
+        const int64_t c = K_->compact_ge(A, t, V_, vals, idx);
+        if (c >= k) return radix_kth_largest(vals, c, k);
+    }
+    std::memcpy(vals, A, sizeof(float) * static_cast<size_t>(V_));
+    return radix_kth_largest(vals, V_, k);
+}
 
 // SPEC §2 steps 1-5 on one row; false when the row is not a distribution (docs/SEMANTICS.md).
 bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* A, Dist& out) {
@@ -103,38 +228,35 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
     // Validity is judged on the whole row, before top-k masks anything (docs/SEMANTICS.md).
     if (st.n_nan > 0 || !std::isfinite(st.max)) return false;
     float S_total;
+    double wsum = 0.0;
+    int64_t nk = 0;  // top-k survivors in S / idx (index order)
+    float* S = wk_.S.get();
+    int32_t* idx = wk_.idx.get();
     if (P_.top_k > 0) {
-        const int64_t kk = P_.top_k;
-        float* S = wk_.S.get();
-        float kth = st.max;
-        if (kk > 1) {
-            std::memcpy(S, A, sizeof(float) * static_cast<size_t>(V_));
-            std::nth_element(S, S + (kk - 1), S + V_, std::greater<float>());
-            kth = S[kk - 1];
-        }
-        int32_t* idx = wk_.idx.get();
-        int64_t nk = 0;
-        for (int64_t i = 0; i < V_; ++i) {
-            const float v = A[i];
-            if (v >= kth) {
-                idx[nk] = static_cast<int32_t>(i);
-                S[nk] = v;
-                ++nk;
-            }
-        }
-        S_total = K_->exp_sum(S, st.max, nk);
+        const int64_t kk = std::min<int64_t>(P_.top_k, V_);
+        const float kth = kk > 1 ? kth_largest(A, kk) : st.max;
+        // the survivors (>= kth, ties kept as the reference's `scaled >= kth`): one vectorised compaction
+        nk = K_->compact_ge(A, kth, V_, S, idx);
+        S_total = K_->exp_sum(S, st.max, nk, &wsum);
         std::memset(A, 0, sizeof(float) * static_cast<size_t>(V_));
         for (int64_t j = 0; j < nk; ++j) A[idx[j]] = S[j];
     } else {
-        S_total = K_->exp_sum(A, st.max, V_);
+        S_total = K_->exp_sum(A, st.max, V_, &wsum);
     }
-    out = Dist{A, S_total};
+    out = Dist(A, S_total, wsum);
     if (P_.top_p < 1.0) {
-        K_->div_sum(A, S_total, A, 0, V_);  // the softmax probabilities
-        float* S = wk_.S.get();
         int64_t n = 0;
-        for (int64_t i = 0; i < V_; ++i)
-            if (A[i] > 0.0f) S[n++] = A[i];
+        if (P_.top_k > 0) {  // only the <= k survivors can be non-zero
+            for (int64_t j = 0; j < nk; ++j) {
+                const float v = S[j] / S_total;
+                A[idx[j]] = v;
+                if (v > 0.0f) S[n++] = v;
+            }
+        } else {
+            K_->div_sum(A, S_total, A, 0, V_);  // the softmax probabilities
+            for (int64_t i = 0; i < V_; ++i)
+                if (A[i] > 0.0f) S[n++] = A[i];
+        }
         const float pf = static_cast<float>(P_.top_p);
         float run = 0.0f;
         int64_t found = -1, done = 0, chunk = 256;
@@ -155,8 +277,21 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
         if (found >= 0) t = S[found];
         else if (n < V_) t = 0.0f;  // srt[V - 1] is a zero
         else t = S[n - 1];          // the smallest probability
-        const float kept = K_->keep_ge_sum(A, t, A, V_);
-        out = Dist{A, kept};
+        float kept;
+        double ksum = 0.0;
+        if (P_.top_k > 0 && t > 0.0f) {
+            kept = 0.0f;
+            for (int64_t j = 0; j < nk; ++j) {
+                float& v = A[idx[j]];
+                v = v >= t ? v : 0.0f;
+                kept += v;
+                ksum += v;
+            }
+        } else {
+            kept = K_->keep_ge_sum(A, t, A, V_);
+            ksum = K_->chain_div(A, nullptr, 0, A, 0, V_);  // float64 sum (copy in place)
+        }
+        out = Dist(A, kept, ksum);
     }
     return true;
 }
@@ -186,33 +321,60 @@ int64_t Walker::nan_safe_argmax_target(int64_t node) {
     return arg < 0 ? 0 : arg;
 }
 
+// Folds the lazy chain into a row: w <- q * div[last] (all divisors but the last applied, removed entries
+// zeroed), d <- div[last]; the same values a materialised residual row would have held.
+void Walker::materialize(Dist& q) {
+    if (!q.lazy()) return;
+    float* dst = wk_.W.get();
+    float divs[MAX_CHAIN + 1];
+    divs[0] = q.d;
+    for (int j = 0; j + 1 < q.ndiv; ++j) divs[j + 1] = q.div[j];
+    double sum = K_->chain_div(q.w, divs, q.ndiv, dst, 0, V_);
+    for (int64_t r : q.removed) {
+        sum -= dst[r];
+        dst[r] = 0.0f;
+    }
+    const float last = q.div[q.ndiv - 1];
+    q = Dist(dst, last, sum);
+}
+
+// q(i) for the whole row, in wk_.S (one pass).
+const float* Walker::values(const Dist& q) {
+    float* S = wk_.S.get();
+    float divs[MAX_CHAIN + 1];
+    divs[0] = q.d;
+    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
+    K_->chain_div(q.w, divs, q.ndiv + 1, S, 0, V_);
+    for (int64_t r : q.removed) S[r] = 0.0f;
+    return S;
+}
+
 int64_t Walker::argmax(const Dist& q) {
-    const float m = K_->max_div(q.w, q.d, 0, V_);
+    const float* v = values(q);
+    const float m = K_->max_div(v, 1.0f, 0, V_);
     for (int64_t i = 0; i < V_; ++i)
-        if (q.at(i) == m) return i;
+        if (v[i] == m) return i;
     return 0;  // unreachable for a distribution
 }
 
-// SPEC §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order;
-// never an index whose weight is 0.
+// SPEC §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order (one serial
+// pass that stores them, then a binary search); never an index whose weight is 0.
 int64_t Walker::inverse_cdf(const Dist& q, float u) {
+    const float* v = values(q);
+    float* run = wk_.R.get();
     float total = 0.0f;
-    for (int64_t i = 0; i < V_; ++i) total += q.at(i);
-    const float thr = u * total;
-    float run = 0.0f;
-    int64_t i = V_ - 1;
-    for (int64_t j = 0; j < V_; ++j) {
-        run += q.at(j);
-        if (run > thr) {
-            i = j;
-            break;
-        }
+    for (int64_t i = 0; i < V_; ++i) {
+        total += v[i];
+        run[i] = total;
     }
-    if (q.at(i) > 0.0f) return i;
+    const float thr = u * total;
+    int64_t i = std::upper_bound(run, run + V_, thr) - run;  // running sums never decrease
+    i = std::min<int64_t>(i, V_ - 1);
+    if (v[i] > 0.0f) return i;
     for (int64_t j = i + 1; j < V_; ++j)
-        if (q.at(j) > 0.0f) return j;
+        if (v[j] > 0.0f) return j;
     for (int64_t j = V_ - 1; j >= 0; --j)
-        if (q.at(j) > 0.0f) return j;
+        if (v[j] > 0.0f) return j;
     return std::min<int64_t>(std::max<int64_t>(i, 0), V_ - 1);  // no mass at all: never out of range
 }
 
@@ -234,9 +396,14 @@ float Walker::norm(int32_t i) {
         const int64_t D = P_.D;
         const int64_t base = (b_ * P_.N + i) * D;
         double s = 0.0;
-        for (int64_t k = 0; k < D; ++k) {
-            const double v = load_float(P_.hidden, P_.hidden_dtype, base + k);
-            s += v * v;
+        if (P_.hidden_dtype == DT_F32) {
+            const float* h = static_cast<const float*>(P_.hidden) + base;
+            s = K_->dot_f64(h, h, D);
+        } else {
+            for (int64_t k = 0; k < D; ++k) {
+                const double v = load_float(P_.hidden, P_.hidden_dtype, base + k);
+                s += v * v;
+            }
         }
         wk_.norms[i] = static_cast<float>(std::sqrt(s));
         wk_.norm_ok[i] = 1;
@@ -251,7 +418,7 @@ float Walker::cosine(int32_t i, int32_t j) {
     double dot = 0.0;
     if (P_.hidden_dtype == DT_F32) {
         const float* h = static_cast<const float*>(P_.hidden);
-        for (int64_t k = 0; k < D; ++k) dot += static_cast<double>(h[bi + k]) * h[bj + k];
+        dot = K_->dot_f64(h + bi, h + bj, D);
     } else {
         for (int64_t k = 0; k < D; ++k)
             dot += static_cast<double>(load_float(P_.hidden, P_.hidden_dtype, bi + k)) *
@@ -260,6 +427,27 @@ float Walker::cosine(int32_t i, int32_t j) {
     float den = norm(i) * norm(j);
     den = den < 1e-12f ? 1e-12f : den;
     return static_cast<float>(dot) / den;
+}
+
+// cosine of two children (positions i, j in the parent's child list), each pair computed at most once
+// per visit of the parent (the matrix is symmetric); no cache for very wide nodes.
+float Walker::sibling_cosine(int32_t parent, int32_t i, int32_t j) {
+    const int32_t k0 = wk_.kid_start[parent];
+    const int32_t n = wk_.kid_start[parent + 1] - k0;
+    const int32_t a = wk_.kid_list[k0 + i], c = wk_.kid_list[k0 + j];
+    if (n > 128) return cosine(a, c);
+    if (cos_parent_ != parent) {
+        cos_parent_ = parent;
+        cos_n_ = n;
+        wk_.cos_cache.assign(static_cast<size_t>(n) * n, std::numeric_limits<float>::quiet_NaN());
+    }
+    float& slot = wk_.cos_cache[static_cast<size_t>(std::min(i, j)) * n + std::max(i, j)];
+    uint32_t bits;
+    std::memcpy(&bits, &slot, 4);
+    if (bits == 0x7fc00000u) {  // not yet computed (a computed NaN cosine is recomputed: harmless)
+        slot = cosine(a, c);
+    }
+    return slot;
 }
 
 // Sorted unique tokens (in [0, V)) of ``nodes`` with q > 0, not x and not already absorbed.
@@ -276,7 +464,7 @@ void Walker::collect_live(const std::vector<int32_t>& nodes, const Dist& q, int6
 }
 
 // SPEC §4: the absorbed set (into wk_.absorbed), r(x) and the charge of candidate x at node child.
-Relaxation Walker::relax(const Dist& q, int64_t x, int32_t child, double tvd) {
+Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
     Relaxation rel;
     const float qxf = q.at(x);
     const double qx = qxf;
@@ -315,22 +503,25 @@ Relaxation Walker::relax(const Dist& q, int64_t x, int32_t child, double tvd) {
             break;
         }
         case M_GSD: {
+            materialize(q);  // a full-row scan: read the row as it stands
             const int64_t G = std::min<int64_t>(P_.iparams[IP_GSD_G], V_);  // never more than V tokens
             const float dpf = static_cast<float>(P_.fparams[FP_GSD_DP]);
-            // the G nearest (distance, then id) live tokens within dp, kept sorted by insertion
-            std::vector<std::pair<float, int64_t>> best;
-            best.reserve(static_cast<size_t>(G) + 1);
+            // the G nearest (distance, then id) live tokens within dp
+            auto& best = wk_.best;
+            best.clear();
             if (G > 0) {
                 for (int64_t i = 0; i < V_; ++i) {
                     const float v = q.at(i);
                     if (!(v > 0.0f) || i == x) continue;
                     const float dist = std::fabs(v - qxf);
                     if (!(dist < dpf)) continue;
-                    if (static_cast<int64_t>(best.size()) == G && !(dist < best.back().first)) continue;
-                    auto pos = best.end();
-                    while (pos != best.begin() && (pos - 1)->first > dist) --pos;
-                    best.insert(pos, {dist, i});
-                    if (static_cast<int64_t>(best.size()) > G) best.pop_back();
+                    best.push_back({dist, i});
+                }
+                if (static_cast<int64_t>(best.size()) > G) {
+                    std::partial_sort(best.begin(), best.begin() + G, best.end());  // (distance, id) order
+                    best.resize(static_cast<size_t>(G));
+                } else {
+                    std::sort(best.begin(), best.end());
                 }
             }
             wk_.masses.clear();
@@ -342,14 +533,18 @@ Relaxation Walker::relax(const Dist& q, int64_t x, int32_t child, double tvd) {
         case M_CASCADE: {
             double charge = 0.0;
             const int32_t parent = par_[child];
+            auto& nodes = wk_.nodes;
             for (int blk = 0; blk < 2; ++blk) {
-                std::vector<int32_t> nodes;
+                nodes.clear();
                 if (blk == 0) {
                     if (!P_.iparams[IP_USE_INTERCHANGE]) continue;
                     const float tau = static_cast<float>(P_.fparams[FP_TAU_POS]);
-                    for (int32_t k = wk_.kid_start[parent]; k < wk_.kid_start[parent + 1]; ++k) {
+                    const int32_t k0 = wk_.kid_start[parent], k1 = wk_.kid_start[parent + 1];
+                    int32_t ci = 0;
+                    while (k0 + ci < k1 && wk_.kid_list[k0 + ci] != child) ++ci;
+                    for (int32_t k = k0; k < k1; ++k) {
                         const int32_t s = wk_.kid_list[k];
-                        if (s != child && cosine(child, s) >= tau) nodes.push_back(s);
+                        if (s != child && sibling_cosine(parent, ci, k - k0) >= tau) nodes.push_back(s);
                     }
                 } else {
                     if (!P_.iparams[IP_USE_CONVERGENCE]) continue;
@@ -382,23 +577,67 @@ Relaxation Walker::relax(const Dist& q, int64_t x, int32_t child, double tvd) {
 }
 
 // SPEC §5: x wins the relaxed argmax (its mass plus what it absorbed; ties go to the candidate).
+// On a lazy q the max is taken over the weights w and mapped through the divisors afterwards: float
+// division by a positive number is monotone, so this is the max of the q values themselves.
 bool Walker::greedy_accepts(const Dist& q, int64_t x, const Relaxation& rel) {
-    std::vector<int64_t> excl(wk_.absorbed);
+    auto& excl = wk_.excl;
+    excl.assign(wk_.absorbed.begin(), wk_.absorbed.end());
     excl.push_back(x);
+    if (q.lazy()) excl.insert(excl.end(), q.removed.begin(), q.removed.end());
     std::sort(excl.begin(), excl.end());
-    float best = 0.0f;  // the excluded entries count as zeros
+    const float dd = q.lazy() ? 1.0f : q.d;
+    float bw = -F_INF;
     int64_t lo = 0;
     for (int64_t e : excl) {
-        if (e > lo) best = std::max(best, K_->max_div(q.w, q.d, lo, e));
+        if (e > lo) bw = std::max(bw, K_->max_div(q.w, dd, lo, e));
         lo = std::max(lo, e + 1);
     }
-    if (lo < V_) best = std::max(best, K_->max_div(q.w, q.d, lo, V_));
+    if (lo < V_) bw = std::max(bw, K_->max_div(q.w, dd, lo, V_));
+    float best = 0.0f;  // the excluded entries count as zeros
+    if (bw > -F_INF) best = std::max(best, q.lazy() ? q.chain(bw) : bw);
     double best_other = best;
     if (rel.cool) {
         const double qx = q.at(x);
         best_other *= qx < 1.0 ? (1.0 - rel.r) / (1.0 - qx) : 0.0;
     }
     return rel.r >= best_other;
+}
+
+// Deterministic residual after rejecting x, as bookkeeping: x (and, with transport, the absorbed set)
+// join the removed list and the residual's sum becomes one more divisor. The sum is
+// (float64 sum of w - removed weights) / (d * divisors): the value of the materialised row's sum up to
+// ~1e-12 relative. When little mass is left (cancellation), the list is long or the chain is full, the row
+// is materialised and summed in float32 as before. Returns false when the residual is empty.
+bool Walker::lazy_reject(Dist& q, int64_t x) {
+    auto add = [&](int64_t t, double& removed_w) {
+        if (t < 0 || t >= V_) return;
+        if (q.lazy() && q.is_removed(t)) return;
+        for (int64_t r : wk_.patches_ids)
+            if (r == t) return;
+        wk_.patches_ids.push_back(t);
+        removed_w += q.w[t];
+    };
+    wk_.patches_ids.clear();
+    double removed_w = 0.0;
+    add(x, removed_w);
+    if (P_.transport)
+        for (int64_t t : wk_.absorbed) add(t, removed_w);
+    const double rest = q.wsum - removed_w;
+    const bool fits = q.ndiv < MAX_CHAIN && q.removed.size() + wk_.patches_ids.size() <= MAX_REMOVED;
+    if (!fits || !(rest > 1e-4 * q.wsum) || !std::isfinite(rest)) {
+        materialize(q);
+        const float total = residual(q, nullptr, x, Relaxation{}, false, wk_.W.get());
+        if (!(total > 0.0f && std::isfinite(total))) return false;
+        q = Dist(wk_.W.get(), total, K_->chain_div(wk_.W.get(), nullptr, 0, wk_.W.get(), 0, V_));
+        return true;
+    }
+    const float total = f32(rest / q.scale);
+    if (!(total > 0.0f && std::isfinite(total))) return false;
+    q.removed.insert(q.removed.end(), wk_.patches_ids.begin(), wk_.patches_ids.end());
+    q.wsum = rest;
+    q.div[q.ndiv++] = total;
+    q.scale *= total;
+    return true;
 }
 
 // SPEC §3 residual after rejecting x, written to dst (unnormalized); returns its float32 sum.
@@ -461,7 +700,8 @@ void Walker::run(int64_t b) {
     for (int64_t i = 0; i < N; ++i) ks[i + 1] += ks[i];
     kl.assign(std::max<int64_t>(ks[N], 1), 0);
     {
-        std::vector<int32_t> fill(ks.begin(), ks.end() - 1);
+        auto& fill = wk_.fill;
+        fill.assign(ks.begin(), ks.end() - 1);
         for (int64_t i = 1; i < N; ++i) {
             const int32_t p = par_[i];
             if (p >= 0 && p < i) kl[fill[p]++] = static_cast<int32_t>(i);
@@ -471,6 +711,7 @@ void Walker::run(int64_t b) {
         wk_.norms.assign(N, 0.0f);
         wk_.norm_ok.assign(N, 0);
     }
+    cos_parent_ = -1;
 
     const int64_t seed = P_.seeds[b];
     float u_sample = uniform(seed, STREAM_SAMPLE, 0);
@@ -479,7 +720,8 @@ void Walker::run(int64_t b) {
     const bool sampled = P_.draft != nullptr && !greedy;
     const float T = greedy ? 1.0f : static_cast<float>(P_.temperature);
 
-    std::vector<int32_t> path{0};
+    auto& path = wk_.path;
+    path.assign(1, 0);
     int32_t u = 0, status = 0;
     double tvd = 0.0;
     int64_t next = 0;
@@ -490,7 +732,7 @@ void Walker::run(int64_t b) {
         const int64_t row = b * N + u;
         const void* c = row_ptr(P_.target, P_.target_dtype, row, V_);
         const void* un = P_.cfg ? row_ptr(P_.target, P_.target_dtype, row + P_.B * N, V_) : nullptr;
-        Dist qu{A, 1.0f};
+        Dist qu;
         if (!process_row(c, un, P_.target_dtype, T, A, qu)) {
             next = nan_safe_argmax_target(u);
             status |= STATUS_NONFINITE_TARGET;
@@ -511,7 +753,7 @@ void Walker::run(int64_t b) {
             next = final_token(qu, greedy, u_sample);
             break;
         }
-        Dist pd{Pb, 1.0f};
+        Dist pd;
         if (sampled) {
             const void* dr = row_ptr(P_.draft, P_.draft_dtype, row, V_);
             if (!process_row(dr, nullptr, P_.draft_dtype, T, Pb, pd)) {
@@ -551,13 +793,22 @@ void Walker::run(int64_t b) {
                 accepted = ch;
                 break;
             }
-            const float total = residual(q, sampled ? &pd : nullptr, x, rel, sampled, Wb);
+            if (!sampled) {
+                if (!lazy_reject(q, x)) {
+                    status |= STATUS_EMPTY_RESIDUAL;
+                    empty = true;
+                    break;
+                }
+                continue;
+            }
+            materialize(q);
+            const float total = residual(q, &pd, x, rel, sampled, Wb);
             if (!(total > 0.0f && std::isfinite(total))) {
                 status |= STATUS_EMPTY_RESIDUAL;
                 empty = true;
                 break;
             }
-            q = Dist{Wb, total};
+            q = Dist(Wb, total, 0.0);
         }
         if (accepted >= 0) {
             u = accepted;
@@ -576,6 +827,80 @@ void Walker::run(int64_t b) {
     P_.status[b] = status;
 }
 
+
+// A small persistent pool of std::threads for the batch loop. Idle workers sleep on a condition
+// variable (no spinning, so a busy peer core never stalls a call); the calling thread works too and, when
+// it runs out of sequences, waits only for those a worker has actually claimed. A worker that wakes late
+// finds the job closed and goes back to sleep. One call uses the pool at a time; a concurrent call (another
+// Python thread) runs on its own thread.
+class Pool {
+   public:
+    static Pool& get() {
+        static Pool* pool = new Pool();  // never destroyed: workers may outlive static destructors
+        return *pool;
+    }
+
+    // Runs fn(i) for i in [0, n) on the caller plus up to `extra` workers.
+    void run(int64_t n, int extra, const std::function<void(int64_t)>& fn) {
+        std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+        if (!busy.owns_lock() || extra <= 0) {
+            for (int64_t i = 0; i < n; ++i) fn(i);
+            return;
+        }
+        {
+            std::lock_guard<std::mutex> lk(m_);
+            while (static_cast<int>(workers_.size()) < extra) workers_.emplace_back([this] { loop(); });
+            fn_ = &fn;
+            n_ = n;
+            next_.store(0, std::memory_order_relaxed);
+            open_ = true;
+            want_ = extra;
+            ++gen_;
+        }
+        cv_.notify_all();
+        drain();
+        std::unique_lock<std::mutex> lk(m_);
+        open_ = false;  // late wakers do nothing
+        done_cv_.wait(lk, [this] { return active_ == 0; });
+        fn_ = nullptr;
+    }
+
+   private:
+    std::mutex busy_, m_;
+    std::condition_variable cv_, done_cv_;
+    std::vector<std::thread> workers_;
+    const std::function<void(int64_t)>* fn_ = nullptr;
+    int64_t n_ = 0;
+    std::atomic<int64_t> next_{0};
+    uint64_t gen_ = 0;
+    bool open_ = false;
+    int want_ = 0, active_ = 0;
+
+    void drain() {
+        while (true) {
+            const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+            if (i >= n_) break;
+            (*fn_)(i);
+        }
+    }
+
+    void loop() {
+        uint64_t seen = 0;
+        std::unique_lock<std::mutex> lk(m_);
+        while (true) {
+            cv_.wait(lk, [&] { return gen_ != seen; });
+            seen = gen_;
+            if (!open_ || want_ <= 0) continue;
+            --want_;
+            ++active_;
+            lk.unlock();
+            drain();
+            lk.lock();
+            if (--active_ == 0) done_cv_.notify_all();
+        }
+    }
+};
+
 }  // namespace
 
 const char* kernels_isa() { return select_kernels()->isa; }
@@ -583,15 +908,20 @@ const char* kernels_isa() { return select_kernels()->isa; }
 void verify_cpu(const VerifyParams& P) {
     const Kernels* K = select_kernels();
     const int64_t B = P.B;
+    // Splitting pays only when each thread gets several sequences: B < 4 always runs on the caller.
     int nt = std::max(1, P.num_threads);
-    if (nt > B) nt = static_cast<int>(B);
-#pragma omp parallel num_threads(nt)
-    {
-        Work wk(P.V);
+    nt = static_cast<int>(std::min<int64_t>(nt, B / 2));
+    auto one = [&](int64_t b) {
+        Work& wk = thread_work(P.V);
         Walker walker(P, K, wk);
-#pragma omp for schedule(dynamic)
-        for (int64_t b = 0; b < B; ++b) walker.run(b);
+        walker.run(b);
+    };
+    if (nt <= 1 || B < 4) {
+        for (int64_t b = 0; b < B; ++b) one(b);
+        return;
     }
+    const std::function<void(int64_t)> fn = one;
+    Pool::get().run(B, nt - 1, fn);
 }
 
 }  // namespace ck

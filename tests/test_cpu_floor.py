@@ -1,0 +1,168 @@
+"""Edge cases of the C++ backend's faster paths (issue 11), each checked against the reference backend:
+top-k by sampled threshold + radix select (ties, -inf, -0.0, k near V), lazy deterministic residuals
+(wide nodes past the removed-list and divisor-chain limits, an emptied residual), the thread pool, and
+untrusted method parameters."""
+import threading
+
+import pytest
+import torch
+
+import cascade_kernels as ck
+from cascade_kernels import _backend
+
+CPU_REASON = _backend.unavailable_reason("cpu")
+pytestmark = pytest.mark.skipif(CPU_REASON is not None, reason=f"no C++ extension: {CPU_REASON}")
+
+
+def same(inputs, **kw):
+    ref = ck.verify(**inputs, backend="reference", **kw)
+    out = ck.verify(**inputs, backend="cpu", **kw)
+    for name in ("accept_len", "accepted_nodes", "next_token", "status"):
+        assert torch.equal(getattr(ref, name), getattr(out, name)), (name, getattr(ref, name), getattr(out, name))
+    torch.testing.assert_close(out.tvd, ref.tvd, atol=1e-5, rtol=2e-3)
+    V = inputs["target_logits"].shape[-1]
+    assert bool(((out.next_token >= 0) & (out.next_token < V)).all())
+    return ref, out
+
+
+def star(n_kids):
+    return torch.tensor([-1] + [0] * n_kids, dtype=torch.int32)
+
+
+def chain_tree(depth):
+    return torch.tensor([-1] + list(range(depth)), dtype=torch.int32)
+
+
+@pytest.mark.parametrize("kind", ["ties", "neg-inf", "signed-zero", "plain"])
+@pytest.mark.parametrize("k", [1, 2, 37, 2000, 8191, 8192])
+def test_topk_radix_select_matches_reference(kind, k):
+    """V = 8192 (the sampled-threshold path runs from V = 4096): the kept set is exactly `x >= kth`."""
+    g = torch.Generator().manual_seed(k + len(kind))
+    B, V = 6, 8192
+    parents = chain_tree(3)
+    N = parents.shape[0]
+    logits = torch.randn(B, N, V, generator=g) * 2
+    if kind == "ties":  # few distinct values: the k-th largest is shared by many entries
+        logits = torch.round(logits * 2) / 2
+    elif kind == "neg-inf":  # most of the row masked, sometimes fewer finite entries than k
+        mask = torch.rand(B, N, V, generator=g) < 0.97
+        logits[mask] = -float("inf")
+        logits[:, :, 0] = 1.0  # every row stays a distribution
+    elif kind == "signed-zero":
+        z = torch.rand(B, N, V, generator=g) < 0.5
+        logits = torch.where(z, torch.where(torch.rand(B, N, V, generator=g) < 0.5, 0.0, -0.0), -logits.abs() - 1)
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    # the children's tokens among the top entries so that walks go on
+    for b in range(B):
+        for i in range(1, N):
+            logits[b, i - 1, tokens[b, i]] = logits[b, i - 1].max() + (b % 3)
+    inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=torch.arange(B))
+    for kw in (dict(top_k=k), dict(top_k=k, temperature=0), dict(top_k=k, top_p=0.7)):
+        same(inputs, **kw)
+
+
+def test_topk_sampled_drafting_large_vocab():
+    g = torch.Generator().manual_seed(3)
+    B, V = 4, 40000
+    parents = ck.tree_from_choices(ck.MC_SIM_7B_63)
+    N = parents.shape[0]
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    logits = torch.randn(B, N, V, generator=g)
+    logits[:, :, :50] += 6  # a head of likely tokens
+    tokens[:, 1:] = torch.randint(0, 50, (B, N - 1), generator=g)
+    draft = logits + 0.3 * torch.randn(B, N, V, generator=g)
+    inputs = dict(tokens=tokens, parents=parents, target_logits=logits, draft_logits=draft, seed=torch.arange(B))
+    same(inputs, top_k=2000)
+    same(inputs, top_k=30, top_p=0.9)
+
+
+@pytest.mark.parametrize("method", ["exact", "cascade", "lantern", "gsd"])
+@pytest.mark.parametrize("n_kids", [5, 20, 90])
+def test_wide_nodes_many_lazy_rejections(method, n_kids):
+    """Up to 90 rejected children at one node: past the 16-divisor chain and the 64-entry removed list
+    (the row is then folded), repeated tokens, deterministic drafting, transport and standard residuals."""
+    g = torch.Generator().manual_seed(n_kids)
+    B, V = 8, 300
+    parents = star(n_kids)
+    N = n_kids + 1
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    tokens[:, 1::3] = tokens[:, 1:2]  # repeats
+    logits = torch.randn(B, N, V, generator=g)
+    hidden = torch.randn(B, 1, 8, generator=g) + 0.3 * torch.randn(B, N, 8, generator=g)
+    m = {"exact": ck.Exact(), "cascade": ck.Cascade(tau_pos=0.2, tau_seq=0.1, eps=0.5),
+         "lantern": ck.Lantern(ck.lantern_neighbors(torch.randn(V, 3, generator=g), k=6), delta=0.1),
+         "gsd": ck.GSD(G=5, dp=0.01)}[method]
+    inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=torch.arange(B) * 7)
+    if method == "cascade":
+        inputs["hidden"] = hidden
+    for kw in (dict(), dict(temperature=0), dict(residual="standard"), dict(temperature=0.5)):
+        same(inputs, method=m, **kw)
+
+
+def test_residual_emptied_by_rejections():
+    """top_k = 1 keeps one token; rejecting it empties the residual: EMPTY_RESIDUAL, next = argmax."""
+    V = 50
+    logits = torch.randn(3, 4, V)
+    tokens = torch.tensor([[0, 1, 2, 3]] * 3)
+    logits[:, 0, 1] = -5  # the kept token is not the drafted one... unless it is
+    logits[1, 0, 2] = 20
+    ref, out = same(dict(tokens=tokens, parents=star(3), target_logits=logits, seed=torch.arange(3)), top_k=1)
+    inputs = dict(tokens=torch.tensor([[0, 7, 7]]), parents=star(2), target_logits=torch.randn(1, 3, V),
+                  seed=torch.tensor([5]))
+    inputs["target_logits"][0, 0, 7] = 30.0
+    inputs["seed"] = torch.tensor([123456])
+    same(inputs, top_k=1)
+
+
+def test_near_one_mass_rejection_folds_row():
+    """A rejected token holding almost all the mass (little left: the cancellation guard folds the row)."""
+    g = torch.Generator().manual_seed(0)
+    V = 1000
+    B = 64
+    logits = torch.randn(B, 3, V, generator=g)
+    tokens = torch.tensor([[0, 3, 4]] * B)
+    logits[:, 0, 3] = 12.0  # q(3) ~ 0.99: rejected in ~1% of seeds
+    inputs = dict(tokens=tokens, parents=star(2), target_logits=logits, seed=torch.arange(B) * 977)
+    same(inputs)
+    same(inputs, method=ck.Cool())
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_pool_matches_one_thread_and_concurrent_calls(threads):
+    g = torch.Generator().manual_seed(threads)
+    B, V = 40, 700
+    parents = ck.tree_from_choices(ck.DEEP_CHOICES)
+    N = parents.shape[0]
+    inputs = dict(tokens=torch.randint(0, V, (B, N), generator=g), parents=parents,
+                  target_logits=torch.randn(B, N, V, generator=g) * 3, seed=torch.arange(B))
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ck.verify(**inputs, backend="cpu", top_k=50)
+        torch.set_num_threads(threads)
+        many = ck.verify(**inputs, backend="cpu", top_k=50)
+        results = [None] * 4
+
+        def work(i):
+            results[i] = ck.verify(**inputs, backend="cpu", top_k=50)
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        torch.set_num_threads(prev)
+    for r in [many] + results:
+        for a, b in zip(one[:5], r[:5]):
+            assert torch.equal(a, b)
+
+
+def test_huge_gsd_group_is_bounded_by_vocab():
+    """G = 2**40 is clamped to V; with a wide dp and eps the absorbed set is large but memory stays O(V)."""
+    g = torch.Generator().manual_seed(1)
+    V = 5000
+    inputs = dict(tokens=torch.tensor([[0, 1, 2]]), parents=star(2), target_logits=torch.randn(1, 3, V, generator=g),
+                  seed=torch.tensor([0]))
+    same(inputs, method=ck.GSD(G=2**40, dp=1.0), eps=1.0)
+    same(inputs, method=ck.GSD(G=2**40, dp=1.0), eps=1.0, temperature=0)
