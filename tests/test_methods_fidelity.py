@@ -89,10 +89,10 @@ ORACLE = [
     ("gsd-peer-det", lambda V, rng: _gsd_peer(V, rng), False, "peer", False),
     ("gsd-peer-sampled", lambda V, rng: _gsd_peer(V, rng), True, "peer", False),
     ("gsd-peer-sampled-transport", lambda V, rng: _gsd_peer(V, rng, window=3), True, "transport", False),
-    ("cool-wmin0-det-peer", lambda V, rng: ck.Cool(delta=1.1, nu=0.7, mu=0.2, w_min=0.0), False, "peer", False),
-    ("cool-wmin0-sampled-transport", lambda V, rng: ck.Cool(delta=1.1, nu=0.7, mu=0.2, w_min=0.0), True,
+    ("cool-wmin0-det-peer", lambda V, rng: ck.Cool(delta=2.0, nu=0.7, mu=0.1, w_min=0.0), False, "peer", False),
+    ("cool-wmin0-sampled-transport", lambda V, rng: ck.Cool(delta=2.0, nu=0.7, mu=0.1, w_min=0.0), True,
      "transport", False),
-    ("cool-wmin0-sampled-standard", lambda V, rng: ck.Cool(delta=1.1, nu=0.7, w_min=0.0), True, "standard", False),
+    ("cool-wmin0-sampled-standard", lambda V, rng: ck.Cool(delta=2.0, nu=0.7, w_min=0.0), True, "standard", False),
     ("lantern-peer-det", lambda V, rng: _lantern(V, rng, delta=0.25), False, "peer", False),
     ("lantern-peer-sampled-wor", lambda V, rng: _lantern(V, rng, delta=0.25), True, "peer", True),
     ("lanternpp-peer-sampled-wor", lambda V, rng: _lantern(V, rng, lam=3.0), True, "peer", True),
@@ -106,18 +106,21 @@ def test_new_rules_match_enumerated_distribution(name, make, sampled, residual, 
     V = 6
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     method = make(V, rng)
-    stat, df, bound, e_tvd, tvd, out = _oracle_case(method, EAGLE_LIKE, sampled, residual, wor, N_ORACLE,
+    n = N_ORACLE // 2 if name.startswith("gsd") else N_ORACLE  # GSD's window search is the slow part
+    stat, df, bound, e_tvd, tvd, out = _oracle_case(method, EAGLE_LIKE, sampled, residual, wor, n,
                                                     seed=zlib.crc32(name.encode()) + 1)
     print(f"{name}: χ²={stat:.1f} df={df} bound={bound:.1f} E[tvd]={e_tvd:.4f} mean tvd={tvd.mean():.4f}")
     assert stat < bound, f"χ²={stat:.1f} df={df} bound={bound:.1f}"
     assert abs(tvd.mean() - e_tvd) <= 6 * tvd.std() / math.sqrt(len(tvd)) + 1e-6
     assert out.backend == "reference"
+    if name.startswith("cool") and residual != "standard":
+        assert 0 < e_tvd  # omega > 1 at depth 1 relaxes; omega < 1 deeper is lossless (charge 0)
 
 
 @pytest.mark.parametrize("parents", [EAGLE_LIKE, WIDE], ids=["eagle", "wide"])
 def test_exact_without_replacement_is_lossless(parents):
     """EAGLE-1 drafting (siblings without replacement) + the matching residual: target sampling exactly."""
-    V, n = 5, 3 * N_ORACLE
+    V, n = 5, N_ORACLE
     world = World(V, seed=31 + len(parents), scale=1.5, proc=dict(top_k=4))
     rng = np.random.default_rng(5)
     tokens = draw_tree_tokens_wor(world, parents, n, rng)
