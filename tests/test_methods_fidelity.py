@@ -356,3 +356,41 @@ def test_peer_code_distribution_matches(name, sampled, lkw, source, shape):
     stat, df, pval = ph.two_sample_chi2(ours, theirs)
     print(f"{name}: two-sample χ²={stat:.1f} df={df} p={pval:.3g} (n={N_PEER} each)")
     assert pval > P_MIN, f"ours and {source} differ: χ²={stat:.1f} df={df} p={pval:.3g}"
+
+
+# ---- ck.generate ---------------------------------------------------------------------------------
+def test_generate_draws_siblings_without_replacement(monkeypatch):
+    lab = pytest.importorskip("cascade_lab.model")
+    from cascade_lab.drafter import Drafter
+
+    torch.manual_seed(0)
+    target = lab.Transformer(lab.TargetConfig(vocab_size=8, num_classes=2, dim=16, n_layers=1, n_heads=2,
+                                              mlp_hidden=32, max_seq_len=48)).eval()
+    drafter = Drafter.from_target(target).eval()
+    import cascade_kernels.decode as decode
+
+    seen = []
+    real = decode.verify
+
+    def spy(tokens, parents, *a, **kw):
+        out = real(tokens, parents, *a, **kw)
+        if tokens.shape[1] > 1:
+            seen.append((tokens.clone(), kw.get("draft_sampling"), out.backend))
+        return out
+
+    monkeypatch.setattr(decode, "verify", spy)
+    with pytest.raises(ValueError, match="draft_sampling"):
+        ck.generate(target, torch.tensor([0]), drafter=drafter, num_tokens=4, draft_sampling="without_replacement")
+    out = ck.generate(target, torch.tensor([0, 1]), drafter=drafter, num_tokens=10, sampled_drafting=True,
+                      draft_sampling="without_replacement", tree="eagle", seed=3)
+    assert out.tokens.shape == (2, 10) and int(out.tokens.min()) >= 0
+    par = ck.tree_from_choices(ck.NAMED_TREES["eagle"]).tolist()
+    groups = {}
+    for i in range(1, len(par)):
+        groups.setdefault(par[i], []).append(i)
+    assert seen
+    for tokens, mode, backend in seen:
+        assert mode == "without_replacement" and backend == "reference"
+        for kids in groups.values():
+            for row in tokens[:, kids].tolist():
+                assert len(set(row)) == len(row), "siblings repeat a token"
