@@ -2,6 +2,7 @@
 
 Contract: docs/CONTRACT.md. ``import cascade_kernels as ck``.
 """
+from . import presets
 from ._backend import available_backends
 from .decode import DynamicTree, GenerateOutput, SequenceStats, generate
 from .methods import GSD, Cascade, Cool, Exact, Lantern
@@ -23,6 +24,6 @@ __all__ = [
     "prepare_tree", "Tree", "generate", "DynamicTree", "GenerateOutput", "SequenceStats", "cascade_drafter_loss",
     "Exact", "Lantern", "GSD", "Cascade", "Cool",
     "tree_from_choices", "named_tree", "lantern_neighbors", "MC_SIM_7B_63", "DEEP_CHOICES", "SMALL_CHOICES",
-    "NAMED_TREES", "VerifyOutput", "TreeBuffers", "SimilaritySets",
+    "NAMED_TREES", "presets", "VerifyOutput", "TreeBuffers", "SimilaritySets",
     "STATUS_OK", "STATUS_NONFINITE_TARGET", "STATUS_EMPTY_RESIDUAL", "STATUS_NONFINITE_DRAFT", "STATUS_BAD_TOKEN",
 ]

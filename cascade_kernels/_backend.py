@@ -71,8 +71,20 @@ def _load(spec: str) -> Callable:
     return getattr(importlib.import_module(module), fn)
 
 
-def resolve(op: str, backend: str, device: torch.device) -> Tuple[str, Callable]:
-    """(name, function) serving ``op`` for tensors on ``device``; cached per (op, backend, device type)."""
+def resolve(op: str, backend: str, device: torch.device, reference_only: Optional[str] = None) -> Tuple[str, Callable]:
+    """(name, function) serving ``op`` for tensors on ``device``; cached per (op, backend, device type).
+
+    ``reference_only``: a description of an option of this call that only the reference backend
+    implements (``validation.needs_reference``): ``"auto"`` then picks the reference backend, and any
+    other explicit backend raises a ``ValueError`` naming the option."""
+    if reference_only is not None:
+        if backend == "auto":
+            return "reference", _load(IMPLS[op]["reference"])
+        if backend != "reference":
+            if not isinstance(backend, str) or backend not in NAMES:
+                raise ValueError(f"backend must be one of {['auto', *NAMES]}, got {backend!r}")
+            raise ValueError(f"backend {backend!r} does not implement {reference_only} (reference backend only "
+                             f"this round): use backend='reference', or 'auto', which routes such calls there")
     key = (op, backend, device.type)
     hit = _resolved.get(key)
     if hit is not None and (hit[0] != "triton" or device.type != "cpu" or interpreting()):

@@ -8,9 +8,12 @@ against it by ``tests/test_codes.py``.
 METHODS = {"exact": 0, "lantern": 1, "gsd": 2, "cascade": 3, "cool": 4}
 
 # Packed method parameters (``methods.pack``): integer and float slots, by name.
-INT_PARAMS = ("n_neighbors", "lantern_pp", "gsd_G", "use_interchange", "use_convergence")
+# Slots appended after the first release (``gsd_group``, ``gsd_window``, ``gsd_embed_d2``) are read by the
+# reference backend only; the compiled backends never see a method that sets them (``needs_reference``).
+INT_PARAMS = ("n_neighbors", "lantern_pp", "gsd_G", "use_interchange", "use_convergence", "gsd_group", "gsd_window")
 FLOAT_PARAMS = ("lantern_delta", "lantern_lam_m1", "gsd_dp", "tau_pos", "tau_seq", "cool_delta", "cool_nu",
-                "cool_wmin")
+                "cool_wmin", "gsd_embed_d2")
+GSD_GROUPS = {"nearest": 0, "peer": 1}  # ``gsd_group`` values
 
 # ``VerifyOutput.status`` bits (docs/CONTRACT.md §Status).
 STATUS = {

@@ -138,8 +138,9 @@ def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 class _TreeDrafter:
     """Drafts one tree per sequence from the drafter's state at the root (EAGLE-1 / EAGLE-2)."""
 
-    def __init__(self, drafter, sampling: _Sampling, tree, sampled: bool, cfg: bool):
+    def __init__(self, drafter, sampling: _Sampling, tree, sampled: bool, cfg: bool, without_replacement=False):
         self.drafter, self.sampling, self.sampled, self.cfg = drafter, sampling, sampled, cfg
+        self.without_replacement = without_replacement
         self.dynamic = tree if isinstance(tree, DynamicTree) else None
         if self.dynamic is None:
             choices = _choices(tree)
@@ -151,6 +152,9 @@ class _TreeDrafter:
             self.bufs = tree_buffers(self.tree)
             self.depth = self.bufs.position_ids[0]
             self.levels = [torch.nonzero(self.depth == d).flatten() for d in range(1, int(self.depth.max()) + 1)]
+            # node -> its earlier siblings (drafted before it when children are drawn without replacement)
+            par = self.parents.tolist()
+            self.earlier = {i: [j for j in range(1, i) if par[j] == par[i]] for i in range(1, len(par))}
             self.forest = {}  # upto -> (mask, depth) of drafted nodes 1..upto-1
         elif sampled:
             raise ValueError("DynamicTree drafting is deterministic (top-k expansion); use a static tree to sample")
@@ -207,7 +211,15 @@ class _TreeDrafter:
             p = self.sampling.probs(guided[:, self.parents[level].long()])  # [B, n, V]
             if self.sampled:
                 u = philox.uniform(seeds.unsqueeze(1), DRAFT, level.unsqueeze(0))
-                tokens[:, level] = _draw(p.reshape(-1, V), u.reshape(-1)).view(B, -1)
+                if not self.without_replacement:
+                    tokens[:, level] = _draw(p.reshape(-1, V), u.reshape(-1)).view(B, -1)
+                else:  # EAGLE-1 / LANTERN++: each child from p with its earlier siblings' tokens removed
+                    for j, node in enumerate(level.tolist()):
+                        pj = p[:, j].clone()
+                        sibs = self.earlier[node]
+                        if sibs:
+                            pj.scatter_(1, tokens[:, sibs], 0.0)
+                        tokens[:, node] = _draw(pj, u[:, j])
             else:
                 rank = self.rank[level].to(dev)
                 best = torch.topk(p, int(rank.max()) + 1, dim=-1).indices
@@ -304,9 +316,18 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
              method=Exact(), tree: Union[str, Sequence, DynamicTree, None] = "eagle", sampled_drafting=False,
              cfg_scale: Optional[float] = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              residual: str = "transport", eps: Optional[float] = None, seed=0, backend: str = "auto",
-             progress: bool = False) -> GenerateOutput:
+             progress: bool = False, draft_sampling: str = "iid") -> GenerateOutput:
     """Generate ``num_tokens`` image tokens per class id: speculative when a ``drafter`` is given,
-    plain AR decoding otherwise (the baseline). Returns the tokens and per-sequence statistics."""
+    plain AR decoding otherwise (the baseline). Returns the tokens and per-sequence statistics.
+
+    ``draft_sampling`` (with ``sampled_drafting=True``): ``"iid"`` draws every child of a node
+    independently from its drafter row; ``"without_replacement"`` draws them in rank order, each from
+    the row with the earlier siblings' tokens removed (EAGLE-1, LANTERN++), and verifies with the matching
+    residual (reference backend this round; ``backend="auto"`` routes there)."""
+    if draft_sampling not in ("iid", "without_replacement"):
+        raise ValueError(f"draft_sampling must be 'iid' or 'without_replacement', got {draft_sampling!r}")
+    if draft_sampling == "without_replacement" and not sampled_drafting:
+        raise ValueError("draft_sampling='without_replacement' needs sampled_drafting=True")
     if not isinstance(class_ids, torch.Tensor) or class_ids.dim() != 1 or class_ids.dtype.is_floating_point \
             or class_ids.dtype == torch.bool or class_ids.numel() == 0:
         raise ValueError("class_ids must be a non-empty 1-D integer tensor [B]")
@@ -323,7 +344,7 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
     bases = _base_seeds(seed, B)
     sampling = _Sampling(temperature, top_k, top_p, cfg_scale)
     vkw = dict(residual=residual, eps=eps, temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale,
-               backend=backend)
+               backend=backend, draft_sampling=draft_sampling)
     stats = [SequenceStats() for _ in range(B)]
     out = torch.full((B, num_tokens), -1, dtype=torch.int64, device=dev)
     count = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -356,7 +377,8 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
             _append(out, count, root.unsqueeze(1), torch.zeros(B, dtype=torch.int64, device=dev), bar)
             step += 1
     else:
-        drafting = _TreeDrafter(drafter, sampling, tree, sampled_drafting, cfg)
+        drafting = _TreeDrafter(drafter, sampling, tree, sampled_drafting, cfg,
+                                without_replacement=draft_sampling == "without_replacement")
         dcache = drafter.new_cache(len(rows), max_len)
         # drafter entry (feature of the class position, first image token) at drafter position 0
         root_logits, root_feat = _catch_up(drafter, dcache, root.unsqueeze(1), hidden0.unsqueeze(1),

@@ -6,7 +6,7 @@ neighbour table. Defaults live only in the dataclasses below.
 """
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -25,6 +25,10 @@ class PackedMethod(NamedTuple):
     neighbors: Optional[torch.Tensor]  # LANTERN's [V, n_neighbors] int64 table, else None
     iparams_cpu: torch.Tensor  # the same slots as CPU tensors (int64, float64), made once
     fparams_cpu: torch.Tensor
+    # Reference-only extras (docs/METHODS.md): LANTERN's [V, min(K, n_neighbors + 1)] table (its released code
+    # zeroes the first k + 1 neighbours in the residual) and GSD's codebook embeddings [V, D] for group="peer".
+    peer_neighbors: Optional[torch.Tensor] = None
+    embeddings: Optional[torch.Tensor] = None
 
     def i(self, slot: str) -> int:
         return self.iparams[codes.INT_PARAMS.index(slot)]
@@ -38,13 +42,23 @@ def pack(method: Method) -> PackedMethod:
     return method.packed
 
 
-def _pack(method: Method, neighbors=None, **slots) -> PackedMethod:
+def _pack(method: Method, neighbors=None, peer_neighbors=None, embeddings=None, **slots) -> PackedMethod:
     unknown = set(slots) - set(codes.INT_PARAMS) - set(codes.FLOAT_PARAMS)
     assert not unknown, unknown
     ip = tuple(int(slots.get(k, 0)) for k in codes.INT_PARAMS)
     fp = tuple(float(slots.get(k, 0.0)) for k in codes.FLOAT_PARAMS)
     return PackedMethod(codes.METHODS[method.name], ip, fp, neighbors,
-                        torch.tensor(ip, dtype=torch.int64), torch.tensor(fp, dtype=torch.float64))
+                        torch.tensor(ip, dtype=torch.int64), torch.tensor(fp, dtype=torch.float64),
+                        peer_neighbors, embeddings)
+
+
+def reference_only_reason(m: PackedMethod) -> Optional[str]:
+    """Why a packed method can only run on the reference backend this round (None when any backend can)."""
+    if m.code == codes.METHODS["gsd"] and m.i("gsd_group") == codes.GSD_GROUPS["peer"]:
+        return "ck.GSD(group='peer')"
+    if m.code == codes.METHODS["cool"] and m.f("cool_wmin") < 1.0:
+        return "ck.Cool with w_min < 1 (omega below 1 and the paper's residual)"
+    return None
 
 
 def _param(method, attr: str, **bounds):
@@ -55,7 +69,10 @@ def _param(method, attr: str, **bounds):
 
 
 def cool_scale(fparams, depth: int) -> float:
-    """COOL's w_d = max(w_min, delta e^{-nu (d - 1)}) from packed float parameters."""
+    """COOL's w_d = max(w_min, delta e^{-nu (d - 1)}) from packed float parameters.
+
+    The packed ``cool_delta`` is the effective ``Cool.delta * exp(-Cool.mu)`` (``Cool.packed``), so this is
+    the paper's omega_i = delta exp(-nu i - mu) with i = d - 1, clamped below at w_min."""
     f = dict(zip(codes.FLOAT_PARAMS, fparams))
     return max(f["cool_wmin"], f["cool_delta"] * math.exp(-f["cool_nu"] * (depth - 1)))
 
@@ -118,25 +135,54 @@ class Lantern(Method):
     def packed(self) -> PackedMethod:
         n = self.n_neighbors
         pp = self.lam is not None
-        return _pack(self, self.neighbors[:, :n].contiguous(), n_neighbors=n, lantern_pp=pp,
+        peer = self.neighbors[:, : min(self.neighbors.shape[1], n + 1)].contiguous()
+        return _pack(self, self.neighbors[:, :n].contiguous(), peer_neighbors=peer, n_neighbors=n, lantern_pp=pp,
                      lantern_delta=self.delta, lantern_lam_m1=(self.lam - 1.0) if pp else 0.0)
 
 
 @dataclass(frozen=True)
 class GSD(Method):
-    """Grouped acceptance: up to ``G`` tokens within ``dp`` of q(x) in target probability."""
+    """Grouped acceptance.
+
+    ``group="nearest"`` (default): up to ``G`` tokens within ``dp`` of q(x) in target probability, nearest
+    first; r(x) = q(x) + their mass, ratio r(x) / p(x). ``group="peer"`` (GSD's released code,
+    junhyukso/GSD @4216c7c ``scheduler/jacobi_iteration_lumina_mgpt.py``): the group is the ``±window``
+    (7) ranks around x in target order, x included, kept when ``|q(y) - q(x)| < dp`` and the squared
+    distance of the tokens' ``embeddings [V, D]`` is ``< embed_d2`` (0.5); acceptance min(1, q(G) / p(G)).
+    ``G`` is unused by ``group="peer"``. Reference backend only for ``group="peer"``.
+    """
 
     G: int = 14
     dp: float = 0.15
+    group: str = "nearest"
+    embeddings: Optional[torch.Tensor] = field(default=None, compare=False, repr=False)
+    window: int = 7
+    embed_d2: float = 0.5
     name = "gsd"
 
     def __post_init__(self):
         _param(self, "G", lo=0, integer=True)
         _param(self, "dp", lo=0.0, allow_inf=True)
+        if self.group not in codes.GSD_GROUPS:
+            raise ValueError(f"GSD.group must be one of {tuple(codes.GSD_GROUPS)}, got {self.group!r}")
+        _param(self, "window", lo=1, integer=True)
+        _param(self, "embed_d2", lo=0.0, allow_inf=True)
+        emb = self.embeddings
+        if self.group == "peer":
+            if not isinstance(emb, torch.Tensor) or emb.dim() != 2 or not emb.is_floating_point() or emb.shape[1] == 0:
+                raise ValueError("GSD.embeddings must be a float tensor [V, D] (the codebook / token embeddings) "
+                                 "when group='peer'")
+            if not bool(torch.isfinite(emb).all()):
+                raise ValueError("GSD.embeddings holds NaN or inf entries")
+            object.__setattr__(self, "embeddings", emb.detach().to(torch.float64, copy=True).contiguous())
+        elif emb is not None:
+            raise ValueError("GSD.embeddings is only read by group='peer'")
 
     @functools.cached_property
     def packed(self) -> PackedMethod:
-        return _pack(self, gsd_G=min(self.G, 2**31 - 1), gsd_dp=self.dp)
+        return _pack(self, embeddings=self.embeddings, gsd_G=min(self.G, 2**31 - 1), gsd_dp=self.dp,
+                     gsd_group=codes.GSD_GROUPS[self.group], gsd_window=min(self.window, 2**31 - 1),
+                     gsd_embed_d2=self.embed_d2)
 
 
 @dataclass(frozen=True)
@@ -170,21 +216,29 @@ class Cascade(Method):
 
 @dataclass(frozen=True)
 class Cool(Method):
-    """COOL-SD annealed relaxation: r(x) = min(1, w_d q(x)), w_d = max(w_min, delta e^{-nu(d-1)})."""
+    """COOL-SD annealed relaxation (arXiv 2601.09212): r(x) = min(1, w_d q(x)) with the paper's schedule
+    w_d = max(w_min, delta exp(-nu (d - 1) - mu)) at draft depth d (i = d - 1 = 0 for the first drafted token).
+
+    ``w_min=1`` (default) clamps w_d >= 1 (every backend). ``w_min < 1`` (e.g. 0: no clamp) lets w_d fall
+    below 1 as in the paper, where its residual Norm([q - p min(1, w q/p)]+) makes that position lossless;
+    reference backend only. ``mu`` folds into the packed delta (``delta * exp(-mu)``).
+    """
 
     delta: float = 2.0
     nu: float = 0.7
     w_min: float = 1.0
+    mu: float = 0.0
     name = "cool"
 
     def __post_init__(self):
-        _param(self, "w_min", lo=1.0)
+        _param(self, "w_min", lo=0.0)
         _param(self, "delta", lo=0.0)
         _param(self, "nu", lo=0.0)
+        _param(self, "mu", lo=-700.0)
 
     @functools.cached_property
     def packed(self) -> PackedMethod:
-        return _pack(self, cool_delta=self.delta, cool_nu=self.nu, cool_wmin=self.w_min)
+        return _pack(self, cool_delta=self.delta * math.exp(-self.mu), cool_nu=self.nu, cool_wmin=self.w_min)
 
 
 METHODS = {m.name: m for m in (Exact, Lantern, GSD, Cascade, Cool)}

@@ -22,9 +22,8 @@ MC_SIM_7B_63 = [
     [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1],
 ]
 
-# A deeper static tree for image models (7 draft levels, 59 draft nodes + root = 60), in the spirit
-# of LANTERN++'s deeper static trees: wide near the root, a main trunk with two side branches below.
-# LANTERN++'s exact published list is not available offline; this is our own.
+# A deeper static tree for image models (7 draft levels, 59 draft nodes + root = 60): wide near the
+# root, a main trunk with two side branches below. Our own; LANTERN's published trees are below.
 DEEP_CHOICES = (
     [[i] for i in range(8)]
     + [[i, j] for i in range(4) for j in range(4 if i < 2 else 2)]
@@ -40,7 +39,51 @@ DEEP_CHOICES = (
 # A small static tree for compute-bound CPU decoding: a depth-4 trunk with one alternative per level 1-2.
 SMALL_CHOICES = [[0], [1], [0, 0], [0, 1], [0, 0, 0], [0, 0, 0, 0]]
 
-NAMED_TREES = {"eagle": MC_SIM_7B_63, "deep": DEEP_CHOICES, "small": SMALL_CHOICES}
+# LANTERN's published static trees, copied as data from jadohu/LANTERN, commit
+# 3a56e451dd5ebfa1903d044f754c68c420de27a9 ("Initial Release"), models/drafters/choices.py
+# (tests/test_methods_fidelity.py checks them against that file when CK_PEERS_DIR holds it).
+# ``naive_extend_57`` is the default tree of its EaModel.generate (models/ea_model_llamagen.py); its
+# image-generation entry point (entrypoints/generate_images.py) defaults to ``mc_sim_7b_63`` (== MC_SIM_7B_63).
+LANTERN_NAIVE_EXTEND_57 = [
+    [0], [1], [2], [3], [4],
+    [0, 0], [0, 1], [0, 2], [0, 3], [1, 0], [1, 1], [1, 2], [2, 0], [2, 1], [2, 2], [3, 0], [3, 1], [4, 0],
+    [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 3], [0, 1, 0], [0, 1, 1], [0, 1, 2], [0, 2, 0], [0, 2, 1], [0, 2, 2],
+    [0, 3, 0], [0, 3, 1], [1, 0, 0], [1, 0, 1], [1, 1, 0], [2, 0, 0],
+    [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 3], [0, 0, 1, 0], [0, 0, 1, 1], [0, 0, 1, 2],
+    [0, 0, 2, 0], [0, 0, 2, 1], [0, 0, 3, 0], [0, 1, 0, 0], [0, 1, 0, 1], [0, 1, 1, 0], [0, 2, 0, 0],
+    [0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 2], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1], [0, 0, 1, 0, 0],
+    [0, 0, 1, 0, 1], [0, 0, 1, 1, 0], [0, 0, 2, 0, 0],
+]
+LANTERN_MC_SIM_7B_63_BALANCED = [
+    [0], [1], [2],
+    [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [2, 0], [2, 1],
+    [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 1],
+    [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 0, 0], [0, 0, 0, 0, 1],
+]
+LANTERN_MEDUSA_2_7B_63 = [
+    [0], [1], [2], [3], [4], [5], [6], [7], [8], [9],
+    [0, 0], [0, 1], [0, 2], [0, 3], [0, 4], [0, 5], [0, 6], [0, 7], [0, 8], [0, 9], [1, 0], [1, 1], [1, 2], [1, 3],
+    [1, 4], [2, 0], [2, 1], [3, 0], [3, 1], [4, 0], [5, 0], [6, 0], [7, 0],
+    [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 0, 3], [0, 0, 4], [0, 0, 5], [0, 0, 6], [0, 0, 7], [0, 0, 8], [0, 1, 0],
+    [0, 1, 1], [0, 1, 2], [0, 1, 3], [0, 2, 0], [0, 2, 1], [0, 3, 0], [0, 4, 0], [0, 5, 0],
+    [1, 0, 0], [1, 0, 1], [1, 0, 2], [1, 1, 0], [2, 0, 0],
+    [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 3], [0, 0, 1, 0], [0, 0, 2, 0], [0, 1, 0, 0],
+]
+LANTERN_REVERSE_BALANCED_25 = [
+    [0], [1], [2],
+    [0, 0], [0, 1], [1, 0], [2, 0],
+    [0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [1, 0, 0],
+    [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 1, 1],
+    [0, 0, 0, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 2], [0, 0, 0, 0, 3], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1],
+    [0, 0, 0, 1, 2],
+]
+LANTERN_CHAIN = [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0, 0]]
+
+NAMED_TREES = {"eagle": MC_SIM_7B_63, "deep": DEEP_CHOICES, "small": SMALL_CHOICES,
+               "lantern_naive_extend_57": LANTERN_NAIVE_EXTEND_57, "lantern_mc_sim_7b_63": MC_SIM_7B_63,
+               "lantern_mc_sim_7b_63_balanced": LANTERN_MC_SIM_7B_63_BALANCED,
+               "lantern_medusa_2_7b_63": LANTERN_MEDUSA_2_7B_63,
+               "lantern_reverse_balanced_25": LANTERN_REVERSE_BALANCED_25, "lantern_chain": LANTERN_CHAIN}
 
 
 def named_tree(name: str):

@@ -39,6 +39,8 @@ class VerifyArgs(NamedTuple):
     top_p: float
     cfg_scale: Optional[float]
     seed: torch.Tensor  # [B] int64 on the logits' device
+    residual: str = "transport"  # "transport" | "standard" | "peer" ("peer": reference backend only)
+    draft_sampling: str = "iid"  # "iid" | "without_replacement" (the latter: reference backend only)
 
 
 class TreeBuffers(NamedTuple):

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from . import codes
-from .methods import pack
+from .methods import pack, reference_only_reason
 from .trees import Tree, prepare_tree
 from .types import Method, VerifyArgs
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-RESIDUALS = ("transport", "standard")
+RESIDUALS = ("transport", "standard", "peer")
+DRAFT_SAMPLINGS = ("iid", "without_replacement")
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
@@ -105,7 +106,7 @@ def check_seed(seed, B: int, device) -> torch.Tensor:
 
 
 def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
-                        temperature, top_k, top_p, cfg_scale, seed) -> VerifyArgs:
+                        temperature, top_k, top_p, cfg_scale, seed, draft_sampling="iid") -> VerifyArgs:
     """Validate ``ck.verify``'s arguments without reading tensor values; returns them normalized."""
     target_logits = check_tensor(target_logits, "target_logits", ndim=3, dtypes=FLOAT_DTYPES)
     device = target_logits.device
@@ -137,6 +138,8 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
             raise ValueError(f"method.neighbors has {packed.neighbors.shape[0]} rows but V = {V}")
         if packed.neighbors.device != device:
             raise ValueError(f"method.neighbors is on {packed.neighbors.device} but target_logits on {device}")
+    if packed.embeddings is not None and packed.embeddings.shape[0] != V:
+        raise ValueError(f"method.embeddings has {packed.embeddings.shape[0]} rows but V = {V}")
     if draft_logits is not None:
         draft_logits = check_tensor(draft_logits, "draft_logits", ndim=3, dtypes=FLOAT_DTYPES, device=device)
         check_shape(draft_logits, "draft_logits", (B, N, V))
@@ -146,8 +149,10 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
         hidden = check_tensor(hidden, "hidden", ndim=3, dtypes=FLOAT_DTYPES + (torch.float64,), device=device)
         if hidden.shape[:2] != (B, N) or hidden.shape[2] == 0:
             raise ValueError(f"hidden must have shape [B={B}, N={N}, D>0], got {tuple(hidden.shape)}")
-    if residual not in RESIDUALS:
+    if not isinstance(residual, str) or residual not in RESIDUALS:
         raise ValueError(f"residual must be one of {RESIDUALS}, got {residual!r}")
+    if not isinstance(draft_sampling, str) or draft_sampling not in DRAFT_SAMPLINGS:
+        raise ValueError(f"draft_sampling must be one of {DRAFT_SAMPLINGS}, got {draft_sampling!r}")
     if eps is None:
         eps = method.default_eps
         eps = math.inf if eps is None else float(eps)
@@ -162,7 +167,19 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
         hidden=None if hidden is None or packed.code != codes.METHODS["cascade"] else _contiguous(hidden),
         method=packed, transport=residual == "transport", eps=eps, temperature=float(temperature),
         top_k=int(top_k), top_p=float(top_p), cfg_scale=None if cfg_scale is None else float(cfg_scale),
-        seed=check_seed(seed, B, device))
+        seed=check_seed(seed, B, device), residual=residual, draft_sampling=draft_sampling)
+
+
+def needs_reference(args: VerifyArgs) -> Optional[str]:
+    """What in ``args`` only the reference backend implements this round (None: every backend can run it).
+
+    ``backend="auto"`` sends such calls to the reference backend; an explicit ``"cpu"`` / ``"triton"``
+    rejects them (docs/METHODS.md lists the reference-only options)."""
+    if args.residual == "peer":
+        return "residual='peer'"
+    if args.draft_sampling == "without_replacement" and args.draft_logits is not None:
+        return "draft_sampling='without_replacement'"
+    return reference_only_reason(args.method)
 
 
 def _contiguous(x: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,10 @@ enum IntParam : int32_t {
     IP_GSD_G = 2,
     IP_USE_INTERCHANGE = 3,
     IP_USE_CONVERGENCE = 4,
+    IP_GSD_GROUP = 5,
+    IP_GSD_WINDOW = 6,
 };
-constexpr int N_INT_PARAMS = 5;
+constexpr int N_INT_PARAMS = 7;
 
 enum FloatParam : int32_t {
     FP_LANTERN_DELTA = 0,
@@ -31,8 +33,9 @@ enum FloatParam : int32_t {
     FP_COOL_DELTA = 5,
     FP_COOL_NU = 6,
     FP_COOL_WMIN = 7,
+    FP_GSD_EMBED_D2 = 8,
 };
-constexpr int N_FLOAT_PARAMS = 8;
+constexpr int N_FLOAT_PARAMS = 9;
 
 enum StatusBit : int32_t {
     STATUS_OK = 0,

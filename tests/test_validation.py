@@ -98,7 +98,7 @@ def test_method_parameters_checked():
     with pytest.raises(ValueError, match="Cascade.tau_pos"):
         ck.Cascade(tau_pos=float("nan"))
     with pytest.raises(ValueError, match="Cool.w_min"):
-        ck.Cool(w_min=0.5)
+        ck.Cool(w_min=-0.5)
 
 
 def test_tree_helpers_validate():

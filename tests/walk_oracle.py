@@ -37,27 +37,53 @@ def longest_prefix(tokens, q, cap):
     return absorbed, mass
 
 
-def relax(method, q, x, child, tvd, eps, tokens, depth, inter, conv):
-    """(absorbed token ids, r(x), charge, cool scale or None) in float64."""
+def gsd_peer_group(method, q, x):
+    """GSD's released group (jacobi_iteration_lumina_mgpt.py ~L305-335), restated: the ranks [c-7, c+7) of
+    q in ascending order (ties by id, clipped at 0) around x's rank c, kept by |dq| < dp and squared
+    embedding distance < embed_d2; x included."""
+    order = sorted(range(len(q)), key=lambda y: (q[y], y))
+    c = order.index(x)
+    emb = method.embeddings.double().numpy()
+    group = []
+    for y in order[max(c - method.window, 0): c + method.window]:
+        if abs(q[y] - q[x]) < method.dp and float(((emb[y] - emb[x]) ** 2).sum()) < method.embed_d2:
+            group.append(y)
+    return group
+
+
+def relax(method, q, x, child, tvd, eps, tokens, depth, inter, conv, residual="transport"):
+    """(absorbed token ids, r(x), charge, cool scale or None) in float64 (``relax_full`` adds the GSD group)."""
+    return relax_full(method, q, x, child, tvd, eps, tokens, depth, inter, conv, residual)[:4]
+
+
+def relax_full(method, q, x, child, tvd, eps, tokens, depth, inter, conv, residual="transport"):
+    """relax() plus the tokens whose drafter mass is the acceptance denominator (None: x alone)."""
     name = method.name
     qx = q[x]
     left = eps - tvd
     if name == "exact":
-        return [], qx, 0.0, None
+        return [], qx, 0.0, None, None
     if name == "cool":
-        w = max(method.w_min, method.delta * math.exp(-method.nu * (depth[child] - 1)))
+        w = max(method.w_min, method.delta * math.exp(-method.nu * (depth[child] - 1) - method.mu))
         r = min(1.0, w * qx, qx + left)
-        return [], r, r - qx, w
+        charge = r - qx if r >= qx else (qx - r if residual == "standard" else 0.0)
+        return [], r, charge, w, None
     if name == "lantern":
         nb = [int(t) for t in method.neighbors[x, : method.n_neighbors].tolist() if t >= 0]
         cap = min(method.delta if method.lam is None else (method.lam - 1.0) * qx, left)
         absorbed, mass = longest_prefix(nb, q, cap)
-        return absorbed, qx + mass, mass, None
+        return absorbed, qx + mass, mass, None, None
+    if name == "gsd" and method.group == "peer":
+        group = gsd_peer_group(method, q, x)
+        live = sorted((y for y in group if y != x and q[y] > 0), key=lambda y: (abs(q[y] - qx), y))
+        absorbed, mass = longest_prefix(live, q, left)
+        dead = [y for y in group if y != x and q[y] <= 0]
+        return absorbed, qx + mass, mass, None, [x] + absorbed + dead
     if name == "gsd":
         cand = [y for y in range(len(q)) if y != x and q[y] > 0 and abs(q[y] - qx) < method.dp]
         cand.sort(key=lambda y: (abs(q[y] - qx), y))
         absorbed, mass = longest_prefix(cand[: method.G], q, left)
-        return absorbed, qx + mass, mass, None
+        return absorbed, qx + mass, mass, None, None
     if name == "cascade":
         absorbed, charge = [], 0.0
         blocks = []
@@ -72,13 +98,60 @@ def relax(method, q, x, child, tvd, eps, tokens, depth, inter, conv):
             if tvd + charge + mass <= eps:
                 absorbed += toks
                 charge += mass
-        return absorbed, qx + charge, charge, None
+        return absorbed, qx + charge, charge, None, None
     raise ValueError(name)
 
 
+def residual_after_reject(method, q, p, x, absorbed, r, w, residual, sampled):
+    """The unnormalized residual after rejecting x (float64), for every ``residual`` option.
+
+    "peer": LANTERN's released code zeroes x's first k + 1 neighbours (in the residual when drafting is
+    deterministic, in the subtracted drafter row when sampled) once any neighbour was absorbed; COOL
+    uses its paper's G*; the other methods the standard residual."""
+    name = method.name if method is not None else "exact"
+    if w is not None and (residual != "standard" or w >= 1.0):  # COOL's G*
+        if not sampled:
+            q = q.copy()
+            q[x] = max(q[x] - r, 0.0)
+            return q
+        f = np.where(p > 0, np.minimum(1.0, w * q / np.where(p > 0, p, 1)), 1.0)
+        return np.maximum(q - p * f, 0)
+    if residual == "peer":
+        zero = []
+        if name == "lantern" and absorbed:
+            k1 = min(method.neighbors.shape[1], method.n_neighbors + 1)
+            zero = [int(t) for t in method.neighbors[x, :k1].tolist() if t >= 0]
+        if not sampled:
+            q = q.copy()
+            q[x] = 0
+            q[zero] = 0
+            return q
+        p = p.copy()
+        p[zero] = 0
+        return np.maximum(q - p, 0)
+    transport = residual == "transport"
+    if not sampled:
+        q = q.copy()
+        q[x] = 0
+        if transport:
+            q[absorbed] = 0
+        return q
+    q2 = q.copy()
+    if transport:
+        q2[x] = r
+        q2[absorbed] = 0
+    return np.maximum(q2 - p, 0)
+
+
 def walk_distribution(parents, tokens, q_rows, p_rows=None, method=None, eps=math.inf, transport=True,
-                      inter=None, conv=None) -> Tuple[Dict[Tuple[int, int], float], float]:
-    """{(last accepted node, next_token): probability}, E[tvd] for one tree (no NaN rows)."""
+                      inter=None, conv=None, residual=None,
+                      without_replacement=False) -> Tuple[Dict[Tuple[int, int], float], float]:
+    """{(last accepted node, next_token): probability}, E[tvd] for one tree (no NaN rows).
+
+    ``residual`` ("transport" / "standard" / "peer") overrides ``transport``; ``without_replacement``:
+    the i-th child was drawn from the drafter row with the earlier siblings removed (renormalised)."""
+    if residual is None:
+        residual = "transport" if transport else "standard"
     kids = children_of(list(parents))
     depth = depth_of(list(parents))
     V = q_rows.shape[1]
@@ -108,10 +181,14 @@ def walk_distribution(parents, tokens, q_rows, p_rows=None, method=None, eps=mat
                 if x in seen:
                     continue
                 seen.add(x)
-            absorbed, r, charge, w = relax(method, q, x, c, tvd, eps, tokens, depth, inter, conv)
+            elif without_replacement and not p[x] > 0:
+                continue
+            absorbed, r, charge, w, group = relax_full(method, q, x, c, tvd, eps, tokens, depth, inter, conv,
+                                                       residual)
             tvd = tvd + charge
             if sampled:
-                a = 1.0 if p[x] == 0 else min(1.0, r / p[x])
+                den = p[x] if group is None else p[group].sum()
+                a = 1.0 if den == 0 else min(1.0, r / den)
             else:
                 a = r
             if a > 0:
@@ -119,20 +196,11 @@ def walk_distribution(parents, tokens, q_rows, p_rows=None, method=None, eps=mat
             reach *= 1.0 - a
             if reach <= 1e-300:
                 return
-            if not sampled:
-                q = q.copy()
-                q[x] = 0
-                if transport:
-                    q[absorbed] = 0
-            elif w is not None:
-                f = np.where(p > 0, np.minimum(1.0, w * q / np.where(p > 0, p, 1)), 1.0)
-                q = np.maximum(q - p * f, 0)
-            else:
-                q2 = q.copy()
-                if transport:
-                    q2[x] = r
-                    q2[absorbed] = 0
-                q = np.maximum(q2 - p, 0)
+            q = residual_after_reject(method, q, p, x, absorbed, r, w, residual, sampled)
+            if sampled and without_replacement:
+                p = p.copy()
+                p[x] = 0
+                p = p / p.sum() if p.sum() > 0 else p
             total = q.sum()
             assert total > 1e-12, "oracle cases must not empty the residual"
             q = q / total

@@ -14,19 +14,25 @@ from ... import _backend
 from ...methods import Exact, PackedMethod
 from ...trees import Tree, prepare_tree
 from ...types import VerifyArgs, VerifyOutput
-from ...validation import check_verify_inputs, check_verify_values
+from ...validation import check_verify_inputs, check_verify_values, needs_reference
 
 CHECKS = ("fast", "full")
 
 
 def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None, hidden=None,
            residual="transport", eps=None, temperature=1.0, top_k=0, top_p=1.0, cfg_scale=None, seed=0,
-           backend="auto", check="fast", out: Optional[VerifyOutput] = None) -> VerifyOutput:
+           backend="auto", check="fast", out: Optional[VerifyOutput] = None,
+           draft_sampling="iid") -> VerifyOutput:
     """Verify a batch of draft trees against the target (docs/CONTRACT.md §2-6).
 
     tokens [B,N] int64; parents: a ``ck.Tree`` (``ck.prepare_tree``), or [N] / [B,N] ints (prepared
     and cached); target_logits [B,N,V] (or [2B,N,V] with ``cfg_scale``); ``draft_logits`` [B,N,V]
-    switches to sampled drafting; ``hidden`` [B,N,D] feeds ck.Cascade. ``seed``: an int or an int64
+    switches to sampled drafting; ``draft_sampling`` says how a node's children were drawn from its
+    drafter row: ``"iid"`` (default) or ``"without_replacement"`` (EAGLE-1 / LANTERN++: each child from the
+    drafter distribution with the earlier siblings removed and renormalised). ``residual``: "transport"
+    (default), "standard" or "peer" (each method's released code / paper; docs/METHODS.md). "peer",
+    "without_replacement", ``ck.GSD(group="peer")`` and ``ck.Cool(w_min < 1)`` are reference-only this
+    round: ``backend="auto"`` routes them to it. ``hidden`` [B,N,D] feeds ck.Cascade. ``seed``: an int or an int64
     tensor [B] (or [1]) on the logits' device (CUDA-graph friendly). ``check="full"`` adds eager,
     synchronising value checks that raise instead of setting ``status``. ``out``: a ``VerifyOutput``
     of preallocated tensors to write into (accepted_nodes must be [B, tree.max_depth + 1]).
@@ -40,12 +46,12 @@ def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None,
             raise ValueError("under torch.compile, out= and check='full' are not available (the custom op "
                              "returns fresh outputs; a value check would synchronise)")
         return _verify_compiled(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
-                                temperature, top_k, top_p, cfg_scale, seed, backend)
+                                temperature, top_k, top_p, cfg_scale, seed, backend, draft_sampling)
     args = check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
-                               temperature, top_k, top_p, cfg_scale, seed)
+                               temperature, top_k, top_p, cfg_scale, seed, draft_sampling)
     if check == "full":
         check_verify_values(args)
-    name, impl = _backend.resolve("verify", backend, args.target_logits.device)
+    name, impl = _backend.resolve("verify", backend, args.target_logits.device, needs_reference(args))
     out = _outputs(args, out, name)
     impl(args, out)
     return out
@@ -81,14 +87,16 @@ def _verify_op(tokens: torch.Tensor, parents: torch.Tensor, target_logits: torch
                neighbors: Optional[torch.Tensor], method_code: int, iparams: List[int], fparams: List[float],
                transport: bool, eps: float, temperature: float, top_k: int, top_p: float,
                cfg_scale: Optional[float], seed: torch.Tensor, max_depth: int,
-               backend: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+               backend: str, residual: str, draft_sampling: str, peer_neighbors: Optional[torch.Tensor],
+               embeddings: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                            torch.Tensor]:
     tree = prepare_tree(parents, device=target_logits.device)
     ip, fp = tuple(iparams), tuple(fparams)
     packed = PackedMethod(method_code, ip, fp, neighbors, torch.tensor(ip, dtype=torch.int64),
-                          torch.tensor(fp, dtype=torch.float64))
+                          torch.tensor(fp, dtype=torch.float64), peer_neighbors, embeddings)
     args = VerifyArgs(tokens, tree, target_logits, draft_logits, hidden, packed, transport, eps, temperature, top_k,
-                      top_p, cfg_scale, seed)
-    _, impl = _backend.resolve("verify", backend, target_logits.device)
+                      top_p, cfg_scale, seed, residual, draft_sampling)
+    _, impl = _backend.resolve("verify", backend, target_logits.device, needs_reference(args))
     out = _outputs(args, None)
     impl(args, out)
     return tuple(t.clone() for t in out[:5])  # custom ops may not return views of their inputs
@@ -96,7 +104,8 @@ def _verify_op(tokens: torch.Tensor, parents: torch.Tensor, target_logits: torch
 
 @_verify_op.register_fake
 def _(tokens, parents, target_logits, draft_logits, hidden, neighbors, method_code, iparams, fparams, transport,
-      eps, temperature, top_k, top_p, cfg_scale, seed, max_depth, backend):
+      eps, temperature, top_k, top_p, cfg_scale, seed, max_depth, backend, residual, draft_sampling, peer_neighbors,
+      embeddings):
     B = tokens.shape[0]
     new = target_logits.new_empty
     return (new((B,), dtype=torch.int32), new((B, max_depth + 1), dtype=torch.int32), new((B,), dtype=torch.int64),
@@ -104,15 +113,17 @@ def _(tokens, parents, target_logits, draft_logits, hidden, neighbors, method_co
 
 
 def _verify_compiled(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps, temperature,
-                     top_k, top_p, cfg_scale, seed, backend) -> VerifyOutput:
+                     top_k, top_p, cfg_scale, seed, backend, draft_sampling="iid") -> VerifyOutput:
     """The traced path: shape checks run at trace time, the work runs in the custom op."""
     if not isinstance(parents, Tree):
         raise TypeError("under torch.compile, pass parents as a ck.prepare_tree(...) result (its depth must be "
                         "known when the graph is traced)")
     args = check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
-                               temperature, top_k, top_p, cfg_scale, seed)
+                               temperature, top_k, top_p, cfg_scale, seed, draft_sampling)
+    _backend.resolve("verify", backend, args.target_logits.device, needs_reference(args))  # reject at trace time
     m = args.method
     res = _verify_op(args.tokens, args.tree.parents, args.target_logits, args.draft_logits, args.hidden, m.neighbors,
                      m.code, list(m.iparams), list(m.fparams), args.transport, args.eps, args.temperature,
-                     args.top_k, args.top_p, args.cfg_scale, args.seed, args.tree.max_depth, backend)
+                     args.top_k, args.top_p, args.cfg_scale, args.seed, args.tree.max_depth, backend, args.residual,
+                     args.draft_sampling, m.peer_neighbors, m.embeddings)
     return VerifyOutput(*res, backend=backend)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ... import philox
-from ...codes import METHODS
+from ...codes import GSD_GROUPS, METHODS
 from ...methods import PackedMethod, cool_scale
 from ...types import (STATUS_BAD_TOKEN, STATUS_EMPTY_RESIDUAL, STATUS_NONFINITE_DRAFT, STATUS_NONFINITE_TARGET,
                       SimilaritySets, VerifyArgs, VerifyOutput)
@@ -28,6 +28,7 @@ class _Relaxation:
     r: float  # relaxed probability r(x) >= q(x)
     charge: float  # added to tvd
     cool_scale: Optional[float] = None  # COOL's w_d (its residual and greedy rule need it)
+    draft_group: Optional[torch.Tensor] = None  # GSD group="peer": sampled acceptance is min(1, r / p(group))
 
 
 def _prefix_within(masses: torch.Tensor, cap: float) -> int:
@@ -55,7 +56,11 @@ def _relax_cool(m: PackedMethod, q, x: int, child: int, tvd: float, eps: float, 
     qx = float(q[x])
     w = cool_scale(m.fparams, int(ctx.depth[child]))
     r = float(np.float32(min(1.0, w * qx, qx + (eps - tvd))))
-    return _Relaxation(_EMPTY, r, float(np.float32(r - qx)), cool_scale=w)
+    if r >= qx:
+        charge = float(np.float32(r - qx))
+    else:  # w < 1 (Cool.w_min < 1): the paper's residual makes the position lossless; "standard" does not
+        charge = float(np.float32(qx - r)) if ctx.residual == "standard" else 0.0
+    return _Relaxation(_EMPTY, r, charge, cool_scale=w)
 
 
 def _absorbing(absorbed: torch.Tensor, q, x: int) -> _Relaxation:
@@ -75,11 +80,37 @@ def _relax_lantern(m: PackedMethod, q, x: int, child: int, tvd: float, eps: floa
 
 
 def _relax_gsd(m: PackedMethod, q, x: int, child: int, tvd: float, eps: float, ctx) -> _Relaxation:
+    if m.i("gsd_group") == GSD_GROUPS["peer"]:
+        return _relax_gsd_peer(m, q, x, tvd, eps)
     dist = (q - q[x]).abs()
     ids = torch.nonzero((q > 0) & (dist < m.f("gsd_dp"))).flatten()
     ids = ids[ids != x]
     ids = ids[torch.sort(dist[ids], stable=True).indices][: m.i("gsd_G")]
     return _absorbing(ids[: _prefix_within(q[ids], eps - tvd)], q, x)
+
+
+def _relax_gsd_peer(m: PackedMethod, q, x: int, tvd: float, eps: float) -> _Relaxation:
+    """GSD's released rule (junhyukso/GSD @4216c7c, jacobi_iteration_lumina_mgpt.py ~L305-335).
+
+    Window: ranks [c - w, c + w) of the current target row in ascending order (ties by id), c = x's rank,
+    clipped at rank 0 (the released Python slice wraps around there). Kept: |q(y) - q(x)| < dp and
+    |e_y - e_x|^2 < embed_d2. r(x) = q(group); sampled acceptance min(1, q(group) / p(group)).
+    """
+    w = m.i("gsd_window")
+    order = torch.sort(q, stable=True).indices
+    c = int(torch.nonzero(order == x)[0, 0])
+    win = order[max(c - w, 0): c + w]
+    emb = m.embeddings
+    d2 = ((emb[win] - emb[x]) ** 2).sum(1)
+    keep = ((q[win] - q[x]).abs() < m.f("gsd_dp")) & (d2 < m.f("gsd_embed_d2"))
+    members = win[keep]
+    live = members[(members != x) & (q[members] > 0)]
+    live = live[torch.sort((q[live] - q[x]).abs(), stable=True).indices]  # budget: nearest in q first
+    absorbed = live[: _prefix_within(q[live], eps - tvd)]
+    dead = members[(members != x) & (q[members] <= 0)]
+    rel = _absorbing(absorbed, q, x)
+    rel.draft_group = torch.cat([torch.tensor([x]), absorbed, dead])
+    return rel
 
 
 def _relax_cascade(m: PackedMethod, q, x: int, child: int, tvd: float, eps: float, ctx) -> _Relaxation:
@@ -134,11 +165,16 @@ def _reject(q, p, x: int, rel: _Relaxation, transport: bool, sampled: bool) -> t
     """SPEC §3 residual after rejecting ``x`` (unnormalized)."""
     q = q.clone()
     if not sampled:
+        if rel.cool_scale is not None and transport and rel.cool_scale < 1.0:
+            q[x] = max(float(q[x]) - rel.r, 0.0)
+            return q
         q[x] = 0
         if transport and rel.absorbed.numel():
             q[rel.absorbed] = 0
         return q
-    if rel.cool_scale is not None:
+    if rel.cool_scale is not None and (transport or rel.cool_scale >= 1.0):
+        # COOL's G* = Norm([q - p min(1, w q / p)]+) (== the standard residual when w >= 1). With w < 1 it keeps
+        # x's unaccepted mass: deterministic drafting (p = one-hot x) leaves q(x) - r(x) at x.
         f = torch.where(p > 0, torch.clamp(rel.cool_scale * q / p, max=1.0), torch.ones_like(p))
         return torch.clamp(q - p * f, min=0)
     if transport:
@@ -148,11 +184,40 @@ def _reject(q, p, x: int, rel: _Relaxation, transport: bool, sampled: bool) -> t
     return torch.clamp(q - p, min=0)
 
 
+def _reject_peer(q, p, x: int, rel: _Relaxation, sampled: bool, method: PackedMethod) -> torch.Tensor:
+    """``residual="peer"`` (unnormalized): each method's released code / paper (docs/METHODS.md).
+
+    ``p`` is the distribution x was drawn from (with ``draft_sampling="without_replacement"``: the drafter row
+    with the earlier siblings removed, renormalised). LANTERN (jadohu/LANTERN @3a56e45
+    ``models/ea_model_llamagen.py``): when any neighbour was absorbed, x's first k + 1 neighbours are zeroed
+    in the residual (deterministic drafting, ~L771) or in the subtracted drafter row (sampled, ~L646-655).
+    COOL: the paper's G*. Exact, GSD, CASCADE: the standard residual.
+    """
+    if method.code == METHODS["cool"]:
+        return _reject(q, p, x, rel, True, sampled)
+    q = q.clone()
+    zero = None
+    if method.code == METHODS["lantern"] and rel.absorbed.numel():
+        nb = method.peer_neighbors[x]
+        zero = nb[nb >= 0]
+    if not sampled:
+        q[x] = 0
+        if zero is not None:
+            q[zero] = 0
+        return q
+    if zero is not None:
+        p = p.clone()
+        p[zero] = 0
+    return torch.clamp(q - p, min=0)
+
+
 @dataclass
 class _Context:
     tokens: torch.Tensor  # [N] int64
     depth: torch.Tensor  # [N]
     sets: Optional[SimilaritySets]  # per-sequence slices [N, N]
+    residual: str = "transport"
+    without_replacement: bool = False
 
 
 def _walk(b, ctx, kids: List[List[int]], guided, target_probs, draft_probs, u_accept, u_sample, method, eps,
@@ -184,18 +249,21 @@ def _walk(b, ctx, kids: List[List[int]], guided, target_probs, draft_probs, u_ac
             out.next_token[b] = _final_token(q_u, greedy, u_sample)
             break
         q, seen, accepted = q_u.clone(), set(), None
+        p_cur = p  # the distribution the current child was drawn from
         for c in children:
             x = int(ctx.tokens[c])
             if not sampled:
                 if x in seen:
                     continue
                 seen.add(x)
+            elif ctx.without_replacement and not float(p_cur[x]) > 0:
+                continue  # never drawn without replacement (a repeat, or no drafter mass): not tried, as EAGLE-1
             rel = _RELAX[method.code](method, q, x, c, tvd, eps, ctx)
             tvd = float(np.float32(tvd + rel.charge))
             if greedy:
                 ok = _greedy_accepts(q, x, rel)
             elif sampled:
-                px = float(p[x])
+                px = float(p_cur[x]) if rel.draft_group is None else float(p_cur[rel.draft_group].sum())
                 ratio = 1.0 if px == 0 and rel.r > 0 else (0.0 if px == 0 else float(np.float32(rel.r / px)))
                 ok = float(u_accept[c]) < min(1.0, ratio)
             else:
@@ -203,7 +271,15 @@ def _walk(b, ctx, kids: List[List[int]], guided, target_probs, draft_probs, u_ac
             if ok:
                 accepted = c
                 break
-            q = _reject(q, p, x, rel, transport, sampled)
+            if ctx.residual == "peer":
+                q = _reject_peer(q, p_cur, x, rel, sampled, method)
+            else:
+                q = _reject(q, p_cur, x, rel, transport, sampled)
+            if sampled and ctx.without_replacement:
+                p_cur = p_cur.clone()
+                p_cur[x] = 0
+                mass = float(p_cur.sum())
+                p_cur = p_cur / mass if mass > 0 else p_cur
             total = float(q.sum())
             if not (total > 0 and math.isfinite(total)):
                 status |= STATUS_EMPTY_RESIDUAL
@@ -246,7 +322,9 @@ def verify(args: VerifyArgs, out: VerifyOutput) -> None:
     if method.code == METHODS["cascade"]:
         sets = similarity_sets(parents, cpu(args.hidden), method.f("tau_pos"), method.f("tau_seq"))
     if method.neighbors is not None:
-        method = method._replace(neighbors=cpu(method.neighbors))
+        method = method._replace(neighbors=cpu(method.neighbors), peer_neighbors=cpu(method.peer_neighbors))
+    if method.embeddings is not None:
+        method = method._replace(embeddings=cpu(method.embeddings))
     nodes = torch.arange(N, dtype=torch.int64)
     u_accept = philox.uniform(seed.view(B, 1), philox.ACCEPT, nodes.view(1, N))
     u_sample = torch.clamp(philox.uniform(seed, philox.SAMPLE, torch.zeros(B, dtype=torch.int64)), min=2.0**-32)
@@ -258,7 +336,8 @@ def verify(args: VerifyArgs, out: VerifyOutput) -> None:
     if args.draft_logits is not None:
         draft_probs = probs_from_guided(cpu(args.draft_logits).float(), args.temperature, args.top_k, args.top_p)
     for b in range(B):
-        ctx = _Context(tokens[b], depth[b], None if sets is None else SimilaritySets(*(s[b] for s in sets)))
+        ctx = _Context(tokens[b], depth[b], None if sets is None else SimilaritySets(*(s[b] for s in sets)),
+                       args.residual, args.draft_sampling == "without_replacement")
         _walk(b, ctx, tree.children[b if tree.batch > 1 else 0], guided[b], target_probs[b],
               None if draft_probs is None else draft_probs[b], u_accept[b], float(u_sample[b]), method, args.eps,
               args.transport, greedy, result)
