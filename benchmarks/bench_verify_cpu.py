@@ -69,8 +69,11 @@ def make_inputs(B, N, V, *, deep, cfg=False, seed=0):
                 seed=torch.arange(B, dtype=torch.int64))
 
 
+_METHODS = {"exact": ck.Exact(), "cascade": ck.Cascade()}
+
+
 def method_of(name):
-    return ck.Exact() if name == "exact" else ck.Cascade()
+    return _METHODS[name]
 
 
 def call(inputs, method, backend, cfg, top_k, out=None):

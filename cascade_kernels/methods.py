@@ -37,9 +37,24 @@ class PackedMethod(NamedTuple):
         return self.fparams[codes.FLOAT_PARAMS.index(slot)]
 
 
+_BY_VALUE: dict = {}
+
+
 def pack(method: Method) -> PackedMethod:
-    """The packed form of ``method`` (made once per method object)."""
-    return method.packed
+    """The packed form of ``method``: made once per method object, and shared by equal methods (a decode
+    loop that builds ``ck.Cascade(...)`` anew every step packs it once)."""
+    packed = method.__dict__.get("packed")
+    if packed is not None:
+        return packed
+    if any(isinstance(v, torch.Tensor) for v in method.__dict__.values()):
+        return method.packed  # tensor fields (tables, embeddings) are not part of equality: no sharing
+    packed = _BY_VALUE.get(method)
+    if packed is None:
+        if len(_BY_VALUE) >= 256:
+            _BY_VALUE.clear()
+        packed = _BY_VALUE[method] = method.packed
+    method.__dict__["packed"] = packed
+    return packed
 
 
 def _pack(method: Method, neighbors=None, peer_neighbors=None, embeddings=None, **slots) -> PackedMethod:
