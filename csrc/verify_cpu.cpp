@@ -821,7 +821,7 @@ void Walker::run(int64_t b) {
     if (next < 0 || next >= V_) next = 0;  // never out of range (unreachable)
     P_.accept_len[b] = static_cast<int32_t>(path.size() - 1);
     int32_t* nodes = P_.accepted_nodes + b * P_.L;
-    for (size_t i = 0; i < path.size() && static_cast<int64_t>(i) < P_.L; ++i) nodes[i] = path[i];
+    for (int64_t i = 0; i < P_.L; ++i) nodes[i] = i < static_cast<int64_t>(path.size()) ? path[i] : -1;
     P_.next_token[b] = next;
     P_.tvd[b] = static_cast<float>(tvd);
     P_.status[b] = status;

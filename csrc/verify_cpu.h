@@ -33,7 +33,7 @@ struct VerifyParams {
     const int64_t* seeds = nullptr;  // [B]
     // outputs
     int32_t* accept_len = nullptr;      // [B]
-    int32_t* accepted_nodes = nullptr;  // [B, L], pre-filled with -1
+    int32_t* accepted_nodes = nullptr;  // [B, L], written whole (-1 after the path)
     int64_t L = 1;                      // max depth of the tree + 1
     int64_t* next_token = nullptr;      // [B]
     float* tvd = nullptr;               // [B]

@@ -61,9 +61,9 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput], backend: str = "refe
     B = args.tokens.shape[0]
     L = args.tree.max_depth + 1
     dev = args.target_logits.device
-    if out is None:  # every backend writes all of accept_len, next_token, tvd and status
+    if out is None:  # every backend writes every output whole (accepted_nodes: -1 after the path)
         return VerifyOutput(torch.empty(B, dtype=torch.int32, device=dev),
-                            torch.full((B, L), -1, dtype=torch.int32, device=dev),
+                            torch.empty((B, L), dtype=torch.int32, device=dev),
                             torch.empty(B, dtype=torch.int64, device=dev),
                             torch.empty(B, dtype=torch.float32, device=dev),
                             torch.empty(B, dtype=torch.int32, device=dev), backend)
@@ -74,7 +74,6 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput], backend: str = "refe
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype or t.device != dev \
                 or not t.is_contiguous():
             raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev}")
-    out.accepted_nodes.fill_(-1)
     return VerifyOutput(*out[:5], backend)
 
 

@@ -588,6 +588,7 @@ def verify(args: VerifyArgs, out: VerifyOutput) -> None:
     """Fused ``ck.verify``: one verification launch for the batch (plus one similarity launch for CASCADE)."""
     tokens, tree, m = args.tokens, args.tree, args.method
     device = args.target_logits.device
+    out.accepted_nodes.fill_(-1)  # the kernel writes the accepted path only
     B, N = tokens.shape
     V = args.target_logits.shape[2]
     greedy = args.temperature == 0
