@@ -108,14 +108,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--tree", default="eagle", choices=sorted(ck.NAMED_TREES))
+    ap.add_argument("--tree", default=None, choices=sorted(ck.NAMED_TREES),
+                    help="default: the tree of the --alpha-from run (its α belongs to that tree), else eagle")
     ap.add_argument("--alpha-from", default=os.path.join(RESULTS, "e2e_cpu.json"),
                     help="a JSON with methods[*].alpha (an e2e or demo result) for the projection")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     alphas = {}
     if os.path.exists(args.alpha_from):
-        alphas = {m["method"]: m["alpha"] for m in json.load(open(args.alpha_from))["methods"]}
+        source = json.load(open(args.alpha_from))
+        alphas = {m["method"]: m["alpha"] for m in source["methods"]}
+        args.tree = args.tree or source.get("settings", {}).get("tree")
+    args.tree = args.tree if args.tree in ck.NAMED_TREES else "eagle"
     rows = []
     with torch.no_grad():
         for kind in ("shipped", "llamagen-b-shape"):
@@ -153,7 +157,8 @@ def main(argv=None):
     lines = ["# Per-step cost breakdown (CPU) and memory-bound projection", "",
              f"Command: `{result['command']}`; {args.threads} intra-op thread(s); torch {torch.__version__}; "
              f"machine {result['machine']}. Components timed interleaved, medians of {args.rounds} rounds.",
-             f"α per method from `{os.path.relpath(args.alpha_from, os.path.dirname(HERE))}`.", "",
+             f"α per method from `{os.path.relpath(args.alpha_from, os.path.dirname(HERE))}`; tree `{args.tree}` "
+             f"(drafter forwards per step = its depth: one per level but the last, plus the catch-up).", "",
              "| model | B (rows) | 1 token ms | tree ms (×1 token) | drafter/level ms | verify ms | commit ms |"
              " Exact: CPU bound / projected | CASCADE: CPU bound / projected |",
              "|---|---|---|---|---|---|---|---|---|"]
