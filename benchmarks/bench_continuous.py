@@ -1,6 +1,6 @@
 """Per-call cost of verify_continuous on the CPU (one thread) next to evaluating the two densities once.
 
-* ``pytest benchmarks/test_bench_continuous.py --benchmark-only`` -- pytest-benchmark rows;
+* ``pytest benchmarks/bench_continuous.py --benchmark-only`` -- pytest-benchmark rows;
 * ``python benchmarks/bench_continuous.py`` -- the table in ``benchmarks/results/continuous_cpu.md``.
 
 Case: ``B`` chains of ``L = 4`` drafts, ``D = 16``, ``K`` components for both the target and the
@@ -90,7 +90,7 @@ def main():
         "# verify_continuous on the CPU: per-call cost vs evaluating the two densities once",
         "",
         "Command: `OMP_NUM_THREADS=1 python benchmarks/bench_continuous.py` "
-        "(pytest-benchmark rows of the same cases: `pytest benchmarks/test_bench_continuous.py --benchmark-only`)",
+        "(pytest-benchmark rows of the same cases: `pytest benchmarks/bench_continuous.py --benchmark-only`)",
         "",
         f"Machine: {cpu_model}, {os.cpu_count()} cores (shared), python {platform.python_version()}, "
         f"torch {torch.__version__}, one thread (`torch.set_num_threads(1)`), git {commit}",
