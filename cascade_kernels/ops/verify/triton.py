@@ -989,6 +989,7 @@ def verify(args: VerifyArgs, out: VerifyOutput) -> None:
     elif m.code == METHODS["gsd"]:
         maxa = max(1, min(m.i("gsd_G"), V))
     if plan["cascade"]:
+        maxa = max(1, N)  # greedy saves the absorbed entries' q (at most N distinct tree tokens)
         inter = torch.empty(B, N, W, dtype=torch.int32, device=device)
         conv = torch.empty(B, N, W, dtype=torch.int32, device=device)
         hidden = args.hidden.contiguous()
