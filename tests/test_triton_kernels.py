@@ -152,3 +152,16 @@ def test_symbolic_residual_remaining_mass(monkeypatch, guard):
         ref = _parity(tokens, EAGLE, logits, ck.Cascade(tau_pos=0.0, tau_seq=0.0, eps=0.05), hidden=hidden,
                       seed=seed + s)
         _parity(tokens, EAGLE, logits, ck.Exact(), seed=seed + s, top_k=20)
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["deterministic", "sampled"])
+def test_on_demand_rows(monkeypatch, sampled):
+    """Large batches: the walk reduces only the rows it visits (no phase-1 row programs); same decisions."""
+    from cascade_kernels.ops.verify import triton as vt
+
+    monkeypatch.setattr(vt, "MAX_PHASE1_ROWS", 0)
+    tokens, logits, hidden, seed = _case(2, 37, seed=8, dup=True)
+    draft = logits + 0.5 * torch.randn_like(logits) if sampled else None
+    _parity(tokens, EAGLE, logits, ck.Cascade(tau_pos=0.1, tau_seq=0.1), hidden=hidden, draft=draft, seed=seed,
+            top_k=9)
+    _parity(tokens, EAGLE, logits, ck.Exact(), draft=draft, seed=seed, temperature=0.8, top_p=0.9)

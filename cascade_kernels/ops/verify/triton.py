@@ -35,10 +35,11 @@ from ...methods import cool_scale
 from ...types import VerifyArgs, VerifyOutput
 from ..similarity_sets.triton import SIM_BLOCK_I, _gram_sets, sim_blocks
 
-__all__ = ["verify", "MAX_BLOCK_V", "MAX_TILE_V", "NSTAT", "launch_plan"]
+__all__ = ["verify", "MAX_BLOCK_V", "MAX_TILE_V", "MAX_PHASE1_ROWS", "NSTAT", "launch_plan"]
 
 MAX_BLOCK_V = 1024  # chunk width of the phase-2 passes and of phase 1 beyond MAX_TILE_V (tests lower it)
 MAX_TILE_V = 16384  # phase 1 holds a whole row in registers up to this width
+MAX_PHASE1_ROWS = 512  # above B*N rows, the walk reduces the rows it visits itself (phase 1 only for CASCADE)
 NSTAT = 10  # float64 statistics per row (slots below)
 
 # codes.py, as compile-time constants of the kernels
@@ -176,7 +177,7 @@ def _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan):
 
 
 @triton.jit
-def _row_stats_tile(cond, uncond, out, V, cfg_s, temp, top_k, top_p,
+def _row_stats_tile(cond, uncond, V, cfg_s, temp, top_k, top_p,
                     CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, BLOCK_V: tl.constexpr):
     """All statistics of one row from ONE load of it (the row stays in registers)."""
     cols = tl.arange(0, BLOCK_V)
@@ -206,11 +207,11 @@ def _row_stats_tile(cond, uncond, out, V, cfg_s, temp, top_k, top_p,
     amax_q = tl.min(tl.where(qm == tl.max(qm), cols, BIG))
     gn = tl.where((g != g) | (cols >= V), -float("inf"), g)
     amax_nan = tl.min(tl.where(gn == tl.max(gn), cols, BIG))
-    _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan)
+    return kth, m, inv_s, t, sp, valid.to(tl.int32), psum, amax_q.to(tl.int64), amax_nan.to(tl.int64)
 
 
 @triton.jit
-def _row_stats_chunked(cond, uncond, out, V, cfg_s, temp, top_k, top_p,
+def _row_stats_chunked(cond, uncond, V, cfg_s, temp, top_k, top_p,
                        CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, BLOCK_V: tl.constexpr):
     """The same statistics streaming the row in chunks (V > MAX_TILE_V)."""
     offs = tl.arange(0, BLOCK_V)
@@ -284,16 +285,26 @@ def _row_stats_chunked(cond, uncond, out, V, cfg_s, temp, top_k, top_p,
         if gmax > bestg:
             bestg = gmax
             amax_nan = gidx
-    _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan)
+    return kth, m, inv_s, t, sp, valid.to(tl.int32), psum, amax_q.to(tl.int64), amax_nan.to(tl.int64)
 
 
 @triton.jit
-def _row_stats(cond, uncond, out, V, cfg_s, temp, top_k, top_p, CFG: tl.constexpr, TOPK: tl.constexpr,
+def _row_stats(cond, uncond, V, cfg_s, temp, top_k, top_p, CFG: tl.constexpr, TOPK: tl.constexpr,
                TOPP: tl.constexpr, ONE_TILE: tl.constexpr, TILE_V: tl.constexpr, BLOCK_V: tl.constexpr):
+    """(kth, m, 1/s, t, sp, valid, sum q, argmax q, NaN-safe argmax) of one row, returned in registers."""
     if ONE_TILE:
-        _row_stats_tile(cond, uncond, out, V, cfg_s, temp, top_k, top_p, CFG, TOPK, TOPP, TILE_V)
+        res = _row_stats_tile(cond, uncond, V, cfg_s, temp, top_k, top_p, CFG, TOPK, TOPP, TILE_V)
     else:
-        _row_stats_chunked(cond, uncond, out, V, cfg_s, temp, top_k, top_p, CFG, TOPK, TOPP, BLOCK_V)
+        res = _row_stats_chunked(cond, uncond, V, cfg_s, temp, top_k, top_p, CFG, TOPK, TOPP, BLOCK_V)
+    return res
+
+
+@triton.jit
+def _row_stats_to(out, cond, uncond, V, cfg_s, temp, top_k, top_p, CFG: tl.constexpr, TOPK: tl.constexpr,
+                  TOPP: tl.constexpr, ONE_TILE: tl.constexpr, TILE_V: tl.constexpr, BLOCK_V: tl.constexpr):
+    kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan = _row_stats(cond, uncond, V, cfg_s, temp, top_k, top_p,
+                                                                     CFG, TOPK, TOPP, ONE_TILE, TILE_V, BLOCK_V)
+    _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan)
 
 
 @triton.jit
@@ -302,19 +313,20 @@ def _phase1_kernel(tgt_ptr, drf_ptr, st_ptr, h_ptr, par_ptr, inter_pk_ptr, conv_
                    CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, ONE_TILE: tl.constexpr,
                    TILE_V: tl.constexpr, BLOCK_V: tl.constexpr, NST: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, SIM_I: tl.constexpr):
-    """Programs [0, B·N): target rows; [B·N, N_ROWS): draft rows; [N_ROWS, ...): CASCADE Gram blocks."""
+    """Programs [0, B·N): target rows; [B·N, N_ROWS): draft rows; [N_ROWS, ...): CASCADE Gram blocks
+    (N_ROWS = 0 when the walk reduces its rows itself)."""
     pid = tl.program_id(0).to(tl.int64)
     bn = B * N
-    if pid < bn:
-        _row_stats(tgt_ptr + pid * V, tgt_ptr + (bn + pid) * V, st_ptr + pid * NST, V, cfg_s, temp, top_k, top_p,
-                   CFG, TOPK, TOPP, ONE_TILE, TILE_V, BLOCK_V)
-    elif pid < N_ROWS:
-        dr = drf_ptr + (pid - bn) * V
-        _row_stats(dr, dr, st_ptr + pid * NST, V, cfg_s, temp, top_k, top_p, False, TOPK, TOPP, ONE_TILE, TILE_V,
-                   BLOCK_V)
-    else:
+    if pid >= N_ROWS:
         _gram_sets(h_ptr, par_ptr, inter_pk_ptr, conv_pk_ptr, inter_pk_ptr, conv_pk_ptr, pid - N_ROWS, N, D, W,
                    TREE_STRIDE, tau_pos, tau_seq, False, SIM_I, BLOCK_N, BLOCK_D)
+    elif pid < bn:
+        _row_stats_to(st_ptr + pid * NST, tgt_ptr + pid * V, tgt_ptr + (bn + pid) * V, V, cfg_s, temp, top_k,
+                      top_p, CFG, TOPK, TOPP, ONE_TILE, TILE_V, BLOCK_V)
+    else:
+        dr = drf_ptr + (pid - bn) * V
+        _row_stats_to(st_ptr + pid * NST, dr, dr, V, cfg_s, temp, top_k, top_p, False, TOPK, TOPP, ONE_TILE,
+                      TILE_V, BLOCK_V)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,7 +343,20 @@ def _uniform(seed, offset):
 @triton.jit
 def _load_stats(sp):
     return (tl.load(sp + 0).to(tl.int64), tl.load(sp + 1).to(tl.float32), tl.load(sp + 2).to(tl.float32),
-            tl.load(sp + 3).to(tl.float32), tl.load(sp + 4).to(tl.float32))
+            tl.load(sp + 3).to(tl.float32), tl.load(sp + 4).to(tl.float32), tl.load(sp + 5).to(tl.int32),
+            tl.load(sp + 6), tl.load(sp + 7).to(tl.int64), tl.load(sp + 8).to(tl.int64))
+
+
+@triton.jit
+def _visit_stats(srow, cond, uncond, V, cfg_s, temp, top_k, top_p, CFG: tl.constexpr, TOPK: tl.constexpr,
+                 TOPP: tl.constexpr, ON_DEMAND: tl.constexpr, ONE_TILE: tl.constexpr, TILE_V: tl.constexpr,
+                 BLOCK_V: tl.constexpr):
+    """A visited row's statistics: from phase 1, or (large batches) computed here and kept in registers."""
+    if ON_DEMAND:
+        res = _row_stats(cond, uncond, V, cfg_s, temp, top_k, top_p, CFG, TOPK, TOPP, ONE_TILE, TILE_V, BLOCK_V)
+    else:
+        res = _load_stats(srow)
+    return res
 
 
 @triton.jit
@@ -749,11 +774,12 @@ def _walk_kernel(
     tok_ptr, fc_ptr, ns_ptr, cw_ptr, tgt_ptr, drf_ptr, st_ptr, nb_ptr, inter_ptr, conv_ptr, seed_ptr, fp_ptr,
     q_ptr, p_ptr, a_ptr, am_ptr,
     acc_len_ptr, nodes_ptr, next_ptr, tvd_ptr, status_ptr,
-    B, N, V, L, W, MAXA, TREE_STRIDE, n_nb, gsd_G, gsd_dp, cfg_s, temp,
+    B, N, V, L, W, MAXA, TREE_STRIDE, n_nb, gsd_G, gsd_dp, cfg_s, temp, top_k, top_p,
     METHOD: tl.constexpr, LANTERN_PP: tl.constexpr, USE_INTER: tl.constexpr, USE_CONV: tl.constexpr,
     SAMPLED: tl.constexpr, GREEDY: tl.constexpr, TRANSPORT: tl.constexpr, CFG: tl.constexpr,
     TOPK: tl.constexpr, TOPP: tl.constexpr, LAZY: tl.constexpr, NST: tl.constexpr, ZMAX: tl.constexpr,
-    AMAX: tl.constexpr, BLOCK_V: tl.constexpr,
+    AMAX: tl.constexpr, BLOCK_V: tl.constexpr, ON_DEMAND: tl.constexpr, ONE_TILE: tl.constexpr,
+    TILE_V: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     seed = tl.load(seed_ptr + b)
@@ -781,10 +807,8 @@ def _walk_kernel(
         cond = tgt_ptr + row * V
         uncond = tgt_ptr + (B * N + row) * V
         srow = st_ptr + row * NST
-        kth, m, inv_s, t, sp = _load_stats(srow)
-        valid = tl.load(srow + 5)
-        psum = tl.load(srow + 6)
-        amax_q = tl.load(srow + 7).to(tl.int64)
+        kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan = _visit_stats(
+            srow, cond, uncond, V, cfg_s, temp, top_k, top_p, CFG, TOPK, TOPP, ON_DEMAND, ONE_TILE, TILE_V, BLOCK_V)
         # the current residual: scratch row (mat) or symbolic (zeroed list, remaining mass, normaliser)
         mat = tl.full([], 0, tl.int32)
         zl = tl.full([ZMAX], -1, tl.int64)
@@ -793,7 +817,7 @@ def _walk_kernel(
         serr = V * F64_EPS * psum
         norm = tl.full([], 1.0, tl.float64)
         if valid == 0:
-            nxt_tok = tl.load(srow + 8).to(tl.int64)
+            nxt_tok = amax_nan
             status = status | ST_NONFINITE_TARGET
             done = 1
         else:
@@ -817,9 +841,11 @@ def _walk_kernel(
             dkth, dm, dinv_s, dt, dsp = kth, m, inv_s, t, sp
             if SAMPLED:
                 dcond = drf_ptr + row * V
-                dkth, dm, dinv_s, dt, dsp = _load_stats(st_ptr + (B * N + row) * NST)
+                dkth, dm, dinv_s, dt, dsp, dvalid, _dsum, _dq, _dn = _visit_stats(
+                    st_ptr + (B * N + row) * NST, dcond, dcond, V, cfg_s, temp, top_k, top_p, False, TOPK, TOPP,
+                    ON_DEMAND, ONE_TILE, TILE_V, BLOCK_V)
                 if done == 0:
-                    if tl.load(st_ptr + (B * N + row) * NST + 5) == 0:
+                    if dvalid == 0:
                         status = status | ST_NONFINITE_DRAFT
                         nxt_tok = _final_token(mat, qrow, amax_q, u_sample, srem, zl, nz, cond, uncond, V, cfg_s,
                                                temp, kth, m, inv_s, t, sp, GREEDY, CFG, TOPK, TOPP, ZMAX, BLOCK_V)
@@ -953,7 +979,10 @@ def launch_plan(args: VerifyArgs) -> dict:
     lazy = not sampled and not greedy and m.code != METHODS["gsd"] and not (
         m.code == METHODS["lantern"] and args.transport)
     cascade = m.code == METHODS["cascade"]
-    rows = B * N * (2 if sampled else 1)
+    # small batches: phase 1 reduces every row of the tree in parallel; large ones: the walk reduces only the
+    # rows it visits (a row is read once either way), phase 1 then only holds CASCADE's Gram blocks
+    on_demand = B * N > MAX_PHASE1_ROWS
+    rows = 0 if on_demand else B * N * (2 if sampled else 1)
     sim = 0
     if cascade:
         D = args.hidden.shape[2]
@@ -961,10 +990,11 @@ def launch_plan(args: VerifyArgs) -> dict:
         sim = B * n_blk
     else:
         D, BLOCK_N, BLOCK_D = 1, 16, 16
-    return dict(B=B, N=N, V=V, D=D, rows=rows, sim=sim, one_tile=tile <= MAX_TILE_V, tile=tile, lazy=lazy,
+    warps = 16 if tile >= 8192 else (8 if tile >= 2048 else 4)
+    return dict(B=B, N=N, V=V, D=D, rows=rows, on_demand=on_demand, sim=sim, one_tile=tile <= MAX_TILE_V, tile=tile, lazy=lazy,
                 sampled=sampled, greedy=greedy, cascade=cascade, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
                 ZMAX=max(2, triton.next_power_of_2(N)), AMAX=max(2, triton.next_power_of_2(N)),
-                phase1_warps=16 if tile >= 8192 else (8 if tile >= 2048 else 4), walk_warps=4)
+                phase1_warps=warps if rows else 4, walk_warps=warps if on_demand else 4)
 
 
 def verify(args: VerifyArgs, out: VerifyOutput) -> None:
@@ -996,7 +1026,7 @@ def verify(args: VerifyArgs, out: VerifyOutput) -> None:
     else:
         inter = conv = torch.zeros(1, dtype=torch.int32, device=device)
         hidden = inter
-    stats = torch.empty(plan["rows"], NSTAT, dtype=torch.float64, device=device)
+    stats = torch.empty(max(1, plan["rows"]), NSTAT, dtype=torch.float64, device=device)
     scratch = not plan["lazy"]
     q_ws = torch.empty(B if scratch else 1, V, dtype=torch.float32, device=device)
     p_ws = torch.empty(B, V, dtype=torch.float32, device=device) if plan["sampled"] else q_ws
@@ -1007,21 +1037,23 @@ def verify(args: VerifyArgs, out: VerifyOutput) -> None:
     cfg_s = 1.0 if cfg is None else cfg
     temp = 1.0 if plan["greedy"] else args.temperature
     tree_stride = 0 if tree.batch == 1 else N
-    _phase1_kernel[(plan["rows"] + plan["sim"],)](
-        args.target_logits, drf, stats, hidden, tree.parents, inter, conv,
-        B, N, V, plan["D"], W, tree_stride, cfg_s, temp, args.top_k, args.top_p, m.f("tau_pos"), m.f("tau_seq"),
-        plan["rows"], CFG=cfg is not None, TOPK=args.top_k > 0, TOPP=args.top_p < 1.0, ONE_TILE=plan["one_tile"],
-        TILE_V=plan["tile"] if plan["one_tile"] else 2, BLOCK_V=_block_v(V), NST=NSTAT, BLOCK_N=plan["BLOCK_N"],
-        BLOCK_D=plan["BLOCK_D"], SIM_I=SIM_BLOCK_I, num_warps=plan["phase1_warps"],
-    )
+    tile = dict(ONE_TILE=plan["one_tile"], TILE_V=plan["tile"] if plan["one_tile"] else 2, BLOCK_V=_block_v(V))
+    if plan["rows"] + plan["sim"]:  # no phase 1 at all for large non-CASCADE batches
+        _phase1_kernel[(plan["rows"] + plan["sim"],)](
+            args.target_logits, drf, stats, hidden, tree.parents, inter, conv,
+            B, N, V, plan["D"], W, tree_stride, cfg_s, temp, args.top_k, args.top_p, m.f("tau_pos"),
+            m.f("tau_seq"), plan["rows"], CFG=cfg is not None, TOPK=args.top_k > 0, TOPP=args.top_p < 1.0,
+            NST=NSTAT, BLOCK_N=plan["BLOCK_N"], BLOCK_D=plan["BLOCK_D"], SIM_I=SIM_BLOCK_I,
+            num_warps=plan["phase1_warps"], **tile,
+        )
     _walk_kernel[(B,)](
         tokens, tree.first_child, tree.next_sibling, cool_w, args.target_logits, drf, stats, nb, inter, conv,
         args.seed, fparams, q_ws, p_ws, a_ws, am_ws, out.accept_len, out.accepted_nodes, out.next_token, out.tvd,
         out.status, B, N, V, tree.max_depth + 1, W, maxa, tree_stride, m.i("n_neighbors"), min(m.i("gsd_G"), V),
-        m.f("gsd_dp"), cfg_s, temp,
+        m.f("gsd_dp"), cfg_s, temp, args.top_k, args.top_p,
         METHOD=m.code, LANTERN_PP=bool(m.i("lantern_pp")), USE_INTER=bool(m.i("use_interchange")),
         USE_CONV=bool(m.i("use_convergence")), SAMPLED=plan["sampled"], GREEDY=plan["greedy"],
         TRANSPORT=args.transport, CFG=cfg is not None, TOPK=args.top_k > 0, TOPP=args.top_p < 1.0,
-        LAZY=plan["lazy"], NST=NSTAT, ZMAX=plan["ZMAX"], AMAX=plan["AMAX"], BLOCK_V=_block_v(V),
-        num_warps=plan["walk_warps"],
+        LAZY=plan["lazy"], NST=NSTAT, ZMAX=plan["ZMAX"], AMAX=plan["AMAX"], ON_DEMAND=plan["on_demand"],
+        num_warps=plan["walk_warps"], **tile,
     )
