@@ -997,22 +997,41 @@ def launch_plan(args: VerifyArgs) -> dict:
                 phase1_warps=warps if rows else 4, walk_warps=warps if on_demand else 4)
 
 
+_constants = {}
+
+
+def _constant(key, device, make):
+    """Small host-made constant tensors, copied to the device once and reused, so that a call captured in a
+    CUDA graph (after one warm-up call) performs no host-to-device copy of pageable memory."""
+    k = key + (str(device),)
+    hit = _constants.get(k)
+    if hit is None:
+        if len(_constants) > 256:
+            _constants.clear()
+        hit = _constants[k] = make().to(device)
+    return hit
+
+
 def verify(args: VerifyArgs, out: VerifyOutput) -> None:
     """Two launches: phase 1 (row statistics [+ CASCADE sets]) and the walk. No host synchronisation."""
     tokens, tree, m = args.tokens, args.tree, args.method
     device = args.target_logits.device
     plan = launch_plan(args)
     B, N, V = plan["B"], plan["N"], plan["V"]
-    fparams = torch.tensor([args.eps, m.f("lantern_delta"), m.f("lantern_lam_m1"), 0.0], dtype=torch.float64)
-    fparams = fparams.to(device, non_blocking=True)
+    fparams = _constant(("fp", args.eps, m.f("lantern_delta"), m.f("lantern_lam_m1")), device,
+                        lambda: torch.tensor([args.eps, m.f("lantern_delta"), m.f("lantern_lam_m1"), 0.0],
+                                             dtype=torch.float64))
     W = (N + 31) // 32
-    nb = torch.full((1, 1), -1, dtype=torch.int64, device=device)
+    nb = _constant(("nb",), device, lambda: torch.full((1, 1), -1, dtype=torch.int64))
     maxa = 1
-    cool_w = torch.ones(tree.depth.shape, dtype=torch.float64, device=device)  # w = 1 unless COOL
     if m.code == METHODS["cool"]:
-        table = torch.tensor([cool_scale(m.fparams, d) for d in range(tree.max_depth + 1)], dtype=torch.float64)
-        cool_w = table.to(device)[tree.depth]
-    elif m.code == METHODS["lantern"]:
+        table = _constant(("cool", m.fparams, tree.max_depth), device, lambda: torch.tensor(
+            [cool_scale(m.fparams, d) for d in range(tree.max_depth + 1)], dtype=torch.float64))
+        cool_w = table[tree.depth]
+    else:
+        cool_w = _constant(("ones", tuple(tree.depth.shape)), device,
+                           lambda: torch.ones(tree.depth.shape, dtype=torch.float64))  # w = 1 unless COOL
+    if m.code == METHODS["lantern"]:
         if m.i("n_neighbors"):
             nb = m.neighbors
         maxa = max(1, m.i("n_neighbors"))
@@ -1024,8 +1043,7 @@ def verify(args: VerifyArgs, out: VerifyOutput) -> None:
         conv = torch.empty(B, N, W, dtype=torch.int32, device=device)
         hidden = args.hidden.contiguous()
     else:
-        inter = conv = torch.zeros(1, dtype=torch.int32, device=device)
-        hidden = inter
+        inter = conv = hidden = _constant(("zero",), device, lambda: torch.zeros(1, dtype=torch.int32))
     stats = torch.empty(max(1, plan["rows"]), NSTAT, dtype=torch.float64, device=device)
     scratch = not plan["lazy"]
     q_ws = torch.empty(B if scratch else 1, V, dtype=torch.float32, device=device)
