@@ -165,3 +165,16 @@ def test_on_demand_rows(monkeypatch, sampled):
     _parity(tokens, EAGLE, logits, ck.Cascade(tau_pos=0.1, tau_seq=0.1), hidden=hidden, draft=draft, seed=seed,
             top_k=9)
     _parity(tokens, EAGLE, logits, ck.Exact(), draft=draft, seed=seed, temperature=0.8, top_p=0.9)
+
+
+def test_similarity_sets_row_blocks_beyond_64_nodes():
+    """N > 64: the Gram kernel splits a tree's rows into 64-row blocks (two loads per D chunk)."""
+    g = torch.Generator().manual_seed(9)
+    N, D, B = 70, 24, 2
+    parents = torch.tensor([-1] + [int(torch.randint(0, i, (), generator=g)) for i in range(1, N)], dtype=torch.int32)
+    hidden = torch.randn(B, 1, D, generator=g) + 0.4 * torch.randn(B, N, D, generator=g)
+    ref = ck.similarity_sets(parents, hidden, 0.6, 0.4, backend="reference")
+    tri = ck.similarity_sets(parents.to(DEV), hidden.to(DEV), 0.6, 0.4, backend="triton")
+    assert int(ref.interchange.sum()) > 0 and int(ref.convergence.sum()) > 0
+    for f in ref._fields:
+        assert torch.equal(getattr(ref, f), getattr(tri, f).cpu()), f

@@ -1,9 +1,9 @@
-"""Fused CASCADE similarity sets (SPEC §4): one Gram block per (tree, 16-row block), grid ``(B * ceil(N/16),)``.
+"""Fused CASCADE similarity sets (SPEC §4): one Gram block per tree, grid ``(B * ceil(N/64),)``.
 
-Program ``(b, ib)`` computes the cosines of rows ``16·ib … 16·ib+15`` of sequence ``b`` against every node
-of its tree with ``tl.dot`` over ``BLOCK_D`` chunks of ``D`` (fp32 inputs, IEEE fp32 accumulation: no
-TF32), so ``H[b]`` ([N, D]) is read ``ceil(N/16)`` times per tree instead of ``N`` times (the previous
-kernel re-read it in each of ``B·N`` programs). Cosines are ``dot / max(|a||b|, 1e-12)`` (NaN ⇒ not
+Program ``(b, ib)`` computes the cosines of rows ``64·ib …`` (all rows when N <= 64) of sequence ``b``
+against every node of its tree with ``tl.dot`` over ``BLOCK_D`` chunks of ``D`` (fp32 inputs, IEEE fp32
+accumulation: no TF32), so ``H[b]`` ([N, D]) is read once per tree for N <= 64 (``ceil(N/64) + 1`` times
+beyond) instead of ``N`` times (the previous kernel re-read it in each of ``B·N`` programs). Cosines are ``dot / max(|a||b|, 1e-12)`` (NaN ⇒ not
 similar). The sets' rows are written as bools (optional) and as packed int32 words (bit ``j % 32`` of
 word ``j // 32``). :func:`_gram_sets` is also called from the verify kernel's phase 1, so CASCADE's
 sets cost no launch of their own there.
@@ -16,9 +16,9 @@ import triton.language as tl
 
 from ...types import SimilaritySets
 
-__all__ = ["similarity_sets", "SIM_BLOCK_I"]
+__all__ = ["similarity_sets", "sim_blocks"]
 
-SIM_BLOCK_I = 16  # rows per program (tl.dot needs >= 16)
+SIM_MAX_BLOCK_I = 64  # rows per program: the whole tree up to N = 64 (then [N, D] is read once per tree)
 
 
 @triton.jit
@@ -34,7 +34,7 @@ def _pack_row(bits, offs_n, out_ptr, W, BLOCK_N: tl.constexpr):
 def _gram_sets(h_ptr, par_ptr, inter_ptr, conv_ptr, inter_pk_ptr, conv_pk_ptr, s, N, D, W, TREE_STRIDE,
                tau_pos, tau_seq, WRITE_BOOL: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_D: tl.constexpr):
-    """Rows ``[16·ib, 16·ib + 16)`` of both sets of sequence ``b`` (``s = b · n_blocks + ib``)."""
+    """Rows ``[BLOCK_I·ib, BLOCK_I·(ib + 1))`` of both sets of sequence ``b`` (``s = b · n_blocks + ib``)."""
     n_blk = (N + BLOCK_I - 1) // BLOCK_I
     b = s // n_blk
     i0 = (s % n_blk) * BLOCK_I
@@ -50,10 +50,13 @@ def _gram_sets(h_ptr, par_ptr, inter_ptr, conv_ptr, inter_pk_ptr, conv_pk_ptr, s
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + offs_d
         in_d = cols < D
-        hi = tl.load(base + offs_i[:, None] * D + cols[None, :], mask=in_i[:, None] & in_d[None, :],
-                     other=0.0).to(tl.float32)
         hn = tl.load(base + offs_n[:, None] * D + cols[None, :], mask=in_n[:, None] & in_d[None, :],
                      other=0.0).to(tl.float32)
+        if BLOCK_I == BLOCK_N:  # the whole tree in one block: [N, D] is read exactly once
+            hi = hn
+        else:
+            hi = tl.load(base + offs_i[:, None] * D + cols[None, :], mask=in_i[:, None] & in_d[None, :],
+                         other=0.0).to(tl.float32)
         acc += tl.dot(hi, tl.trans(hn), input_precision="ieee")
         sq_i += tl.sum(hi * hi, axis=1)
         sq_n += tl.sum(hn * hn, axis=1)
@@ -93,10 +96,11 @@ def _similarity_kernel(h_ptr, par_ptr, inter_ptr, conv_ptr, inter_pk_ptr, conv_p
 
 
 def sim_blocks(N: int, D: int):
-    """(BLOCK_N, BLOCK_D, programs per sequence) for the Gram-block kernel."""
+    """(BLOCK_N, BLOCK_D, BLOCK_I, programs per sequence) for the Gram-block kernel."""
     BLOCK_N = max(16, triton.next_power_of_2(N))
-    BLOCK_D = max(16, min(triton.next_power_of_2(D), 64, max(16, 8192 // BLOCK_N)))
-    return BLOCK_N, BLOCK_D, triton.cdiv(N, SIM_BLOCK_I)
+    BLOCK_I = min(BLOCK_N, SIM_MAX_BLOCK_I)
+    BLOCK_D = max(16, min(triton.next_power_of_2(D), 64, max(16, 4096 // BLOCK_N)))
+    return BLOCK_N, BLOCK_D, BLOCK_I, triton.cdiv(N, BLOCK_I)
 
 
 def similarity_sets(parents: torch.Tensor, hidden: torch.Tensor, tau_pos: float, tau_seq: float) -> SimilaritySets:
@@ -110,8 +114,9 @@ def similarity_sets(parents: torch.Tensor, hidden: torch.Tensor, tau_pos: float,
     conv = torch.empty(B, N, N, dtype=torch.int8, device=dev)
     inter_pk = torch.empty(B, N, W, dtype=torch.int32, device=dev)
     conv_pk = torch.empty(B, N, W, dtype=torch.int32, device=dev)
-    BLOCK_N, BLOCK_D, n_blk = sim_blocks(N, D)
+    BLOCK_N, BLOCK_D, BLOCK_I, n_blk = sim_blocks(N, D)
     _similarity_kernel[(B * n_blk,)](hidden, parents, inter, conv, inter_pk, conv_pk, N, D, W,
                                      0 if parents.shape[0] == 1 else N, float(tau_pos), float(tau_seq),
-                                     BLOCK_I=SIM_BLOCK_I, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=4)
+                                     BLOCK_I=BLOCK_I, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+                                     num_warps=4 if BLOCK_I * BLOCK_N <= 4096 else 8)
     return SimilaritySets(inter.view(torch.bool), conv.view(torch.bool), inter_pk, conv_pk)

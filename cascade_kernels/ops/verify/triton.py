@@ -33,7 +33,7 @@ import triton.language as tl
 from ...codes import METHODS, STATUS, STREAMS
 from ...methods import cool_scale
 from ...types import VerifyArgs, VerifyOutput
-from ..similarity_sets.triton import SIM_BLOCK_I, _gram_sets, sim_blocks
+from ..similarity_sets.triton import _gram_sets, sim_blocks
 
 __all__ = ["verify", "MAX_BLOCK_V", "MAX_TILE_V", "MAX_PHASE1_ROWS", "NSTAT", "launch_plan"]
 
@@ -986,15 +986,15 @@ def launch_plan(args: VerifyArgs) -> dict:
     sim = 0
     if cascade:
         D = args.hidden.shape[2]
-        BLOCK_N, BLOCK_D, n_blk = sim_blocks(N, D)
+        BLOCK_N, BLOCK_D, BLOCK_I, n_blk = sim_blocks(N, D)
         sim = B * n_blk
     else:
-        D, BLOCK_N, BLOCK_D = 1, 16, 16
+        D, BLOCK_N, BLOCK_D, BLOCK_I = 1, 16, 16, 16
     warps = 16 if tile >= 8192 else (8 if tile >= 2048 else 4)
     return dict(B=B, N=N, V=V, D=D, rows=rows, on_demand=on_demand, sim=sim, one_tile=tile <= MAX_TILE_V, tile=tile, lazy=lazy,
-                sampled=sampled, greedy=greedy, cascade=cascade, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+                sampled=sampled, greedy=greedy, cascade=cascade, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, BLOCK_I=BLOCK_I,
                 ZMAX=max(2, triton.next_power_of_2(N)), AMAX=max(2, triton.next_power_of_2(N)),
-                phase1_warps=warps if rows else 4, walk_warps=warps if on_demand else 4)
+                phase1_warps=warps if rows else (4 if BLOCK_I * BLOCK_N <= 4096 else 8), walk_warps=warps if on_demand else 4)
 
 
 _constants = {}
@@ -1061,7 +1061,7 @@ def verify(args: VerifyArgs, out: VerifyOutput) -> None:
             args.target_logits, drf, stats, hidden, tree.parents, inter, conv,
             B, N, V, plan["D"], W, tree_stride, cfg_s, temp, args.top_k, args.top_p, m.f("tau_pos"),
             m.f("tau_seq"), plan["rows"], CFG=cfg is not None, TOPK=args.top_k > 0, TOPP=args.top_p < 1.0,
-            NST=NSTAT, BLOCK_N=plan["BLOCK_N"], BLOCK_D=plan["BLOCK_D"], SIM_I=SIM_BLOCK_I,
+            NST=NSTAT, BLOCK_N=plan["BLOCK_N"], BLOCK_D=plan["BLOCK_D"], SIM_I=plan["BLOCK_I"],
             num_warps=plan["phase1_warps"], **tile,
         )
     _walk_kernel[(B,)](
