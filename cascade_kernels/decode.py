@@ -14,7 +14,7 @@ Protocol (``cascade_lab`` implements it; ``R`` = rows = B, or 2B with CFG: condi
   at drafter position p).
 * ``target.null_class``: the class id of the unconditional half (CFG).
 
-Seeds (SPEC §6 asks the loop to document them): sequence ``b`` has the base seed ``seed + b`` (or
+Seeds (CONTRACT §6 asks the loop to document them): sequence ``b`` has the base seed ``seed + b`` (or
 ``seed[b]`` when a list/tensor is given); step ``t`` (0 = the token sampled from the prefill) uses
 ``step_seed(base, t) = splitmix64(base + t * 0x9E3779B97F4A7C15)`` as the ``ck.verify`` seed, and
 sampled drafting draws node ``i``'s token with ``philox.uniform(step_seed, DRAFT, i)``.

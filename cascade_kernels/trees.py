@@ -95,7 +95,7 @@ def named_tree(name: str):
 
 
 def tree_from_choices(choices: Sequence[Sequence[int]]) -> torch.Tensor:
-    """EAGLE-style choice list -> ``parents [N] int32`` (node 0 = root, SPEC §1).
+    """EAGLE-style choice list -> ``parents [N] int32`` (node 0 = root, CONTRACT §1).
 
     Choices are ordered as EAGLE orders them (by length, then lexicographically), so the children
     of a node come in increasing rank. Every proper prefix of a choice must itself be a choice.

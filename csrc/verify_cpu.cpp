@@ -1,4 +1,4 @@
-// The verification walk of the CPU backend (SPEC §3-6 and docs/SEMANTICS.md), decision for decision
+// The verification walk of the CPU backend (CONTRACT §3-6 and docs/CONTRACT.md), decision for decision
 // the same as cascade_kernels/ops/verify/reference.py.
 //
 // Per sequence (a small pool of std::threads that wait on condition variables, never spinning; one thread
@@ -222,10 +222,10 @@ float Walker::kth_largest(const float* A, int64_t k) {
     return radix_kth_largest(vals, V_, k);
 }
 
-// SPEC §2 steps 1-5 on one row; false when the row is not a distribution (docs/SEMANTICS.md).
+// CONTRACT §2 steps 1-5 on one row; false when the row is not a distribution (docs/CONTRACT.md).
 bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* A, Dist& out) {
     const RowStats st = K_->prep_row(c, u, dtype, static_cast<float>(P_.cfg_scale), T, A, V_);
-    // Validity is judged on the whole row, before top-k masks anything (docs/SEMANTICS.md).
+    // Validity is judged on the whole row, before top-k masks anything (docs/CONTRACT.md).
     if (st.n_nan > 0 || !std::isfinite(st.max)) return false;
     float S_total;
     double wsum = 0.0;
@@ -357,7 +357,7 @@ int64_t Walker::argmax(const Dist& q) {
     return 0;  // unreachable for a distribution
 }
 
-// SPEC §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order (one serial
+// CONTRACT §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order (one serial
 // pass that stores them, then a binary search); never an index whose weight is 0.
 int64_t Walker::inverse_cdf(const Dist& q, float u) {
     const float* v = values(q);
@@ -463,7 +463,7 @@ void Walker::collect_live(const std::vector<int32_t>& nodes, const Dist& q, int6
     out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
-// SPEC §4: the absorbed set (into wk_.absorbed), r(x) and the charge of candidate x at node child.
+// CONTRACT §4: the absorbed set (into wk_.absorbed), r(x) and the charge of candidate x at node child.
 Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
     Relaxation rel;
     const float qxf = q.at(x);
@@ -576,7 +576,7 @@ Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
     return rel;
 }
 
-// SPEC §5: x wins the relaxed argmax (its mass plus what it absorbed; ties go to the candidate).
+// CONTRACT §5: x wins the relaxed argmax (its mass plus what it absorbed; ties go to the candidate).
 // On a lazy q the max is taken over the weights w and mapped through the divisors afterwards: float
 // division by a positive number is monotone, so this is the max of the q values themselves.
 bool Walker::greedy_accepts(const Dist& q, int64_t x, const Relaxation& rel) {
@@ -640,7 +640,7 @@ bool Walker::lazy_reject(Dist& q, int64_t x) {
     return true;
 }
 
-// SPEC §3 residual after rejecting x, written to dst (unnormalized); returns its float32 sum.
+// CONTRACT §3 residual after rejecting x, written to dst (unnormalized); returns its float32 sum.
 float Walker::residual(const Dist& q, const Dist* p, int64_t x, const Relaxation& rel, bool sampled, float* dst) {
     if (sampled && rel.cool) {
         return K_->cool_sum(q.w, q.d, p->w, p->d, static_cast<float>(rel.w), dst, 0, V_);

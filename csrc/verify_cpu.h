@@ -1,4 +1,4 @@
-// The CPU backend's verification walk (SPEC §3-6, docs/SEMANTICS.md): one call for the whole batch.
+// The CPU backend's verification walk (CONTRACT §3-6, docs/CONTRACT.md): one call for the whole batch.
 #pragma once
 #include <cstdint>
 

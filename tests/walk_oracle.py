@@ -1,6 +1,6 @@
 """Test-side oracle: the exact output distribution of the verification walk, by enumeration.
 
-An independent float64 re-statement of SPEC §3-4 (docs/SEMANTICS.md) for tiny trees (V <= 8): every
+An independent float64 re-statement of CONTRACT §3-4 (docs/CONTRACT.md) for tiny trees (V <= 8): every
 accept/reject branch is followed with its probability, so the distribution of (last accepted node,
 next token) and the expected ``tvd`` are exact. The reference is then χ²-tested against it.
 """

@@ -136,7 +136,7 @@ _RELAX = {METHODS["exact"]: _relax_exact, METHODS["cool"]: _relax_cool, METHODS[
 
 
 def sample_inverse_cdf(weights: torch.Tensor, u: float) -> int:
-    """SPEC §6: smallest i with w_0 + ... + w_i > u * sum(w) (float32, index order); never a 0 weight."""
+    """CONTRACT §6: smallest i with w_0 + ... + w_i > u * sum(w) (float32, index order); never a 0 weight."""
     w = weights.numpy().astype(np.float32, copy=False)
     running = np.cumsum(w)
     threshold = np.float32(np.float32(u) * running[-1])
@@ -149,7 +149,7 @@ def sample_inverse_cdf(weights: torch.Tensor, u: float) -> int:
 
 
 def _greedy_accepts(q, x: int, rel: _Relaxation) -> bool:
-    """SPEC §5: x wins the relaxed argmax (ties go to the candidate)."""
+    """CONTRACT §5: x wins the relaxed argmax (ties go to the candidate)."""
     others = q.clone()
     others[x] = 0
     if rel.absorbed.numel():
@@ -162,7 +162,7 @@ def _greedy_accepts(q, x: int, rel: _Relaxation) -> bool:
 
 
 def _reject(q, p, x: int, rel: _Relaxation, transport: bool, sampled: bool) -> torch.Tensor:
-    """SPEC §3 residual after rejecting ``x`` (unnormalized)."""
+    """CONTRACT §3 residual after rejecting ``x`` (unnormalized)."""
     q = q.clone()
     if not sampled:
         if rel.cool_scale is not None and transport and rel.cool_scale < 1.0:
@@ -302,7 +302,7 @@ def _walk(b, ctx, kids: List[List[int]], guided, target_probs, draft_probs, u_ac
 
 
 def _final_token(weights, greedy: bool, u_sample: float) -> int:
-    """Bonus / correction token: argmax in greedy mode, else inverse CDF (SPEC §5, §6)."""
+    """Bonus / correction token: argmax in greedy mode, else inverse CDF (CONTRACT §5, §6)."""
     if greedy:
         return int(weights.argmax())
     return sample_inverse_cdf(weights, u_sample)
