@@ -48,8 +48,8 @@ static inline float k_load(const void* base, int64_t i) {
     return k_f16(static_cast<const uint16_t*>(base)[i]);
 }
 
-template <int DT, bool CFG, bool DIV>
-static RowStats k_prep_row_t(const void* c, const void* u, float s, float T, float* out, int64_t V) {
+template <int DT, bool CFG>
+static RowStats k_prep_row_t(const void* c, const void* u, float s, float* out, int64_t V) {
     float m = -__builtin_inff();
     int64_t nn = 0;
 #pragma omp simd reduction(max : m) reduction(+ : nn)
@@ -59,28 +59,32 @@ static RowStats k_prep_row_t(const void* c, const void* u, float s, float T, flo
             const float un = k_load<DT>(u, i);
             g = un + s * (g - un);
         }
-        const float x = DIV ? g / T : g;  // g / 1.0f == g exactly
-        out[i] = x;
-        const bool isnan = x != x;
+        out[i] = g;
+        const bool isnan = g != g;
         nn += isnan ? 1 : 0;
-        const float xv = isnan ? -__builtin_inff() : x;
-        m = xv > m ? xv : m;
+        const float gv = isnan ? -__builtin_inff() : g;
+        m = gv > m ? gv : m;
     }
     return RowStats{m, nn};
 }
 
-template <bool DIV>
-static RowStats k_prep_row_d(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V) {
-    const bool cfg = u != nullptr;
-    switch (dtype) {
-        case 0: return cfg ? k_prep_row_t<0, true, DIV>(c, u, s, T, out, V) : k_prep_row_t<0, false, DIV>(c, u, s, T, out, V);
-        case 1: return cfg ? k_prep_row_t<1, true, DIV>(c, u, s, T, out, V) : k_prep_row_t<1, false, DIV>(c, u, s, T, out, V);
-        default: return cfg ? k_prep_row_t<2, true, DIV>(c, u, s, T, out, V) : k_prep_row_t<2, false, DIV>(c, u, s, T, out, V);
-    }
-}
-
+// Guidance, then temperature as (g - max g) / T (CONTRACT §2: a tiny T tends to greedy instead of
+// overflowing), with the row's max and NaN count; T == 1 leaves g as it is (the softmax subtracts the max).
 static RowStats k_prep_row(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V) {
-    return T == 1.0f ? k_prep_row_d<false>(c, u, dtype, s, T, out, V) : k_prep_row_d<true>(c, u, dtype, s, T, out, V);
+    const bool cfg = u != nullptr;
+    RowStats st;
+    switch (dtype) {
+        case 0: st = cfg ? k_prep_row_t<0, true>(c, u, s, out, V) : k_prep_row_t<0, false>(c, u, s, out, V); break;
+        case 1: st = cfg ? k_prep_row_t<1, true>(c, u, s, out, V) : k_prep_row_t<1, false>(c, u, s, out, V); break;
+        default: st = cfg ? k_prep_row_t<2, true>(c, u, s, out, V) : k_prep_row_t<2, false>(c, u, s, out, V);
+    }
+    if (T != 1.0f && st.n_nan == 0 && st.max > -__builtin_inff() && st.max < __builtin_inff()) {
+        const float m = st.max;
+#pragma omp simd
+        for (int64_t i = 0; i < V; ++i) out[i] = (out[i] - m) / T;
+        st.max = 0.0f;  // (m - m) / T
+    }
+    return st;
 }
 
 #ifndef K_LANES

@@ -27,11 +27,16 @@ def nan_safe_argmax(logits: torch.Tensor) -> torch.Tensor:
 def probs_from_guided(guided: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Steps 2-5 of CONTRACT §2 on already-guided float32 logits ``[..., V]``.
 
-    Greedy mode (``temperature == 0``) takes masses at T = 1. Rows that are not distributions come
-    back as NaN.
+    Temperature is applied as ``(l - max l) / T`` (the max over the row's non-NaN logits), so a tiny ``T``
+    tends to greedy instead of overflowing; ``T == 1`` leaves the logits as they are. Greedy mode
+    (``temperature == 0``) takes masses at T = 1. Rows that are not distributions come back as NaN.
     """
-    scaled = guided / (1.0 if temperature == 0 else float(temperature))
-    valid = row_is_distribution(scaled)  # judged before top-k masks anything
+    valid = row_is_distribution(guided)  # judged before temperature and top-k touch anything
+    T = 1.0 if temperature == 0 else float(temperature)
+    scaled = guided
+    if T != 1.0:
+        top = torch.nan_to_num(guided, nan=-float("inf")).amax(-1, keepdim=True)
+        scaled = torch.where(valid.unsqueeze(-1), (guided - top) / T, guided)
     if top_k:
         kth = torch.topk(scaled, int(top_k), dim=-1).values[..., -1:]
         scaled = torch.where(scaled >= kth, scaled, torch.full_like(scaled, -float("inf")))
