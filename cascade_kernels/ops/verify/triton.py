@@ -91,10 +91,10 @@ def _kept(x, cols, V, kth, TOPK: tl.constexpr):
 
 
 @triton.jit
-def _probs(cond_ptr, uncond_ptr, cols, V, cfg_s, temp, kth, m, inv_s, t, sp,
+def _probs(cond_ptr, uncond_ptr, cols, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
            CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr):
     """q_u at ``cols`` from the row statistics (the one formula phase 1 and phase 2 share)."""
-    x = _guided(cond_ptr, uncond_ptr, cols, V, cfg_s, CFG) / temp
+    x = (_guided(cond_ptr, uncond_ptr, cols, V, cfg_s, CFG) - gm) / temp
     kept = _kept(x, cols, V, kth, TOPK)
     pr = tl.where(kept, tl.exp(x - m), 0.0) * inv_s
     if TOPP:
@@ -130,7 +130,7 @@ def _radix_kth_tile(key, live, k):
 
 
 @triton.jit
-def _radix_kth_chunked(cond, uncond, V, cfg_s, temp, k, CFG: tl.constexpr, BLOCK_V: tl.constexpr):
+def _radix_kth_chunked(cond, uncond, V, cfg_s, temp, gm, k, CFG: tl.constexpr, BLOCK_V: tl.constexpr):
     """The same radix select streaming the row (one pass per round)."""
     offs = tl.arange(0, BLOCK_V)
     hi = tl.full([], 0, tl.int64)
@@ -140,7 +140,7 @@ def _radix_kth_chunked(cond, uncond, V, cfg_s, temp, k, CFG: tl.constexpr, BLOCK
         h = tl.zeros([256], dtype=tl.int32)
         for start in range(0, V, BLOCK_V):
             cols = start + offs
-            ukey = _okey(_guided(cond, uncond, cols, V, cfg_s, CFG) / temp) + 2147483648
+            ukey = _okey((_guided(cond, uncond, cols, V, cfg_s, CFG) - gm) / temp) + 2147483648
             match = (cols < V) & ((ukey >> (shift + 8)) == (hi >> (shift + 8)))
             h += tl.histogram(((ukey >> shift) & 255).to(tl.int32), 256, mask=match)
         krem, hi = _radix_round(h, krem, hi, shift)
@@ -164,7 +164,14 @@ def _top_p_threshold(pr, top_p):
 
 
 @triton.jit
-def _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan):
+def _temperature_offset(gmax, valid, temp):
+    """Temperature is applied as (g - max g) / T (CONTRACT §2: a tiny T tends to greedy instead of overflowing);
+    T = 1 and rows that are not distributions keep g as it is (offset 0)."""
+    return tl.where(valid & (temp != 1.0), gmax, 0.0)
+
+
+@triton.jit
+def _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan, gm):
     tl.store(out + 0, kth.to(tl.float64))
     tl.store(out + 1, m.to(tl.float64))
     tl.store(out + 2, inv_s.to(tl.float64))
@@ -174,6 +181,7 @@ def _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan):
     tl.store(out + 6, psum)
     tl.store(out + 7, amax_q.to(tl.float64))
     tl.store(out + 8, amax_nan.to(tl.float64))
+    tl.store(out + 9, gm.to(tl.float64))
 
 
 @triton.jit
@@ -183,11 +191,12 @@ def _row_stats_tile(cond, uncond, V, cfg_s, temp, top_k, top_p,
     cols = tl.arange(0, BLOCK_V)
     live = cols < V
     g = _guided(cond, uncond, cols, V, cfg_s, CFG)
-    x = g / temp
-    # validity is judged on the whole row, before top-k masks anything
-    bad = tl.max((live & ((x != x) | (x == float("inf")))).to(tl.int32))
-    fin = tl.max((live & (tl.abs(x) < float("inf"))).to(tl.int32))
+    # validity is judged on the whole guided row, before temperature and top-k touch anything
+    bad = tl.max((live & ((g != g) | (g == float("inf")))).to(tl.int32))
+    fin = tl.max((live & (tl.abs(g) < float("inf"))).to(tl.int32))
     valid = (bad == 0) & (fin != 0)
+    gm = _temperature_offset(tl.max(tl.where(live & (g == g), g, -float("inf"))), valid, temp)
+    x = (g - gm) / temp
     kth = tl.full([], -2147483648, tl.int64)
     if TOPK:
         kth = _radix_kth_tile(_okey(x), live, top_k)
@@ -207,7 +216,7 @@ def _row_stats_tile(cond, uncond, V, cfg_s, temp, top_k, top_p,
     amax_q = tl.min(tl.where(qm == tl.max(qm), cols, BIG))
     gn = tl.where((g != g) | (cols >= V), -float("inf"), g)
     amax_nan = tl.min(tl.where(gn == tl.max(gn), cols, BIG))
-    return kth, m, inv_s, t, sp, valid.to(tl.int32), psum, amax_q.to(tl.int64), amax_nan.to(tl.int64)
+    return kth, m, inv_s, t, sp, valid.to(tl.int32), psum, amax_q.to(tl.int64), amax_nan.to(tl.int64), gm
 
 
 @triton.jit
@@ -215,20 +224,26 @@ def _row_stats_chunked(cond, uncond, V, cfg_s, temp, top_k, top_p,
                        CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, BLOCK_V: tl.constexpr):
     """The same statistics streaming the row in chunks (V > MAX_TILE_V)."""
     offs = tl.arange(0, BLOCK_V)
-    kth = tl.full([], -2147483648, tl.int64)
-    if TOPK:
-        kth = _radix_kth_chunked(cond, uncond, V, cfg_s, temp, top_k, CFG, BLOCK_V)
-    m = tl.full([], -float("inf"), tl.float32)
-    s = tl.full([], 0.0, tl.float32)
     bad = tl.full([], 0, tl.int32)
     fin = tl.full([], 0, tl.int32)
-    for start in range(0, V, BLOCK_V):  # online max / sum of exponentials, validity
+    gmax = tl.full([], -float("inf"), tl.float32)
+    for start in range(0, V, BLOCK_V):  # validity and the row max, on the guided row
         cols = start + offs
-        x = _guided(cond, uncond, cols, V, cfg_s, CFG) / temp
-        kept = _kept(x, cols, V, kth, TOPK)
         live = cols < V
-        bad = bad | tl.max((live & ((x != x) | (x == float("inf")))).to(tl.int32))
-        fin = fin | tl.max((live & (tl.abs(x) < float("inf"))).to(tl.int32))
+        g = _guided(cond, uncond, cols, V, cfg_s, CFG)
+        bad = bad | tl.max((live & ((g != g) | (g == float("inf")))).to(tl.int32))
+        fin = fin | tl.max((live & (tl.abs(g) < float("inf"))).to(tl.int32))
+        gmax = tl.maximum(gmax, tl.max(tl.where(live & (g == g), g, -float("inf"))))
+    gm = _temperature_offset(gmax, (bad == 0) & (fin != 0), temp)
+    kth = tl.full([], -2147483648, tl.int64)
+    if TOPK:
+        kth = _radix_kth_chunked(cond, uncond, V, cfg_s, temp, gm, top_k, CFG, BLOCK_V)
+    m = tl.full([], -float("inf"), tl.float32)
+    s = tl.full([], 0.0, tl.float32)
+    for start in range(0, V, BLOCK_V):  # online max / sum of exponentials
+        cols = start + offs
+        x = (_guided(cond, uncond, cols, V, cfg_s, CFG) - gm) / temp
+        kept = _kept(x, cols, V, kth, TOPK)
         xm = tl.where(kept, x, -float("inf"))
         m_new = tl.maximum(m, tl.max(xm))
         safe = m_new > -float("inf")
@@ -251,7 +266,7 @@ def _row_stats_chunked(cond, uncond, V, cfg_s, temp, top_k, top_p,
                 mass = 0.0
                 for start in range(0, V, BLOCK_V):
                     cols = start + offs
-                    pr = _probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, 0.0, 1.0, CFG, TOPK, False)
+                    pr = _probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, 0.0, 1.0, CFG, TOPK, False)
                     mass += tl.sum(tl.where(pr >= midf, pr, 0.0))
                 if mass >= top_p:
                     lo2 = mid2
@@ -261,7 +276,7 @@ def _row_stats_chunked(cond, uncond, V, cfg_s, temp, top_k, top_p,
             sp = 0.0
             for start in range(0, V, BLOCK_V):
                 cols = start + offs
-                pr = _probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, 0.0, 1.0, CFG, TOPK, False)
+                pr = _probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, 0.0, 1.0, CFG, TOPK, False)
                 sp += tl.sum(tl.where(pr >= t, pr, 0.0))
     psum = tl.full([], 0.0, tl.float64)
     best = -1.0
@@ -270,7 +285,7 @@ def _row_stats_chunked(cond, uncond, V, cfg_s, temp, top_k, top_p,
     amax_nan = tl.full([], 0, tl.int32)
     for start in range(0, V, BLOCK_V):
         cols = start + offs
-        q = _probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
+        q = _probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
         psum += tl.sum(tl.where(cols < V, q, 0.0).to(tl.float64))
         qm = tl.where(cols < V, q, -1.0)
         cmax = tl.max(qm)
@@ -285,7 +300,7 @@ def _row_stats_chunked(cond, uncond, V, cfg_s, temp, top_k, top_p,
         if gmax > bestg:
             bestg = gmax
             amax_nan = gidx
-    return kth, m, inv_s, t, sp, valid.to(tl.int32), psum, amax_q.to(tl.int64), amax_nan.to(tl.int64)
+    return kth, m, inv_s, t, sp, valid.to(tl.int32), psum, amax_q.to(tl.int64), amax_nan.to(tl.int64), gm
 
 
 @triton.jit
@@ -302,9 +317,9 @@ def _row_stats(cond, uncond, V, cfg_s, temp, top_k, top_p, CFG: tl.constexpr, TO
 @triton.jit
 def _row_stats_to(out, cond, uncond, V, cfg_s, temp, top_k, top_p, CFG: tl.constexpr, TOPK: tl.constexpr,
                   TOPP: tl.constexpr, ONE_TILE: tl.constexpr, TILE_V: tl.constexpr, BLOCK_V: tl.constexpr):
-    kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan = _row_stats(cond, uncond, V, cfg_s, temp, top_k, top_p,
+    kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan, gm = _row_stats(cond, uncond, V, cfg_s, temp, top_k, top_p,
                                                                      CFG, TOPK, TOPP, ONE_TILE, TILE_V, BLOCK_V)
-    _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan)
+    _store_stats(out, kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan, gm)
 
 
 @triton.jit
@@ -344,7 +359,7 @@ def _uniform(seed, offset):
 def _load_stats(sp):
     return (tl.load(sp + 0).to(tl.int64), tl.load(sp + 1).to(tl.float32), tl.load(sp + 2).to(tl.float32),
             tl.load(sp + 3).to(tl.float32), tl.load(sp + 4).to(tl.float32), tl.load(sp + 5).to(tl.int32),
-            tl.load(sp + 6), tl.load(sp + 7).to(tl.int64), tl.load(sp + 8).to(tl.int64))
+            tl.load(sp + 6), tl.load(sp + 7).to(tl.int64), tl.load(sp + 8).to(tl.int64), tl.load(sp + 9).to(tl.float32))
 
 
 @triton.jit
@@ -379,24 +394,24 @@ def _list_push(lst, n, y, LMAX: tl.constexpr):
 
 
 @triton.jit
-def _q_at(y, mat, qrow, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, norm,
+def _q_at(y, mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, norm,
           CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, LAZY: tl.constexpr, ZMAX: tl.constexpr):
     """The current (residual) q(y): the scratch row once materialised, else from the row statistics."""
     q = tl.full([], 0.0, tl.float32)
     if mat != 0:
         q = tl.load(qrow + y)
     else:
-        q = _probs(cond, uncond, y, V, cfg_s, temp, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
+        q = _probs(cond, uncond, y, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
         if LAZY:
             q = tl.where(_in_list(zl, nz, y, ZMAX) > 0, 0.0, (q.to(tl.float64) / norm).to(tl.float32))
     return q
 
 
 @triton.jit
-def _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, nz,
+def _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz,
                   CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, ZMAX: tl.constexpr):
     """q_u on a chunk with the symbolic residual's zeroed tokens removed (unnormalised)."""
-    w = _probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
+    w = _probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
     w = tl.where(cols < V, w, 0.0)
     k = nz * 0
     while k < nz:
@@ -406,13 +421,13 @@ def _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, 
 
 
 @triton.jit
-def _materialize(dst, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
+def _materialize(dst, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                  CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, BLOCK_V: tl.constexpr):
     """Write q_u (or p_u) into a scratch row; the barrier orders it before any scalar read."""
     offs = tl.arange(0, BLOCK_V)
     for start in range(0, V, BLOCK_V):
         cols = start + offs
-        pr = _probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
+        pr = _probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
         tl.store(dst + cols, pr, mask=cols < V)
     tl.debug_barrier()
 
@@ -427,7 +442,7 @@ def _relax_cool(qx, left, w_cool):
 
 @triton.jit
 def _relax_lantern(x, qx, left, lan_delta, lan_lam_m1, nb_ptr, n_nb, arow, mat, qrow, cond, uncond, V, cfg_s,
-                   temp, kth, m, inv_s, t, sp, zl, nz, norm, LANTERN_PP: tl.constexpr, CFG: tl.constexpr,
+                   temp, gm, kth, m, inv_s, t, sp, zl, nz, norm, LANTERN_PP: tl.constexpr, CFG: tl.constexpr,
                    TOPK: tl.constexpr, TOPP: tl.constexpr, LAZY: tl.constexpr, ZMAX: tl.constexpr):
     """Neighbours in order while the float32 running mass fits min(cap, left); ids to the scratch list."""
     if LANTERN_PP:  # cap 0 when q(x) = 0, also for lam = inf
@@ -442,7 +457,7 @@ def _relax_lantern(x, qx, left, lan_delta, lan_lam_m1, nb_ptr, n_nb, arow, mat, 
     while (j < n_nb) & (fits != 0):
         y = tl.load(nb_ptr + x * n_nb + j)
         if y >= 0:
-            run2 = run + _q_at(y, mat, qrow, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, norm,
+            run2 = run + _q_at(y, mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, norm,
                                CFG, TOPK, TOPP, LAZY, ZMAX)
             if run2 <= cap32:
                 tl.store(arow + n_abs, y)  # read only after the barrier that follows the relaxation
@@ -498,7 +513,7 @@ def _relax_gsd(x, qx, left, gsd_G, gsd_dp, qrow, arow, V, BLOCK_V: tl.constexpr)
 
 @triton.jit
 def _cascade_block(sets, tok_row, b, c, x, N, V, W, al, n_abs, charge, tvd, eps32, mat, qrow, cond, uncond,
-                   cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, norm, CFG: tl.constexpr, TOPK: tl.constexpr,
+                   cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, norm, CFG: tl.constexpr, TOPK: tl.constexpr,
                    TOPP: tl.constexpr, LAZY: tl.constexpr, ZMAX: tl.constexpr, AMAX: tl.constexpr):
     """One CASCADE block of child ``c``: its deduplicated live tokens, absorbed all-or-nothing if it fits.
 
@@ -511,7 +526,7 @@ def _cascade_block(sets, tok_row, b, c, x, N, V, W, al, n_abs, charge, tvd, eps3
         if ((word >> (jj % 32)) & 1) != 0:
             y = tl.load(tok_row + jj)
             if (y >= 0) & (y < V):
-                qy = _q_at(y, mat, qrow, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, norm,
+                qy = _q_at(y, mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, norm,
                            CFG, TOPK, TOPP, LAZY, ZMAX)
                 if (qy > 0.0) & (y != x) & (_in_list(al, n_blk, y, AMAX) == 0):
                     al, n_blk = _list_push(al, n_blk, y, AMAX)
@@ -625,30 +640,30 @@ def _residual_scratch(qrow, prow, arow, al, n_abs, x, r, w_cool, V, METHOD: tl.c
 
 
 @triton.jit
-def _zero_lazy(z, zl, nz, srem, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
+def _zero_lazy(z, zl, nz, srem, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, ZMAX: tl.constexpr):
     """Symbolic residual: zero token z (once) and take its q_u off the remaining mass."""
     if _in_list(zl, nz, z, ZMAX) == 0:
-        srem = srem - _probs(cond, uncond, z, V, cfg_s, temp, kth, m, inv_s, t, sp, CFG, TOPK, TOPP).to(tl.float64)
+        srem = srem - _probs(cond, uncond, z, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG, TOPK, TOPP).to(tl.float64)
         zl, nz = _list_push(zl, nz, z, ZMAX)
     return zl, nz, srem
 
 
 @triton.jit
-def _residual_lazy(x, al, n_abs, zl, nz, srem, serr, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
+def _residual_lazy(x, al, n_abs, zl, nz, srem, serr, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                    CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, TRANSPORT: tl.constexpr,
                    METHOD: tl.constexpr, ZMAX: tl.constexpr, AMAX: tl.constexpr, BLOCK_V: tl.constexpr):
     """Deterministic-drafting residual without touching the row: zero x (and A(x) with transport).
 
     The remaining mass is ``sum(q_u) - sum(q_u(zeroed))`` in float64; when that difference is within
     ``REM_GUARD`` of its rounding error it is recomputed exactly by one pass over the row."""
-    zl, nz, srem = _zero_lazy(x, zl, nz, srem, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
+    zl, nz, srem = _zero_lazy(x, zl, nz, srem, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                               CFG, TOPK, TOPP, ZMAX)
     if TRANSPORT:
         if METHOD == M_CASCADE:
             k = tl.full([], 0, tl.int64)
             while k < n_abs:
-                zl, nz, srem = _zero_lazy(_list_at(al, k, AMAX), zl, nz, srem, cond, uncond, V, cfg_s, temp, kth, m,
+                zl, nz, srem = _zero_lazy(_list_at(al, k, AMAX), zl, nz, srem, cond, uncond, V, cfg_s, temp, gm, kth, m,
                                           inv_s, t, sp, CFG, TOPK, TOPP, ZMAX)
                 k += 1
     if srem < REM_GUARD * serr:
@@ -656,7 +671,7 @@ def _residual_lazy(x, al, n_abs, zl, nz, srem, serr, cond, uncond, V, cfg_s, tem
         srem = tl.full([], 0.0, tl.float64)
         for start in range(0, V, BLOCK_V):
             cols = start + offs
-            w = _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, CFG, TOPK, TOPP,
+            w = _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, CFG, TOPK, TOPP,
                               ZMAX)
             srem += tl.sum(w.to(tl.float64))
         serr = V * F64_EPS * srem
@@ -716,7 +731,7 @@ def _sample_row(ptr, V, u, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
-def _sample_lazy(cond, uncond, V, u, srem, zl, nz, cfg_s, temp, kth, m, inv_s, t, sp, CFG: tl.constexpr,
+def _sample_lazy(cond, uncond, V, u, srem, zl, nz, cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG: tl.constexpr,
                  TOPK: tl.constexpr, TOPP: tl.constexpr, ZMAX: tl.constexpr, BLOCK_V: tl.constexpr):
     """Inverse CDF straight from the row statistics in ONE pass (the total, srem, is already known)."""
     offs = tl.arange(0, BLOCK_V)
@@ -725,19 +740,19 @@ def _sample_lazy(cond, uncond, V, u, srem, zl, nz, cfg_s, temp, kth, m, inv_s, t
     carry = 0.0
     for start in range(0, V, BLOCK_V):
         cols = start + offs
-        w = _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, CFG, TOPK, TOPP, ZMAX)
+        w = _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, CFG, TOPK, TOPP, ZMAX)
         run = carry + tl.cumsum(w, 0)
         cnt += tl.sum(((run <= thr) & (cols < V)).to(tl.int64))
         carry = tl.max(tl.where(cols < V, run, -1.0))
     i = tl.minimum(cnt, V - 1)
     res = i
-    wi = _probs(cond, uncond, i, V, cfg_s, temp, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
+    wi = _probs(cond, uncond, i, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG, TOPK, TOPP)
     if (wi <= 0.0) | (_in_list(zl, nz, i, ZMAX) > 0):  # only when u * total reached the end of the running sum
         nxt = tl.full([], BIG, tl.int64)
         last = tl.full([], -1, tl.int64)
         for start in range(0, V, BLOCK_V):
             cols = start + offs
-            w = _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, CFG, TOPK, TOPP,
+            w = _zeroed_probs(cond, uncond, cols, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, CFG, TOPK, TOPP,
                               ZMAX)
             pos = (w > 0.0) & (cols < V)
             nxt = tl.minimum(nxt, tl.min(tl.where(pos & (cols > i), cols, BIG)).to(tl.int64))
@@ -747,7 +762,7 @@ def _sample_lazy(cond, uncond, V, u, srem, zl, nz, cfg_s, temp, kth, m, inv_s, t
 
 
 @triton.jit
-def _final_token(mat, qrow, amax_q, u_sample, srem, zl, nz, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
+def _final_token(mat, qrow, amax_q, u_sample, srem, zl, nz, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                  GREEDY: tl.constexpr, CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr,
                  ZMAX: tl.constexpr, BLOCK_V: tl.constexpr):
     """Bonus / correction token from the current residual: argmax (greedy) or inverse CDF."""
@@ -761,7 +776,7 @@ def _final_token(mat, qrow, amax_q, u_sample, srem, zl, nz, cond, uncond, V, cfg
         if GREEDY:  # nothing was zeroed yet: the argmax of q_u from phase 1
             tok = amax_q
         else:
-            tok = _sample_lazy(cond, uncond, V, u_sample, srem, zl, nz, cfg_s, temp, kth, m, inv_s, t, sp,
+            tok = _sample_lazy(cond, uncond, V, u_sample, srem, zl, nz, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                                CFG, TOPK, TOPP, ZMAX, BLOCK_V)
     return tok
 
@@ -809,7 +824,7 @@ def _walk_kernel(
         cond = tgt_ptr + row * V
         uncond = tgt_ptr + (B * N + row) * V
         srow = st_ptr + row * NST
-        kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan = _visit_stats(
+        kth, m, inv_s, t, sp, valid, psum, amax_q, amax_nan, gm = _visit_stats(
             srow, cond, uncond, V, cfg_s, temp, top_k, top_p, CFG, TOPK, TOPP, ON_DEMAND, ONE_TILE, TILE_V, BLOCK_V)
         # the current residual: scratch row (mat) or symbolic (zeroed list, remaining mass, normaliser)
         mat = tl.full([], 0, tl.int32)
@@ -836,21 +851,21 @@ def _walk_kernel(
             if bad != 0:
                 status = status | ST_BAD_TOKEN
             if (bad != 0) | (c < 0):
-                nxt_tok = _final_token(mat, qrow, amax_q, u_sample, srem, zl, nz, cond, uncond, V, cfg_s, temp,
+                nxt_tok = _final_token(mat, qrow, amax_q, u_sample, srem, zl, nz, cond, uncond, V, cfg_s, temp, gm,
                                        kth, m, inv_s, t, sp, GREEDY, CFG, TOPK, TOPP, ZMAX, BLOCK_V)
                 done = 1
             dcond = cond
-            dkth, dm, dinv_s, dt, dsp = kth, m, inv_s, t, sp
+            dkth, dm, dinv_s, dt, dsp, dgm = kth, m, inv_s, t, sp, gm
             if SAMPLED:
                 dcond = drf_ptr + row * V
-                dkth, dm, dinv_s, dt, dsp, dvalid, _dsum, _dq, _dn = _visit_stats(
+                dkth, dm, dinv_s, dt, dsp, dvalid, _dsum, _dq, _dn, dgm = _visit_stats(
                     st_ptr + (B * N + row) * NST, dcond, dcond, V, cfg_s, temp, top_k, top_p, False, TOPK, TOPP,
                     ON_DEMAND, ONE_TILE, TILE_V, BLOCK_V)
                 if done == 0:
                     if dvalid == 0:
                         status = status | ST_NONFINITE_DRAFT
                         nxt_tok = _final_token(mat, qrow, amax_q, u_sample, srem, zl, nz, cond, uncond, V, cfg_s,
-                                               temp, kth, m, inv_s, t, sp, GREEDY, CFG, TOPK, TOPP, ZMAX, BLOCK_V)
+                                               temp, gm, kth, m, inv_s, t, sp, GREEDY, CFG, TOPK, TOPP, ZMAX, BLOCK_V)
                         done = 1
             if done == 0:
                 pmat = tl.full([], 0, tl.int32)
@@ -868,15 +883,15 @@ def _walk_kernel(
                     if skip == 0:
                         if METHOD == M_GSD:
                             if mat == 0:
-                                _materialize(qrow, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
+                                _materialize(qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                                              CFG, TOPK, TOPP, BLOCK_V)
                                 mat = tl.full([], 1, tl.int32)
                         if GREEDY:
                             if mat == 0:
-                                _materialize(qrow, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
+                                _materialize(qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                                              CFG, TOPK, TOPP, BLOCK_V)
                                 mat = tl.full([], 1, tl.int32)
-                        qx = _q_at(x, mat, qrow, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, norm,
+                        qx = _q_at(x, mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, norm,
                                    CFG, TOPK, TOPP, LAZY, ZMAX)
                         left = eps - tvd.to(tl.float64)
                         r = qx
@@ -888,7 +903,7 @@ def _walk_kernel(
                             r, charge = _relax_cool(qx, left, w_cool)
                         if METHOD == M_LANTERN:
                             r, charge, n_abs = _relax_lantern(x, qx, left, lan_delta, lan_lam_m1, nb_ptr, n_nb, arow,
-                                                              mat, qrow, cond, uncond, V, cfg_s, temp, kth, m,
+                                                              mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m,
                                                               inv_s, t, sp, zl, nz, norm, LANTERN_PP, CFG, TOPK,
                                                               TOPP, LAZY, ZMAX)
                         if METHOD == M_GSD:
@@ -897,12 +912,12 @@ def _walk_kernel(
                             if USE_INTER:
                                 al, n_abs, charge = _cascade_block(inter_ptr, tok_row, b, c, x, N, V, W, al, n_abs,
                                                                    charge, tvd, eps32, mat, qrow, cond, uncond,
-                                                                   cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, norm,
+                                                                   cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, norm,
                                                                    CFG, TOPK, TOPP, LAZY, ZMAX, AMAX)
                             if USE_CONV:
                                 al, n_abs, charge = _cascade_block(conv_ptr, tok_row, b, c, x, N, V, W, al, n_abs,
                                                                    charge, tvd, eps32, mat, qrow, cond, uncond,
-                                                                   cfg_s, temp, kth, m, inv_s, t, sp, zl, nz, norm,
+                                                                   cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, norm,
                                                                    CFG, TOPK, TOPP, LAZY, ZMAX, AMAX)
                             r = qx + charge
                         tvd = tvd + charge
@@ -914,7 +929,7 @@ def _walk_kernel(
                             ua = _uniform(seed, c + (tl.full([], STREAM_ACCEPT, tl.int64) << 32))
                             px = 0.0
                             if SAMPLED:
-                                px = _probs(dcond, dcond, x, V, cfg_s, temp, dkth, dm, dinv_s, dt, dsp, False, TOPK,
+                                px = _probs(dcond, dcond, x, V, cfg_s, temp, dgm, dkth, dm, dinv_s, dt, dsp, False, TOPK,
                                             TOPP)
                             ok = _accept_random(ua, r, px, SAMPLED)
                         if ok:
@@ -924,18 +939,18 @@ def _walk_kernel(
                             empty = tl.full([], 0, tl.int32)
                             if LAZY:
                                 zl, nz, srem, serr = _residual_lazy(x, al, n_abs, zl, nz, srem, serr, cond, uncond, V,
-                                                                    cfg_s, temp, kth, m, inv_s, t, sp, CFG, TOPK,
+                                                                    cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG, TOPK,
                                                                     TOPP, TRANSPORT, METHOD, ZMAX, AMAX, BLOCK_V)
                                 norm = srem
                                 empty = (srem <= 0.0).to(tl.int32)
                             else:
                                 if mat == 0:
-                                    _materialize(qrow, cond, uncond, V, cfg_s, temp, kth, m, inv_s, t, sp,
+                                    _materialize(qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
                                                  CFG, TOPK, TOPP, BLOCK_V)
                                     mat = tl.full([], 1, tl.int32)
                                 if SAMPLED:
                                     if pmat == 0:
-                                        _materialize(prow, dcond, dcond, V, cfg_s, temp, dkth, dm, dinv_s, dt, dsp,
+                                        _materialize(prow, dcond, dcond, V, cfg_s, temp, dgm, dkth, dm, dinv_s, dt, dsp,
                                                      False, TOPK, TOPP, BLOCK_V)
                                         pmat = tl.full([], 1, tl.int32)
                                 total = _residual_scratch(qrow, prow, arow, al, n_abs, x, r, w_cool, V, METHOD,
@@ -954,7 +969,7 @@ def _walk_kernel(
                 else:
                     if ended == 0:
                         nxt_tok = _final_token(mat, qrow, amax_q, u_sample, srem, zl, nz, cond, uncond, V, cfg_s,
-                                               temp, kth, m, inv_s, t, sp, GREEDY, CFG, TOPK, TOPP, ZMAX, BLOCK_V)
+                                               temp, gm, kth, m, inv_s, t, sp, GREEDY, CFG, TOPK, TOPP, ZMAX, BLOCK_V)
                     done = 1
     nxt_tok = tl.minimum(tl.maximum(nxt_tok, 0), V - 1)  # never an id outside [0, V)
     tl.store(acc_len_ptr + b, n_acc.to(tl.int32))
