@@ -33,7 +33,9 @@ def parse_args(argv=None):
     ap.add_argument("--images-per-class", type=int, default=24)
     ap.add_argument("--speed-images", type=int, default=4)
     ap.add_argument("--batch", type=int, default=48)
-    ap.add_argument("--tree", default="small", choices=["eagle", "deep", "small", "dynamic"],
+    import cascade_kernels as ck
+
+    ap.add_argument("--tree", default="small", choices=[*ck.NAMED_TREES, "dynamic"],
                     help="small (6 drafted nodes) by default: the CPU target is compute bound, so every drafted "
                          "node costs a target token's FLOPs")
     ap.add_argument("--cfg", type=float, default=2.0)
