@@ -10,7 +10,7 @@ reused buffer (as dynamic-tree code does) is seen, and a static tree passed agai
 import collections
 import functools
 import weakref
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -120,7 +120,7 @@ def tree_from_choices(choices: Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.tensor(parents, dtype=torch.int32)
 
 
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 class Tree:
@@ -214,7 +214,7 @@ def _validated(parents, name: str) -> np.ndarray:
         parents = parents.unsqueeze(0)
     if parents.dim() != 2:
         raise ValueError(f"{name} must have shape [N] or [B, N], got {tuple(parents.shape)}")
-    if parents.dtype not in _INT_DTYPES:
+    if parents.dtype not in INT_DTYPES:
         raise TypeError(f"{name} must have an integer dtype, got {parents.dtype}")
     if parents.device.type == "meta":
         raise ValueError(f"{name} is on the meta device; a tree's structure needs its values")
@@ -287,15 +287,6 @@ def depths(parents: torch.Tensor) -> torch.Tensor:
         par = p[..., i].clamp(min=0)
         d[..., i] = torch.where(real[..., i], d.gather(-1, par.unsqueeze(-1)).squeeze(-1) + 1, 0)
     return d
-
-
-def children_lists(parents_row: Sequence[int]) -> List[List[int]]:
-    """Children of every node of one tree, in increasing node index (the drafter's rank order)."""
-    kids: List[List[int]] = [[] for _ in parents_row]
-    for i, par in enumerate(parents_row):
-        if i > 0 and par >= 0:
-            kids[par].append(i)
-    return kids
 
 
 def lantern_neighbors(codebook: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:

@@ -15,13 +15,12 @@ import torch
 
 from . import codes
 from .methods import pack, reference_only_reason
-from .trees import Tree, prepare_tree
+from .trees import INT_DTYPES, prepare_tree
 from .types import Method, VerifyArgs
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 RESIDUALS = ("transport", "standard", "peer")
 DRAFT_SAMPLINGS = ("iid", "without_replacement")
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def check_tensor(x, name: str, *, ndim: int, dtypes, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -110,7 +109,7 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
     """Validate ``ck.verify``'s arguments without reading tensor values; returns them normalized."""
     target_logits = check_tensor(target_logits, "target_logits", ndim=3, dtypes=FLOAT_DTYPES)
     device = target_logits.device
-    tokens = check_tensor(tokens, "tokens", ndim=2, dtypes=_INT_DTYPES, device=device)
+    tokens = check_tensor(tokens, "tokens", ndim=2, dtypes=INT_DTYPES, device=device)
     B, N = tokens.shape
     if B == 0:
         raise ValueError("tokens must hold at least one sequence (B >= 1)")

@@ -311,7 +311,7 @@ def _final_token(weights, greedy: bool, u_sample: float) -> int:
 def verify(args: VerifyArgs, out: VerifyOutput) -> None:
     """Reference ``ck.verify``: fills ``out`` (on the logits' device) from validated ``args``."""
     B, N = args.tokens.shape
-    tree, method, dev = args.tree, args.method, args.target_logits.device
+    tree, method = args.tree, args.method
     cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
     tokens, seed = cpu(args.tokens), cpu(args.seed)
     greedy = args.temperature == 0

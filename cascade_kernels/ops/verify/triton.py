@@ -987,7 +987,7 @@ def _block_v(V: int) -> int:
 
 def launch_plan(args: VerifyArgs) -> dict:
     """The compile-time switches and sizes of both launches (host-only arithmetic on shapes)."""
-    tokens, tree, m = args.tokens, args.tree, args.method
+    tokens, m = args.tokens, args.method
     B, N = tokens.shape
     V = args.target_logits.shape[2]
     sampled = args.draft_logits is not None
