@@ -432,6 +432,15 @@ def _materialize(dst, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
     tl.debug_barrier()
 
 
+@triton.jit
+def _materialize_once(done, dst, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
+                      CFG: tl.constexpr, TOPK: tl.constexpr, TOPP: tl.constexpr, BLOCK_V: tl.constexpr):
+    """``_materialize`` unless the scratch row already holds the row (``done``); returns the new flag (1)."""
+    if done == 0:
+        _materialize(dst, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, CFG, TOPK, TOPP, BLOCK_V)
+    return tl.full([], 1, tl.int32)
+
+
 # ---------------- CONTRACT §4: one relaxation helper per method ----------------
 @triton.jit
 def _relax_cool(qx, left, w_cool):
@@ -881,16 +890,9 @@ def _walk_kernel(
                             skip = skip | (tl.load(tok_row + d) == x)
                             d = tl.load(ns_ptr + tree + d).to(tl.int64)
                     if skip == 0:
-                        if METHOD == M_GSD:
-                            if mat == 0:
-                                _materialize(qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
-                                             CFG, TOPK, TOPP, BLOCK_V)
-                                mat = tl.full([], 1, tl.int32)
-                        if GREEDY:
-                            if mat == 0:
-                                _materialize(qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
-                                             CFG, TOPK, TOPP, BLOCK_V)
-                                mat = tl.full([], 1, tl.int32)
+                        if (METHOD == M_GSD) or GREEDY:  # they scan the whole row
+                            mat = _materialize_once(mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t,
+                                                    sp, CFG, TOPK, TOPP, BLOCK_V)
                         qx = _q_at(x, mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp, zl, nz, norm,
                                    CFG, TOPK, TOPP, LAZY, ZMAX)
                         left = eps - tvd.to(tl.float64)
@@ -944,15 +946,11 @@ def _walk_kernel(
                                 norm = srem
                                 empty = (srem <= 0.0).to(tl.int32)
                             else:
-                                if mat == 0:
-                                    _materialize(qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s, t, sp,
-                                                 CFG, TOPK, TOPP, BLOCK_V)
-                                    mat = tl.full([], 1, tl.int32)
+                                mat = _materialize_once(mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s,
+                                                        t, sp, CFG, TOPK, TOPP, BLOCK_V)
                                 if SAMPLED:
-                                    if pmat == 0:
-                                        _materialize(prow, dcond, dcond, V, cfg_s, temp, dgm, dkth, dm, dinv_s, dt, dsp,
-                                                     False, TOPK, TOPP, BLOCK_V)
-                                        pmat = tl.full([], 1, tl.int32)
+                                    pmat = _materialize_once(pmat, prow, dcond, dcond, V, cfg_s, temp, dgm, dkth, dm,
+                                                             dinv_s, dt, dsp, False, TOPK, TOPP, BLOCK_V)
                                 total = _residual_scratch(qrow, prow, arow, al, n_abs, x, r, w_cool, V, METHOD,
                                                           SAMPLED, TRANSPORT, AMAX, BLOCK_V)
                                 empty = (((total > 0.0) & (total < float("inf"))) == 0).to(tl.int32)
