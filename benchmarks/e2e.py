@@ -1,7 +1,12 @@
-"""End-to-end comparison of every method on the shipped image model (issue 7, issue 8's table).
+"""End-to-end comparison of every method on the shipped image model, in the CASCADE paper's configuration.
 
-    python benchmarks/e2e.py [--images-per-class 24] [--speed-images 4] [--tree small] [--out benchmarks/results]
+    python benchmarks/e2e.py [--images-per-class 26] [--speed-images 4] [--tree eagle] [--out benchmarks/results]
     (or in two processes: --part methods / --part extras, then --merge)
+
+Paper configuration (CASCADE §5.1, the defaults here): EAGLE-1 static tree ("eagle"), sampled drafting
+without replacement (EAGLE-1), top-k 2000 of LlamaGen's 16384 codes scaled to this codebook, top-p 1,
+temperature 1, CFG 3, each method's thresholds from its ``ck.presets`` entry (``compare.PRESET_OF``),
+TVD budget 0.5, our transport residual (its TVD is a bound, so the TVD column means something).
 
 * Quality run: every method generates ``images_per_class`` images for every class, batched, same
   classes and seeds; reports α (image tokens per target forward), TVD per image, our FID (Fréchet
@@ -30,17 +35,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images-per-class", type=int, default=24)
+    ap.add_argument("--images-per-class", type=int, default=26)
     ap.add_argument("--speed-images", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=52)
     import cascade_kernels as ck
 
-    ap.add_argument("--tree", default="small", choices=[*ck.NAMED_TREES, "dynamic"],
-                    help="small (6 drafted nodes) by default: the CPU target is compute bound, so every drafted "
-                         "node costs a target token's FLOPs")
-    ap.add_argument("--cfg", type=float, default=2.0)
+    ap.add_argument("--tree", default="eagle", choices=[*ck.NAMED_TREES, "dynamic"],
+                    help="eagle = EAGLE-1's static tree (mc_sim_7b_63, 26 drafted nodes), the paper's")
+    ap.add_argument("--drafting", choices=["without_replacement", "iid", "greedy"], default="without_replacement",
+                    help="sampled drafting without replacement (EAGLE-1, the paper's), i.i.d. sampled, or "
+                         "deterministic top-k children")
+    ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-k", type=int, default=None,
+                    help="default: the papers' 2000 of 16384 codes scaled to the codebook (ck.presets)")
+    ap.add_argument("--residuals", nargs="+", default=["transport"], choices=["transport", "standard", "peer"])
     ap.add_argument("--methods", nargs="+", default=["exact", "lantern", "lantern++", "gsd", "cool", "cascade",
                                                      "cascade-I", "cascade-C"])
     ap.add_argument("--sweep", default="0.85:0.625,0.85:0.5,0.8:0.5,0.7:0.4")
@@ -87,8 +96,13 @@ def main(argv=None):
     C = target.cfg.num_classes
     class_ids = torch.arange(C, device=dev).repeat_interleave(args.images_per_class)
     real, _ = heldout_crops()
+    V = target.cfg.vocab_size
+    if args.top_k is None:
+        args.top_k = ck.presets.get("cascade_llamagen").scaled_top_k(V)
     common = dict(tree=tree_arg(args.tree), cfg_scale=args.cfg or None, temperature=args.temperature,
-                  top_k=args.top_k, num_tokens=args.num_tokens)
+                  top_k=args.top_k, num_tokens=args.num_tokens, sampled=args.drafting != "greedy",
+                  draft_sampling="iid" if args.drafting == "greedy" else args.drafting)
+    real_feats = quality.classify(clf, real)[1]
 
     def quality_run(name, residual="transport", drafter_=drafter, **kw):
         toks, stats = [], []
@@ -99,19 +113,24 @@ def main(argv=None):
                              **common, **kw)
             toks.append(run.tokens)
             stats += run.stats
-        images = vq.decode(torch.cat(toks).clamp(0, target.cfg.vocab_size - 1))
+        images = vq.decode(torch.cat(toks).clamp(0, V - 1))
+        logits, feats = quality.classify(clf, images)
+        correct = (logits.argmax(-1).cpu() == class_ids.cpu()).float()
         row = {
             "method": name, "residual": residual,
-            "alpha": statistics.mean(s.alpha for s in stats),
+            **mean_ci("alpha", [s.alpha for s in stats]),
             "mean_accept_len": statistics.mean(statistics.mean(s.accept_lengths) if s.accept_lengths else 0.0
                                                for s in stats),
-            "tvd_per_image": statistics.mean(s.tvd for s in stats),
-            "fid": quality.our_fid(clf, images, real),
-            "class_fidelity": quality.class_fidelity(clf, images, class_ids),
+            **mean_ci("tvd_per_image", [s.tvd for s in stats]),
+            "tvd_per_step": statistics.mean(t for s in stats for t in s.step_tvd),
+            "steps_near_budget": statistics.mean(t >= 0.45 for s in stats for t in s.step_tvd),
+            "accept_by_depth": accept_by_depth(stats),
+            **fid_ci(feats, real_feats),
+            **mean_ci("class_fidelity", correct.tolist()),
             "quality_run_s": time.perf_counter() - t0,
         }
         row.update({k: v for k, v in kw.items() if k in ("tau_pos", "tau_seq")})
-        print(f"  {name:<10} {residual:<9} alpha={row['alpha']:.2f} fid={row['fid']:.2f} "
+        print(f"  {name:<10} {residual:<9} alpha={row['alpha']:.2f}±{row['alpha_ci95']:.2f} fid={row['fid']:.2f} "
               f"fidelity={row['class_fidelity']:.3f} tvd/img={row['tvd_per_image']:.3f} "
               f"({row['quality_run_s']:.0f}s)", file=sys.stderr)
         return row
@@ -134,8 +153,7 @@ def main(argv=None):
         rows = [quality_run("ar")]
         configs = {("ar", "-"): ("ar", "transport", {})}
         for name in args.methods:
-            residuals = ["transport"] if name == "exact" else ["transport", "standard"]
-            for residual in residuals:
+            for residual in args.residuals[:1] if name == "exact" else args.residuals:
                 rows.append(quality_run(name, residual))
                 configs[(name, residual)] = (name, residual, {})
         print("speed run (batch 1) ...", file=sys.stderr)
@@ -163,7 +181,8 @@ def main(argv=None):
                     "device": device_name, "torch_threads": args.threads},
         "versions": {"torch": torch.__version__, "cascade_kernels": ck.__version__},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
-        "images_per_method": len(class_ids), "drafter": main_drafter_name,
+        "images_per_method": len(class_ids), "drafter": main_drafter_name, "vocab": V,
+        "regime": regime(wdir),
         "alpha_definition": "image tokens per target forward, prefill included (AR = 1)",
         "methods": rows, "cascade_sweep": sweep, "drafters": drafter_rows,
     }
@@ -173,6 +192,42 @@ def main(argv=None):
             json.dump(result, f, indent=2)
         return result
     return finish(result, args.out, tag)
+
+
+def regime(weights_dir) -> dict:
+    """The shipped target's and drafter's measured regime, from weights/training_log.json."""
+    path = os.path.join(weights_dir, "training_log.json")
+    log = json.load(open(path)) if os.path.exists(path) else {}
+    t, d = log.get("target", {}), log.get("drafter_eagle", {})
+    out = {"target mean per-position entropy (nats)": t.get("mean_entropy_nats"),
+           "target mean top-1 probability": t.get("mean_top1_prob"),
+           "drafter top-1 agreement": d.get("top1_agreement"), "drafter mean Σ min(p, q)": d.get("mean_min_pq")}
+    return {k: round(v, 3) for k, v in out.items() if isinstance(v, float)}
+
+
+def mean_ci(key: str, values) -> dict:
+    """{key: mean, key_ci95: 1.96 standard errors} over per-image values."""
+    values = [float(v) for v in values]
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {key: statistics.mean(values), f"{key}_ci95": 1.96 * sd / len(values) ** 0.5}
+
+
+def fid_ci(feats: torch.Tensor, real_feats: torch.Tensor, resamples: int = 20, seed: int = 0) -> dict:
+    """Our FID of the generated images' classifier features against the held-out real ones, and the
+    2.5 / 97.5 percentiles over bootstrap resamples of the generated images."""
+    from cascade_lab.quality import frechet_distance
+
+    fid = frechet_distance(feats.numpy(), real_feats.numpy())
+    g = torch.Generator().manual_seed(seed)
+    boot = sorted(frechet_distance(feats[torch.randint(0, len(feats), (len(feats),), generator=g)].numpy(),
+                                   real_feats.numpy()) for _ in range(resamples))
+    return {"fid": fid, "fid_boot_lo": boot[int(0.025 * resamples)], "fid_boot_hi": boot[int(0.975 * resamples) - 1]}
+
+
+def accept_by_depth(stats, max_depth: int = 8) -> list:
+    """Fraction of verification steps that accepted at least d draft tokens, d = 1 .. max_depth."""
+    lengths = [a for s in stats for a in s.accept_lengths]
+    return [round(sum(a >= d for a in lengths) / max(1, len(lengths)), 4) for d in range(1, max_depth + 1)]
 
 
 def finish(result, out, tag):
@@ -186,32 +241,57 @@ def finish(result, out, tag):
     return result
 
 
+def goal_verdict(r) -> str:
+    """The project's goal: CASCADE α / Exact α >= 2 at our FID within 3 % of AR's."""
+    by = {m["method"]: m for m in r["methods"] if m["residual"] in ("transport", r["methods"][1]["residual"])}
+    if not {"ar", "exact", "cascade"} <= set(by):
+        return "Goal (CASCADE α / Exact α ≥ 2 at FID within 3 % of AR): not evaluated (a method is missing)."
+    ratio = by["cascade"]["alpha"] / by["exact"]["alpha"]
+    fid_gap = by["cascade"]["fid"] / by["ar"]["fid"] - 1
+    met = ratio >= 2 and fid_gap <= 0.03
+    return (f"Goal (CASCADE α / Exact α ≥ 2 at FID within 3 % of AR): **{'met' if met else 'missed'}** — "
+            f"CASCADE α / Exact α = {ratio:.2f}, CASCADE FID {by['cascade']['fid']:.2f} vs AR {by['ar']['fid']:.2f} "
+            f"({100 * fid_gap:+.1f} %).")
+
+
 def markdown(r) -> str:
     ar = r["methods"][0]
     lines = [f"# End-to-end comparison ({r['machine']['device']}, {r['images_per_method']} images per method)", "",
              f"Command: `{r['command']}`  ", f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
              f"torch {r['versions']['torch']} ({r['machine']['torch_threads']} thread(s))  ",
-             f"α = {r['alpha_definition']}; speedup = AR's median batch-1 wall time per image / the method's, "
+             f"Configuration: tree `{r['settings']['tree']}`, drafting `{r['settings']['drafting']}`, top-k "
+             f"{r['settings']['top_k']} of {r['vocab']} codes, CFG {r['settings']['cfg']}, temperature "
+             f"{r['settings']['temperature']}, drafter `{r['drafter']}`  ",
+             f"α = {r['alpha_definition']}; ± = 95 % interval (1.96 standard errors over images; FID: bootstrap "
+             "2.5–97.5 % of the generated set); speedup = AR's median batch-1 wall time per image / the method's, "
              "same process, interleaved.", "",
-             "| method | residual | α | α / Exact α | speedup (B=1) | TVD / image | our FID | FID vs AR | class fidelity |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | residual | α | α / Exact α | speedup (B=1) | TVD / image | TVD / step | steps ≥ 0.45 TVD "
+             "| our FID | FID vs AR | class fidelity | P(accept ≥ 1, 2, 3, 4) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     exact_alpha = next((m["alpha"] for m in r["methods"] if m["method"] == "exact"), float("nan"))
     for m in r["methods"]:
-        lines.append(f"| {m['method']} | {m['residual'] if m['method'] != 'ar' else '-'} | {m['alpha']:.2f} | "
-                     f"{m['alpha'] / exact_alpha:.2f} | {m['speedup_b1']:.2f} | {m['tvd_per_image']:.3f} | "
-                     f"{m['fid']:.2f} | {100 * (m['fid'] / ar['fid'] - 1):+.1f}% | {m['class_fidelity']:.3f} |")
+        depth = ", ".join(f"{x:.2f}" for x in m["accept_by_depth"][:4])
+        lines.append(f"| {m['method']} | {m['residual'] if m['method'] != 'ar' else '-'} | "
+                     f"{m['alpha']:.2f} ± {m['alpha_ci95']:.2f} | {m['alpha'] / exact_alpha:.2f} | "
+                     f"{m['speedup_b1']:.2f} | {m['tvd_per_image']:.2f} ± {m['tvd_per_image_ci95']:.2f} | "
+                     f"{m['tvd_per_step']:.3f} | {m['steps_near_budget']:.2f} | {m['fid']:.2f} [{m['fid_boot_lo']:.2f}, {m['fid_boot_hi']:.2f}] | "
+                     f"{100 * (m['fid'] / ar['fid'] - 1):+.1f}% | {m['class_fidelity']:.3f} ± "
+                     f"{m['class_fidelity_ci95']:.3f} | {depth} |")
+    lines += ["", goal_verdict(r)]
+    if r.get("regime"):
+        lines += ["", "Regime of the shipped model: " + ", ".join(f"{k} {v}" for k, v in r["regime"].items())]
     if r["cascade_sweep"]:
-        lines += ["", "CASCADE threshold sweep (transport residual, eps 0.5):", "",
+        lines += ["", "CASCADE threshold sweep (TVD budget 0.5):", "",
                   "| tau_pos | tau_seq | α | TVD / image | our FID | class fidelity |", "|---|---|---|---|---|---|"]
         for m in r["cascade_sweep"]:
-            lines.append(f"| {m['tau_pos']} | {m['tau_seq']} | {m['alpha']:.2f} | {m['tvd_per_image']:.3f} | "
-                         f"{m['fid']:.2f} | {m['class_fidelity']:.3f} |")
+            lines.append(f"| {m['tau_pos']} | {m['tau_seq']} | {m['alpha']:.2f} ± {m['alpha_ci95']:.2f} | "
+                         f"{m['tvd_per_image']:.2f} | {m['fid']:.2f} | {m['class_fidelity']:.3f} |")
     if r["drafters"]:
         lines += ["", "Drafters (standard EAGLE loss vs CASCADE Eq. 4):", "",
                   "| drafter | method | α | our FID | class fidelity |", "|---|---|---|---|---|"]
         for m in r["drafters"]:
-            lines.append(f"| {m['drafter']} | {m['method']} | {m['alpha']:.2f} | {m['fid']:.2f} | "
-                         f"{m['class_fidelity']:.3f} |")
+            lines.append(f"| {m['drafter']} | {m['method']} | {m['alpha']:.2f} ± {m['alpha_ci95']:.2f} | "
+                         f"{m['fid']:.2f} | {m['class_fidelity']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,7 @@ class DynamicTree:
 class SequenceStats:
     tokens: int = 0  # image tokens generated
     accept_lengths: List[int] = field(default_factory=list)  # per verification step
+    step_tvd: List[float] = field(default_factory=list)  # per verification step (the verify output's tvd)
     target_forwards: int = 0  # including the prefill
     tvd: float = 0.0  # sum of per-step tvd
     wall_time: float = 0.0  # the batch's wall time divided by B
@@ -373,6 +374,7 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
             for b in torch.nonzero(active).flatten().tolist():
                 stats[b].target_forwards += 1
                 stats[b].accept_lengths.append(0)
+                stats[b].step_tvd.append(0.0)
             root = res.next_token
             _append(out, count, root.unsqueeze(1), torch.zeros(B, dtype=torch.int64, device=dev), bar)
             step += 1
@@ -398,7 +400,8 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
             for b in torch.nonzero(active).flatten().tolist():
                 stats[b].target_forwards += 1
                 stats[b].accept_lengths.append(int(res.accept_len[b]))
-                stats[b].tvd += float(res.tvd[b])
+                stats[b].step_tvd.append(float(res.tvd[b]))
+                stats[b].tvd += stats[b].step_tvd[-1]
             n_acc = res.accept_len.long()
             path_tokens = torch.gather(tokens, 1, nodes.clamp(min=0))[:, 1:]  # accepted draft tokens
             emitted = torch.cat([path_tokens, torch.zeros(B, 1, dtype=torch.int64, device=dev)], 1)

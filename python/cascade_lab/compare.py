@@ -2,6 +2,7 @@
 end-to-end benchmark (``benchmarks/e2e.py``)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -10,28 +11,27 @@ import torch
 
 import cascade_kernels as ck
 
-# name -> (constructor, uses the relaxed residual option)
 METHODS = ["ar", "exact", "lantern", "lantern++", "gsd", "cool", "cascade", "cascade-I", "cascade-C"]
+# method name -> the ck.presets entry whose thresholds it uses (docs/METHODS.md gives their sources)
+PRESET_OF = {"exact": "eagle1_exact", "lantern": "lantern", "lantern++": "lantern_pp", "gsd": "gsd_cascade_paper",
+             "cool": "cool_sd", "cascade": "cascade_llamagen", "cascade-I": "cascade_llamagen",
+             "cascade-C": "cascade_llamagen"}
 
 
-def build_method(name: str, codebook: torch.Tensor, tau_pos: float = 0.85, tau_seq: float = 0.5, eps: float = 0.5):
-    """The verify method object for a method name (None for plain AR decoding)."""
+def build_method(name: str, codebook: torch.Tensor, tau_pos: float | None = None, tau_seq: float | None = None):
+    """The verify method object for a method name (None for plain AR decoding): the thresholds of the
+    method's paper preset (``PRESET_OF``); CASCADE-I / -C keep only interchange / convergence, and
+    ``tau_pos`` / ``tau_seq`` override CASCADE's thresholds (the threshold sweep)."""
     if name == "ar":
         return None
-    if name == "exact":
-        return ck.Exact()
-    if name in ("lantern", "lantern++"):
-        k = 1000 if name == "lantern" else 10
-        neighbors = ck.lantern_neighbors(codebook.float(), min(k, codebook.shape[0] - 1))
-        return ck.Lantern(neighbors, delta=0.1) if name == "lantern" else ck.Lantern(neighbors, lam=5.0)
-    if name == "gsd":
-        return ck.GSD()
-    if name == "cool":
-        return ck.Cool()
+    if name not in PRESET_OF:
+        raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+    method = ck.presets.get(PRESET_OF[name]).method(codebook.float())
     if name.startswith("cascade"):
-        return ck.Cascade(tau_pos=tau_pos, tau_seq=tau_seq, eps=eps, use_interchange=name != "cascade-C",
-                          use_convergence=name != "cascade-I")
-    raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+        method = dataclasses.replace(method, use_interchange=name != "cascade-C", use_convergence=name != "cascade-I",
+                                     tau_pos=method.tau_pos if tau_pos is None else tau_pos,
+                                     tau_seq=method.tau_seq if tau_seq is None else tau_seq)
+    return method
 
 
 @dataclass
@@ -59,12 +59,14 @@ class MethodRun:
 
 def run_method(target, drafter, codebook, name: str, class_ids: torch.Tensor, *, residual="transport",
                tree="eagle", cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0, seed=0, sampled=False,
-               tau_pos=0.85, tau_seq=0.5, eps=None, progress=False, num_tokens=256) -> MethodRun:
+               draft_sampling="iid", tau_pos=None, tau_seq=None, eps=None, progress=False,
+               num_tokens=256) -> MethodRun:
     method = build_method(name, codebook, tau_pos, tau_seq)
     out = ck.generate(target, class_ids, drafter=None if method is None else drafter, method=method or ck.Exact(),
                       num_tokens=num_tokens, tree=tree, sampled_drafting=sampled, cfg_scale=cfg_scale,
                       temperature=temperature, top_k=top_k, top_p=top_p, residual=residual, eps=eps,
-                      seed=[seed + b for b in range(len(class_ids))], progress=progress)
+                      draft_sampling=draft_sampling if sampled else "iid", seed=[seed + b for b in range(len(class_ids))],
+                      progress=progress)
     wall = sum(s.wall_time for s in out.stats)
     return MethodRun(name, residual, out.tokens, out.stats, wall)
 

@@ -11,7 +11,7 @@ import torch
 
 from . import data
 from .loaders import load_classifier, load_target, load_vq
-from .quality import class_fidelity, classify, our_fid, per_position_entropy
+from .quality import class_fidelity, our_fid, per_position_entropy
 from .sample import sample_tokens
 from .tokens import heldout_tokens
 from .weights import WEIGHTS_DIR
@@ -20,11 +20,11 @@ from .weights import WEIGHTS_DIR
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-class", type=int, default=16)
-    ap.add_argument("--cfg", type=float, default=2.0)
+    ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", default=None, help="weights dir (default: the shipped cascade_lab/weights)")
     ap.add_argument("--grid", default=os.path.join(WEIGHTS_DIR, "samples_ar.png"))
     ap.add_argument("--grid-per-class", type=int, default=6)
@@ -59,7 +59,7 @@ def main(argv=None):
         json.dump(allres, f, indent=2)
     if a.grid:
         g = torch.cat([imgs[c * a.per_class: c * a.per_class + a.grid_per_class] for c in range(data.NUM_CLASSES)])
-        data.save_grid(g, a.grid, nrow=a.grid_per_class)
+        data.save_grid(g, a.grid, nrow=a.grid_per_class, row_labels=data.CLASS_NAMES)
         print("grid:", a.grid)
 
 

@@ -68,9 +68,9 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--cfg", type=float, default=2.0)
+    ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--weights", default=None, help="weights dir (default: the shipped cascade_lab/weights)")
     ap.add_argument("--out", default="samples_ar.png")
     a = ap.parse_args(argv)
@@ -83,7 +83,7 @@ def main(argv=None):
     imgs = sample_images(target, vq, cls, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                          cfg_scale=a.cfg, seed=a.seed)
     # one row per class: per_class samples
-    data.save_grid(imgs, a.out, nrow=a.per_class)
+    data.save_grid(imgs, a.out, nrow=a.per_class, row_labels=data.CLASS_NAMES)
     print("saved", a.out)
 
 

@@ -1,6 +1,7 @@
 """Token datasets (VQ-encoded crops) cached in the run dir."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
@@ -17,15 +18,23 @@ def encode_batches(vq, images, bs=128, desc=None):
     return torch.cat(out)
 
 
+def vq_fingerprint(vq) -> str:
+    """Short hash of the tokenizer's weights: token caches made by another tokenizer are never reused."""
+    h = hashlib.sha256()
+    for v in vq.state_dict().values():
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def train_tokens(vq, n: int, seed: int, run_dir: str):
-    """n random training crops (seeded), VQ-encoded. Returns (ids [n,256], class_ids [n])."""
-    path = os.path.join(run_dir, f"train_tokens_n{n}_s{seed}.pt")
+    """n random training images (seeded), VQ-encoded. Returns (ids [n,256], class_ids [n])."""
+    path = os.path.join(run_dir, f"train_tokens_n{n}_s{seed}_vq{vq_fingerprint(vq)}.pt")
     if os.path.exists(path):
         d = torch.load(path)
         return d["ids"], d["cls"]
     gen = torch.Generator().manual_seed(seed)
     ids, cls = [], []
-    for i in tqdm(range(0, n, 512), desc="encode train crops"):
+    for i in tqdm(range(0, n, 512), desc="encode training images"):
         x, c = data.random_crops(min(512, n - i), gen)
         ids.append(encode_batches(vq, x)); cls.append(c)
     ids, cls = torch.cat(ids), torch.cat(cls)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import torch
-from tqdm import tqdm
 
 from .drafter import LOSSES, Drafter
 from .loaders import load_target, load_vq
 from .tokens import heldout_tokens, train_tokens
-from .weights import WEIGHTS_DIR, DEFAULT_RUN_DIR, Checkpointer, record_training, save_weights, set_cosine_lr
+from .train_loop import run_training
+from .weights import WEIGHTS_DIR, DEFAULT_RUN_DIR, record_training, save_weights
 
 
 def batch_io(target, ids, cls):
@@ -46,7 +45,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--n-train", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-budget", type=float, default=0)
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--weights", default=None, help="where the target/vq are loaded from (default: shipped)")
@@ -64,49 +63,26 @@ def main(argv=None):
     drafter = Drafter.from_target(target)
     opt = torch.optim.AdamW([p for p in drafter.parameters() if p.requires_grad], lr=a.lr,
                             betas=(0.9, 0.95), weight_decay=0.0)
-    ck = Checkpointer(run_dir)
     gen = torch.Generator().manual_seed(a.seed + 2)
-    step, wall, hist = 0, 0.0, []
-    st = ck.load()
-    if st is not None:
-        drafter.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); gen.set_state(st["gen"])
-        step, wall, hist = st["step"], st["wall"], st["hist"]
-        print(f"resumed from step {step}")
-    t0 = time.time() - wall
-    bar = tqdm(range(step, a.steps), initial=step, total=a.steps, desc=f"drafter[{a.loss}]")
-    done, parts = step, {}
-    for step in bar:
-        drafter.train()
-        set_cosine_lr(opt, a.lr, step, a.steps, a.warmup, t0, a.time_budget)
+
+    def step_loss(step):
         idx = torch.randint(0, len(ids), (a.batch,), generator=gen)
         tok, f, ft, lt = batch_io(target, ids[idx], target.drop_classes(cls[idx], gen))
         ld, fd = drafter(tok, f)
         loss, parts = loss_fn(fd, ld, ft, lt)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{float(loss):.4f}", **{k: f"{v:.4f}" for k, v in parts.items()})
-        done = step + 1
-        if done % 25 == 0:
-            hist.append((done, round(float(loss), 4)))
-        stop = bool(a.time_budget) and time.time() - t0 > a.time_budget
-        if done % 50 == 0 or done == a.steps or stop:
-            ck.save(dict(model=drafter.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
-                         step=done, wall=time.time() - t0, hist=hist))
-        if stop:
-            print(f"time budget reached at step {done}")
-            break
-    wall = time.time() - t0
+        return loss, {k: float(v) for k, v in parts.items()}
+
+    res = run_training(drafter, opt, step_loss, steps=a.steps, lr=a.lr, run_dir=run_dir, generator=gen,
+                       desc=f"drafter[{a.loss}]", warmup=a.warmup, time_budget=a.time_budget)
     drafter.eval()
     ev = evaluate(drafter, target, vids, vcls)
-    print(f"held-out top-1 agreement {ev['top1_agreement']:.3f}, mean sum min(p,q) {ev['mean_min_pq']:.3f}, wall {wall:.0f}s")
+    print(f"held-out top-1 agreement {ev['top1_agreement']:.3f}, mean sum min(p,q) {ev['mean_min_pq']:.3f}, wall {res.wall_time_s:.0f}s")
     if not a.no_export:
         name = f"drafter_{a.loss}.pt"
         save_weights(name, drafter.state_dict(), drafter.cfg.to_dict())
-        record_training(f"drafter_{a.loss}", dict(loss=a.loss, steps_done=done, steps_planned=a.steps, batch=a.batch,
-                                                  lr=a.lr, seed=a.seed, wall_time_s=round(wall, 1),
-                                                  final_loss_parts=parts, loss_history=hist, **ev))
+        record_training(f"drafter_{a.loss}", dict(loss=a.loss, steps_done=res.steps_done, steps_planned=a.steps,
+                                                  batch=a.batch, lr=a.lr, seed=a.seed, wall_time_s=res.wall_time_s,
+                                                  final_loss_parts=res.parts, loss_history=res.history, **ev))
 
 
 if __name__ == "__main__":

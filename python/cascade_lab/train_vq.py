@@ -1,17 +1,16 @@
-"""Train the VQ-VAE tokenizer.  python -m cascade_lab.train_vq [--steps N] [--run-dir DIR]"""
+"""Train the VQ-VAE tokenizer.
+python -m cascade_lab.train_vq [--steps N] [--codes K] [--init-from FILE] [--time-budget S] [--run-dir DIR]"""
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import time
 
 import torch
-from tqdm import tqdm
 
 from . import data
+from .train_loop import run_training
 from .vq import VQVAE, psnr
-from .weights import DEFAULT_RUN_DIR, Checkpointer, record_training, save_weights
+from .weights import DEFAULT_RUN_DIR, record_training, save_weights
 
 
 @torch.no_grad()
@@ -26,18 +25,35 @@ def eval_psnr(model: VQVAE) -> tuple[float, float]:
     return psnr(torch.cat(recs), x), len(used) / model.num_codes
 
 
+def load_encoder_decoder(model: VQVAE, path: str) -> None:
+    """Start from the encoder/decoder of a checkpoint (``ckpt.pt``, key "model") or a shipped weight
+    file (key "state"); codebook tensors are skipped (the codebook size may differ)."""
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    sd = obj.get("model", obj.get("state"))
+    sd = {k: v.float() for k, v in sd.items() if not k.startswith("codebook.")}
+    missing = [k for k in model.load_state_dict(sd, strict=False).missing_keys if not k.startswith("codebook.")]
+    if missing:
+        raise ValueError(f"--init-from {path}: missing encoder/decoder tensors {missing}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--codes", type=int, default=512)
+    ap.add_argument("--codes", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--time-budget", type=float, default=0)
     ap.add_argument("--run-dir", default=os.path.join(DEFAULT_RUN_DIR, "vq"))
-    ap.add_argument("--init-from", default=None, help="checkpoint (ckpt.pt) whose model weights start this run; "
-                    "the codebook is then re-initialised by k-means on encoder outputs (--kmeans-crops crops)")
+    ap.add_argument("--init-from", default=None, help="checkpoint or weight file whose encoder/decoder start this "
+                    "run (default: random init); either way the codebook starts as k-means centroids of encoder "
+                    "outputs on --kmeans-crops images")
     ap.add_argument("--kmeans-crops", type=int, default=1024)
+    ap.add_argument("--kmeans-refresh", default="100,250",
+                    help="steps at which the codebook is re-fitted by k-means to the (still moving) encoder: an "
+                         "EMA codebook fitted to the untrained encoder collapses onto a few codes once the encoder's "
+                         "outputs grow")
     ap.add_argument("--no-export", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -45,49 +61,41 @@ def main(argv=None):
     cfg = dict(num_codes=a.codes, code_dim=32, ch=32)
     model = VQVAE(**cfg)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    ck = Checkpointer(a.run_dir)
     gen = torch.Generator().manual_seed(a.seed)
-    step, wall = 0, 0.0
-    st = ck.load()
-    if st is not None:
-        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"]); step, wall = st["step"], st["wall"]
-        print(f"resumed from step {step}")
-    if st is None and a.init_from:
-        model.load_state_dict(torch.load(a.init_from, map_location="cpu", weights_only=False)["model"])
+
+    refresh = {int(s) for s in a.kmeans_refresh.split(",") if s}
+
+    def fit_codebook():
         x, _ = data.random_crops(a.kmeans_crops, gen)
         with torch.no_grad():
             z = torch.cat([model._flat(model.enc(x[i:i + 128])) for i in range(0, len(x), 128)])
-        model.codebook.kmeans_init(z[torch.randperm(len(z), generator=gen)[:65536]], generator=gen)
-        print("k-means codebook init from", a.init_from, "usage", eval_psnr(model))
-    t0 = time.time() - wall
-    bar = tqdm(range(step, a.steps), initial=step, total=a.steps, desc="vq")
-    rec_l = com_l = float("nan")
-    for step in bar:
-        model.train()
-        lr = a.lr * 0.5 * (1 + math.cos(math.pi * step / a.steps))
-        for g in opt.param_groups:
-            g["lr"] = lr
+        model.codebook.kmeans_init(z[torch.randperm(len(z), generator=gen)[:65536]], iters=10, generator=gen)
+
+    def fresh_start():
+        if a.init_from:
+            load_encoder_decoder(model, a.init_from)
+        fit_codebook()
+
+    def step_loss(step):
+        if step in refresh:
+            fit_codebook()
+            psnr_db, usage = eval_psnr(model)
+            print(f"step {step}: codebook re-fitted by k-means: held-out PSNR {psnr_db:.2f} dB, usage {usage:.1%}")
+            model.train()
         x, _ = data.random_crops(a.batch, gen)
         rec, _, commit = model(x)
-        rec_l = (rec - x).pow(2).mean()
-        loss = rec_l + 0.25 * commit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        rec_l, com_l = float(rec_l), float(commit)
-        bar.set_postfix(mse=f"{rec_l:.4f}", commit=f"{com_l:.4f}")
-        if (step + 1) % 100 == 0 or step + 1 == a.steps:
-            ck.save(dict(model=model.state_dict(), opt=opt.state_dict(), gen=gen.get_state(),
-                         step=step + 1, wall=time.time() - t0))
-    wall = time.time() - t0
+        mse = (rec - x).pow(2).mean()
+        return mse + 0.25 * commit, dict(mse=float(mse), commit=float(commit))
+
+    res = run_training(model, opt, step_loss, steps=a.steps, lr=a.lr, run_dir=a.run_dir, generator=gen,
+                       desc="vq", time_budget=a.time_budget, fresh_start=fresh_start)
     p, usage = eval_psnr(model)
-    print(f"held-out PSNR {p:.2f} dB, codebook usage {usage:.2%}, wall {wall:.0f}s")
+    print(f"held-out PSNR {p:.2f} dB, codebook usage {usage:.2%}, wall {res.wall_time_s:.0f}s")
     if not a.no_export:
         save_weights("vq.pt", model.state_dict(), cfg)
-        record_training("vq", dict(steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed, wall_time_s=round(wall, 1),
-                                   final_train_mse=rec_l, final_commit=com_l,
+        record_training("vq", dict(steps_done=res.steps_done, steps_planned=a.steps, batch=a.batch, lr=a.lr,
+                                   seed=a.seed, codes=a.codes, init_from=a.init_from, wall_time_s=res.wall_time_s,
+                                   final_parts=res.parts, loss_history=res.history,
                                    heldout_psnr_db=round(p, 3), codebook_usage=round(usage, 4)))
 
 

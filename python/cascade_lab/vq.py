@@ -21,7 +21,7 @@ class ResBlock(nn.Module):
 
 
 class EMACodebook(nn.Module):
-    def __init__(self, num_codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5, dead_threshold: float = 1.0):
+    def __init__(self, num_codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5, dead_threshold: float = 0.05):
         super().__init__()
         self.num_codes, self.dim, self.decay, self.eps = num_codes, dim, decay, eps
         self.dead_threshold = dead_threshold
@@ -64,7 +64,9 @@ class EMACodebook(nn.Module):
                 tot = self.cluster_size.sum()
                 cs = (self.cluster_size + self.eps) / (tot + self.num_codes * self.eps) * tot
                 self.embed.copy_(self.embed_sum / cs[:, None])
-                # dead-code restart: codes with tiny usage jump to random encoder outputs
+                # dead-code restart: a code whose EMA usage fell below dead_threshold (0.05: unused for ~300
+                # steps at decay 0.99) jumps to a random encoder output. A threshold near the mean usage
+                # (1.0 with 4096 codes and 8192 vectors per batch) thrashes the codebook every step.
                 dead = self.cluster_size < self.dead_threshold
                 nd = int(dead.sum())
                 if nd > 0:

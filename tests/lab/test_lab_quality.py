@@ -52,6 +52,27 @@ def test_data_split_disjoint_and_deterministic():
     g = torch.Generator().manual_seed(0)
     b, cb = data.random_crops(16, g)
     assert torch.equal(a, b) and torch.equal(ca, cb)
-    for group in data.photos():  # the held-out strip is wide enough and train region is non-empty
-        for img in group:
-            assert img.shape[2] - data.HELDOUT_W >= data.CROP
+    again = data.render(c1, torch.Generator().manual_seed(data.HELDOUT_SEED), heldout=True)
+    assert torch.equal(again, x1)  # the held-out set is a pure function of its seed
+    assert a.min() >= -1 and a.max() <= 1 and not torch.equal(a, x1[:16])
+
+
+def test_background_windows_respect_the_split():
+    """Training backgrounds come from left of the held-out strip, held-out ones from inside it."""
+    g = torch.Generator().manual_seed(1)
+    for img in data.photos():
+        _, h, w = img.shape
+        assert w - data.HELDOUT_W >= data.CROP and h >= data.CROP
+        for u in torch.rand(200, 3, generator=g).tolist() + [[0.0, 0.0, 0.0], [0.999, 0.999, 0.999]]:
+            y, x, size = data.background_window(h, w, u, heldout=False)
+            assert size >= data.CROP and 0 <= y and y + size <= h and 0 <= x and x + size <= w - data.HELDOUT_W
+            y, x, size = data.background_window(h, w, u, heldout=True)
+            assert size >= data.CROP and 0 <= y and y + size <= h and w - data.HELDOUT_W <= x and x + size <= w
+
+
+def test_every_class_template_is_a_visible_object():
+    masks, first, count = data.templates()
+    assert len(first) == data.NUM_CLASSES == len(data.CLASS_NAMES)
+    for c in range(data.NUM_CLASSES):
+        for m in masks[first[c]:first[c] + count[c]]:
+            assert 0.05 < float(m.mean()) < 0.8  # something drawn, not a filled square
