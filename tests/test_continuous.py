@@ -271,7 +271,8 @@ def test_accept_temperature_tempers_the_acceptance_test_only():
     same = hot.accept_len == exact.accept_len
     assert 0 < int(same.sum()) < B
     assert torch.equal(hot.next[same], exact.next[same]) and torch.equal(hot.proposals[same], exact.proposals[same])
-    assert all(torch.equal(a, b) for a, b in zip(exact, verify_continuous(draft, p, q, seed=seed, accept_temperature=1)))
+    one = verify_continuous(draft, p, q, seed=seed, accept_temperature=1)
+    assert all(torch.equal(a, b) for a, b in zip(exact, one))
 
 
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the interpreter's max over NaN params

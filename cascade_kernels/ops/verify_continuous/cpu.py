@@ -16,7 +16,8 @@ __all__ = ["verify_continuous_cpu"]
 
 
 def verify_continuous_cpu(draft: torch.Tensor, draft_dist: GaussianMixture, target_dist: GaussianMixture,
-                          seed: torch.Tensor, max_proposals: int, inv_temperature: float = 1.0) -> ContinuousVerifyOutput:
+                          seed: torch.Tensor, max_proposals: int,
+                          inv_temperature: float = 1.0) -> ContinuousVerifyOutput:
     """Validated inputs (float32 contiguous CPU tensors, see api.py) -> ContinuousVerifyOutput."""
     B, L, D = draft.shape
     p, q = draft_dist, target_dist

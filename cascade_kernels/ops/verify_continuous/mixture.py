@@ -98,7 +98,8 @@ class GaussianMixture:
         return mixture_log_prob(self.logits, self.means, self.log_scales, x)
 
     @classmethod
-    def gaussians(cls, means: torch.Tensor, log_scales: torch.Tensor, *, check_finite: bool = True) -> "GaussianMixture":
+    def gaussians(cls, means: torch.Tensor, log_scales: torch.Tensor, *,
+                  check_finite: bool = True) -> "GaussianMixture":
         """One diagonal Gaussian per batch element (``K = 1``): ``means``, ``log_scales [*batch, D]``."""
         for name, t in (("means", means), ("log_scales", log_scales)):
             if not isinstance(t, torch.Tensor):

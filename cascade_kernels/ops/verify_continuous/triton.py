@@ -157,7 +157,8 @@ assert (philox.CONT_ACCEPT, philox.CONT_COMPONENT, philox.CONT_NORMAL, philox.CO
 
 
 def verify_continuous_triton(draft: torch.Tensor, draft_dist: GaussianMixture, target_dist: GaussianMixture,
-                             seed: torch.Tensor, max_proposals: int, inv_temperature: float = 1.0) -> ContinuousVerifyOutput:
+                             seed: torch.Tensor, max_proposals: int,
+                             inv_temperature: float = 1.0) -> ContinuousVerifyOutput:
     """Validated inputs (float32 contiguous tensors on one device, see api.py) -> ContinuousVerifyOutput."""
     B, L, D = draft.shape
     p, q = draft_dist, target_dist
