@@ -14,6 +14,7 @@ it: ``exact`` = ``verify_continuous`` with the true mixture densities (drafts dr
 drafter's mixture, compared with draws from the target's mixture); ``drafter`` = the drafter's
 sampler alone; ``floor`` = two independent samples of the target's sampler (the estimator's bias).
 """
+import math
 import os
 import platform
 import subprocess
@@ -122,7 +123,8 @@ def main():
         f"torch {torch.__version__}, one thread (`torch.set_num_threads(1)`), git {commit}",
         "",
         f"Heads: `diffusion_toy.MixtureDiffusion` ({target.num_steps} steps, last-step standard deviation "
-        f"{float(torch.tensor(target._log_std[0]).exp()):.5f}), target and shifted drafter of "
+        f"{math.exp(target.sample(target.noise((1,), torch.Generator())).log_std[0, 0]):.5f}), target and "
+        "shifted drafter of "
         "`benchmarks/bench_cspd.py` (`HEADS`). "
         f"{N_SAMPLES} sequences of L = {L} drafts per row, seeds fixed; the default backend (`cpu`). "
         "TVD = `histogram_tvd` of the emitted first tokens against "
