@@ -11,7 +11,8 @@ from .ops.process_logits import process_logits
 from .ops.similarity_sets import similarity_sets
 from .ops.tree_buffers import tree_buffers
 from .ops.verify import verify
-from .ops.verify_continuous import ContinuousVerifyOutput, GaussianMixture, verify_continuous
+from .ops.verify_continuous import (ContinuousVerifyOutput, GaussianMixture, cspd_prefill_len, verify_continuous,
+                                   verify_cspd)
 from .trees import (DEEP_CHOICES, MC_SIM_7B_63, NAMED_TREES, SMALL_CHOICES, Tree, lantern_neighbors, named_tree,
                     prepare_tree, tree_from_choices)
 from .types import (STATUS_BAD_TOKEN, STATUS_EMPTY_RESIDUAL, STATUS_NONFINITE_DRAFT, STATUS_NONFINITE_TARGET,
@@ -21,6 +22,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "verify", "verify_continuous", "GaussianMixture", "ContinuousVerifyOutput", "process_logits", "tree_buffers", "similarity_sets", "available_backends",
+    "verify_cspd", "cspd_prefill_len",
     "prepare_tree", "Tree", "generate", "DynamicTree", "GenerateOutput", "SequenceStats", "cascade_drafter_loss",
     "Exact", "Lantern", "GSD", "Cascade", "Cool",
     "tree_from_choices", "named_tree", "lantern_neighbors", "MC_SIM_7B_63", "DEEP_CHOICES", "SMALL_CHOICES",

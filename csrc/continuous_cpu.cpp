@@ -67,13 +67,14 @@ struct Prepared {
     }
 };
 
-// log sum_k softmax(lg)_k N(x; mu_k, exp(ls_k)^2) as mixture.mixture_log_prob; `pre` = prepare(g).
-float log_prob(const Mix& g, int64_t D, const float* x, Prepared& pre) {
+// log sum_k softmax(lg)_k N(x; mu_k, exp(ls_k)^2) as mixture.mixture_log_prob; `pre` = prepare(g);
+// inv_t: the acceptance test's 1 / accept_temperature (1 elsewhere: an exact product).
+float log_prob(const Mix& g, int64_t D, const float* x, Prepared& pre, float inv_t = 1.f) {
     float* t = pre.t.data();
     for (int64_t k = 0; k < g.K; ++k) {
         float c = 0.f;
         for (int64_t d = 0; d < D; ++d) {
-            const float z = (x[d] - g.mu[k * D + d]) * pre.inv_scale[k * D + d];
+            const float z = (x[d] - g.mu[k * D + d]) * pre.inv_scale[k * D + d] * inv_t;
             c += -0.5f * z * z - g.ls[k * D + d];
         }
         t[k] = pre.log_w[k] + (c - static_cast<float>(D) * kHalfLog2Pi);
@@ -129,7 +130,7 @@ void verify_one(const ContinuousParams& P, int64_t b, Prepared& pp, Prepared& pq
         if (!tgt_ok || !drf_ok) break;
         pq.prepare(q, D);  // still prepared for the residual sampler if this draft is rejected
         pp.prepare(p, D);
-        const float ratio = log_prob(q, D, x, pq) - log_prob(p, D, x, pp);
+        const float ratio = log_prob(q, D, x, pq, P.inv_t) - log_prob(p, D, x, pp, P.inv_t);
         const float u = uniform(seed, STREAM_CONT_ACCEPT, s);
         if (!(ratio >= 0.f || u < std::exp(ratio))) break;  // NaN ratio: rejected
     }
@@ -206,9 +207,10 @@ void register_continuous(py::module_& m) {
         [](int64_t B, int64_t L, int64_t D, int64_t M, uintptr_t draft, int64_t Kp, uintptr_t p_logits,
            uintptr_t p_means, uintptr_t p_log_scales, int64_t Kq, uintptr_t q_logits, uintptr_t q_means,
            uintptr_t q_log_scales, uintptr_t seeds, uintptr_t accept_len, uintptr_t next, uintptr_t proposals,
-           uintptr_t status, int num_threads) {
+           uintptr_t status, int num_threads, float inv_t) {
             ck::ContinuousParams P;
             P.B = B; P.L = L; P.D = D; P.M = M;
+            P.inv_t = inv_t;
             P.draft = ptr<const float>(draft);
             P.p = {ptr<const float>(p_logits), ptr<const float>(p_means), ptr<const float>(p_log_scales), L, Kp};
             P.q = {ptr<const float>(q_logits), ptr<const float>(q_means), ptr<const float>(q_log_scales), L + 1, Kq};

@@ -19,6 +19,7 @@ struct Mixtures {  // contiguous float32 [B, P, K], [B, P, K, D], [B, P, K, D]
 
 struct ContinuousParams {
     int64_t B = 0, L = 0, D = 0, M = 0;
+    float inv_t = 1.f;             // 1 / accept_temperature (float32), the acceptance test only
     const float* draft = nullptr;  // [B, L, D]
     Mixtures p, q;                 // p: P = L, q: P = L + 1
     const int64_t* seeds = nullptr;  // [B]

@@ -245,6 +245,36 @@ def test_backend_parity_exercised_every_branch():
     assert min(_coverage.values()) > 0, _coverage
 
 
+@pytest.mark.parametrize("T", [0.3, 42.0])
+def test_backend_parity_accept_temperature(T):
+    names = _parity_backends()
+    if len(names) < 2:
+        pytest.skip("only the reference backend is available")
+    draft, p, q = _random_case(3, 4, 2, 3, 2, seed=31)
+    outs = [(n, verify_continuous(draft, p, q, seed=torch.arange(3) + 5, max_proposals=8, accept_temperature=T,
+                                  backend=n)) for n in names]
+    _assert_same(outs)
+
+
+def test_accept_temperature_tempers_the_acceptance_test_only():
+    """accept_temperature = T stops where exact verification of the mixtures with every scale
+    multiplied by T stops; the token after the stop is the untempered one (residual / bonus draw)."""
+    B, L, T = 400, 3, 2.5
+    draft, p, q = _random_case(B, L, 2, 3, 2, seed=21)
+    widen = lambda g: GaussianMixture(g.logits, g.means, g.log_scales + np.log(T))  # noqa: E731
+    seed = torch.arange(B) + 1
+    hot = verify_continuous(draft, p, q, seed=seed, accept_temperature=T)
+    wide = verify_continuous(draft, widen(p), widen(q), seed=seed)
+    exact = verify_continuous(draft, p, q, seed=seed)
+    assert torch.equal(hot.accept_len, wide.accept_len)
+    assert float(hot.accept_len.float().mean()) > float(exact.accept_len.float().mean())  # T > 1 accepts more
+    same = hot.accept_len == exact.accept_len
+    assert 0 < int(same.sum()) < B
+    assert torch.equal(hot.next[same], exact.next[same]) and torch.equal(hot.proposals[same], exact.proposals[same])
+    one = verify_continuous(draft, p, q, seed=seed, accept_temperature=1)
+    assert all(torch.equal(a, b) for a, b in zip(exact, one))
+
+
 @pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # the interpreter's max over NaN params
 def test_nonfinite_inputs_set_status_on_every_backend():
     B, L, K, D = 5, 3, 2, 2
@@ -383,5 +413,10 @@ def test_verify_validation_names_the_argument():
         verify_continuous(draft, p, q, max_proposals=2**28)
     with pytest.raises(TypeError, match="^seed"):
         verify_continuous(draft, p, q, seed=1.5)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), 1e-50):
+        with pytest.raises(ValueError, match="^accept_temperature"):
+            verify_continuous(draft, p, q, accept_temperature=bad)
+    with pytest.raises(TypeError, match="^accept_temperature must be a number"):
+        verify_continuous(draft, p, q, accept_temperature="42")
     with pytest.raises(ValueError, match="^backend must be one of"):
         verify_continuous(draft, p, q, backend="gpu")

@@ -1,6 +1,9 @@
 """Public entry point: exact speculative verification of chains of continuous tokens (docs/CONTINUOUS.md)."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from ... import _backend
@@ -25,7 +28,8 @@ def _check_mixture(g, name: str, batch, D: int, device) -> GaussianMixture:
 
 
 def verify_continuous(draft: torch.Tensor, draft_dist: GaussianMixture, target_dist: GaussianMixture, *,
-                      seed=0, max_proposals: int = 64, backend: str = "auto") -> ContinuousVerifyOutput:
+                      seed=0, max_proposals: int = 64, accept_temperature: float = 1.0,
+                      backend: str = "auto") -> ContinuousVerifyOutput:
     """Verify ``B`` chains of ``L`` drafted continuous tokens exactly (docs/CONTINUOUS.md).
 
     Args:
@@ -38,6 +42,10 @@ def verify_continuous(draft: torch.Tensor, draft_dist: GaussianMixture, target_d
         seed: int (the same Philox key for every sequence) or int64 tensor ``[B]``. Sequences that
             share a seed share their uniforms: give independent sequences different seeds.
         max_proposals: bound on the residual sampler's proposals (``>= 1``).
+        accept_temperature: ``T > 0``; the acceptance test compares the two densities with every
+            component's scales multiplied by ``T`` (the residual sampler and the bonus draw do not).
+            ``1`` (default) is exact speculative sampling; any other value is approximate: the
+            CSpD criterion for diffusion heads (``verify_cspd``, docs/CONTINUOUS.md).
         backend: ``"auto"`` (CPU tensors: ``"cpu"`` when ``cascade_kernels._C`` imports, else
             ``"reference"``; CUDA tensors: ``"triton"``), ``"reference"``, ``"cpu"``, ``"triton"``.
 
@@ -56,6 +64,13 @@ def verify_continuous(draft: torch.Tensor, draft_dist: GaussianMixture, target_d
     p = _check_mixture(draft_dist, "draft_dist", (B, L), D, draft.device)
     q = _check_mixture(target_dist, "target_dist", (B, L + 1), D, draft.device)
     check_number(max_proposals, "max_proposals", lo=1, integer=True)
+    check_number(accept_temperature, "accept_temperature", lo=0.0, lo_open=True)
+    # float32 1/T, the same value on every backend; a T whose inverse is not a positive finite float32 is refused.
+    with np.errstate(over="ignore"):
+        inv_temperature = float(np.float32(1.0 / accept_temperature))
+    if not 0.0 < inv_temperature < math.inf:
+        raise ValueError(f"accept_temperature = {accept_temperature!r}: 1 / accept_temperature is not a "
+                         f"positive finite float32")
     # Philox indices (docs/CONTINUOUS.md) reach 2 ((L + 1) M D) - 1: keep them, and K * D offsets, in int32.
     if 2 * (L + 1) * max_proposals * D > _INT32_MAX:
         raise ValueError(f"max_proposals = {max_proposals} with L = {L}, D = {D} overflows the int32 "
@@ -64,4 +79,4 @@ def verify_continuous(draft: torch.Tensor, draft_dist: GaussianMixture, target_d
         raise ValueError(f"K * D = {max(p.K, q.K) * D} overflows int32")
     seed = check_seed(seed, B, draft.device)
     _, impl = _backend.resolve("verify_continuous", backend, draft.device)
-    return impl(draft.detach().to(torch.float32).contiguous(), p, q, seed, max_proposals)
+    return impl(draft.detach().to(torch.float32).contiguous(), p, q, seed, max_proposals, inv_temperature)

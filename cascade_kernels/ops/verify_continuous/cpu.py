@@ -16,7 +16,8 @@ __all__ = ["verify_continuous_cpu"]
 
 
 def verify_continuous_cpu(draft: torch.Tensor, draft_dist: GaussianMixture, target_dist: GaussianMixture,
-                          seed: torch.Tensor, max_proposals: int) -> ContinuousVerifyOutput:
+                          seed: torch.Tensor, max_proposals: int,
+                          inv_temperature: float = 1.0) -> ContinuousVerifyOutput:
     """Validated inputs (float32 contiguous CPU tensors, see api.py) -> ContinuousVerifyOutput."""
     B, L, D = draft.shape
     p, q = draft_dist, target_dist
@@ -26,5 +27,5 @@ def verify_continuous_cpu(draft: torch.Tensor, draft_dist: GaussianMixture, targ
     _C.verify_continuous(B, L, D, max_proposals, draft.data_ptr(),
                          p.K, p.logits.data_ptr(), p.means.data_ptr(), p.log_scales.data_ptr(),
                          q.K, q.logits.data_ptr(), q.means.data_ptr(), q.log_scales.data_ptr(),
-                         seed.data_ptr(), *(t.data_ptr() for t in out), torch.get_num_threads())
+                         seed.data_ptr(), *(t.data_ptr() for t in out), torch.get_num_threads(), inv_temperature)
     return out

@@ -97,6 +97,18 @@ class GaussianMixture:
             raise ValueError(f"x must have shape [..., D={self.D}], got {tuple(x.shape)}")
         return mixture_log_prob(self.logits, self.means, self.log_scales, x)
 
+    @classmethod
+    def gaussians(cls, means: torch.Tensor, log_scales: torch.Tensor, *,
+                  check_finite: bool = True) -> "GaussianMixture":
+        """One diagonal Gaussian per batch element (``K = 1``): ``means``, ``log_scales [*batch, D]``."""
+        for name, t in (("means", means), ("log_scales", log_scales)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() < 1:
+                raise ValueError(f"{name} must have shape [*batch, D], got a 0-d tensor")
+        return cls(torch.zeros(means.shape[:-1] + (1,), device=means.device), means.unsqueeze(-2),
+                   log_scales.unsqueeze(-2), check_finite=check_finite)
+
 
 class ContinuousVerifyOutput(NamedTuple):
     accept_len: torch.Tensor  # [B] int32: drafts accepted (0..L)
@@ -105,16 +117,19 @@ class ContinuousVerifyOutput(NamedTuple):
     status: torch.Tensor  # [B] int32: STATUS_* bits
 
 
-def mixture_log_prob(logits, means, log_scales, x):
+def mixture_log_prob(logits, means, log_scales, x, inv_temperature: float = 1.0):
     """``log sum_k softmax(logits)_k N(x; means_k, diag(exp(log_scales_k))^2)`` in float32.
 
-    Order of operations (shared by every backend): ``z = (x - mu) * exp(-ls)``;
+    Order of operations (shared by every backend): ``z = (x - mu) * exp(-ls) * inv_temperature``;
     component ``c_k = sum_d(-0.5 z^2 - ls) - D * 0.5 log(2 pi)``; ``log_softmax(logits) + c`` reduced
-    by log-sum-exp (``-inf`` when every term is ``-inf``).
+    by log-sum-exp (``-inf`` when every term is ``-inf``). ``inv_temperature`` (a float32 value,
+    ``1 / accept_temperature``) is the acceptance test's tempering: with ``1.0`` the product is exact,
+    so the untempered density is unchanged; otherwise every component's scales are multiplied by
+    the temperature, less the constant ``D log T`` (it cancels in a ratio of two densities).
     """
     logits, means, log_scales = (t.to(torch.float32) for t in (logits, means, log_scales))
     x = x.to(torch.float32)
-    z = (x.unsqueeze(-2) - means) * torch.exp(-log_scales)
+    z = (x.unsqueeze(-2) - means) * torch.exp(-log_scales) * inv_temperature
     comp = (-0.5 * z * z - log_scales).sum(-1) - means.shape[-1] * HALF_LOG_2PI
     return torch.logsumexp(torch.log_softmax(logits, dim=-1) + comp, dim=-1)
 

@@ -22,20 +22,23 @@ def _at(g: GaussianMixture, rows, pos):
 
 
 def verify_continuous_reference(draft: torch.Tensor, draft_dist: GaussianMixture, target_dist: GaussianMixture,
-                                seed: torch.Tensor, max_proposals: int) -> ContinuousVerifyOutput:
+                                seed: torch.Tensor, max_proposals: int,
+                                inv_temperature: float = 1.0) -> ContinuousVerifyOutput:
     """Validated inputs: ``draft [B, L, D]`` float32, float32 mixtures with batch shapes [B, L] and
-    [B, L+1], ``seed [B]`` int64, ``max_proposals >= 1``."""
+    [B, L+1], ``seed [B]`` int64, ``max_proposals >= 1``, ``inv_temperature`` the float32 value of
+    ``1 / accept_temperature`` (the acceptance test only)."""
     B, L, D = draft.shape
     M = max_proposals
     dev = draft.device
     rows = torch.arange(B, device=dev)
     p, q = draft_dist, target_dist
 
-    # The walk: draft i is accepted iff its position is valid and u_i < exp(min(0, log q - log p)).
+    # The walk: draft i is accepted iff its position is valid and u_i < exp(min(0, log q - log p)),
+    # both densities tempered by accept_temperature.
     ok_t = params_finite(q.logits, q.means, q.log_scales)  # [B, L+1]
     ok_d = params_finite(p.logits, p.means, p.log_scales) & torch.isfinite(draft).all(-1)  # [B, L]
-    ratio = (mixture_log_prob(q.logits[:, :L], q.means[:, :L], q.log_scales[:, :L], draft)
-             - mixture_log_prob(p.logits, p.means, p.log_scales, draft))
+    ratio = (mixture_log_prob(q.logits[:, :L], q.means[:, :L], q.log_scales[:, :L], draft, inv_temperature)
+             - mixture_log_prob(p.logits, p.means, p.log_scales, draft, inv_temperature))
     u = philox.uniform(seed.unsqueeze(1), philox.CONT_ACCEPT, torch.arange(L, device=dev))
     accept = ok_t[:, :L] & ok_d & ((ratio >= 0) | (u < torch.exp(ratio)))  # NaN ratio: rejected
     s = accept.to(torch.int64).cumprod(1).sum(1)  # stopping position, 0..L

@@ -47,12 +47,12 @@ def _finite(lg_ptr, mu_ptr, ls_ptr, K, D, BK: tl.constexpr, BD: tl.constexpr):
 
 
 @triton.jit
-def _log_prob(lg_ptr, mu_ptr, ls_ptr, K, D, y, BK: tl.constexpr, BD: tl.constexpr):
-    """mixture.mixture_log_prob at ``y [BD]``."""
+def _log_prob(lg_ptr, mu_ptr, ls_ptr, K, D, y, inv_t, BK: tl.constexpr, BD: tl.constexpr):
+    """mixture.mixture_log_prob at ``y [BD]`` (``inv_t``: its ``inv_temperature``)."""
     lg, mu, ls, km, m2 = _mix_tiles(lg_ptr, mu_ptr, ls_ptr, K, D, BK, BD)
     m = tl.max(lg, 0)
     lse = tl.log(tl.sum(tl.where(km, tl.exp(lg - m), 0.0), 0))
-    z = (y[None, :] - mu) * tl.exp(-ls)
+    z = (y[None, :] - mu) * tl.exp(-ls) * inv_t
     c = tl.sum(tl.where(m2, -0.5 * z * z - ls, 0.0), 1)
     t = tl.where(km, (lg - m - lse) + (c - D * HALF_LOG_2PI), -float("inf"))
     mt = tl.max(t, 0)
@@ -88,7 +88,7 @@ def _propose(lg_ptr, mu_ptr, ls_ptr, K, D, seed, n, BK: tl.constexpr, BD: tl.con
 
 @triton.jit
 def _verify_continuous_kernel(x_ptr, pl_ptr, pm_ptr, ps_ptr, ql_ptr, qm_ptr, qs_ptr, seed_ptr,
-                              acc_ptr, next_ptr, prop_ptr, status_ptr, L, D, M, KP, KQ,
+                              acc_ptr, next_ptr, prop_ptr, status_ptr, L, D, M, KP, KQ, inv_t,
                               BKP: tl.constexpr, BKQ: tl.constexpr, BD: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     seed = tl.load(seed_ptr + b)
@@ -109,8 +109,8 @@ def _verify_continuous_kernel(x_ptr, pl_ptr, pm_ptr, ps_ptr, ql_ptr, qm_ptr, qs_
         x_ok = tl.sum(tl.where(dm & ~(tl.abs(x) < float("inf")), 1, 0), 0) == 0
         tgt_ok = _finite(ql_ptr + qr * KQ, qm_ptr + qr * KQD, qs_ptr + qr * KQD, KQ, D, BKQ, BD)
         drf_ok = _finite(pl_ptr + pr * KP, pm_ptr + pr * KPD, ps_ptr + pr * KPD, KP, D, BKP, BD) & x_ok.to(tl.int32)
-        ratio = (_log_prob(ql_ptr + qr * KQ, qm_ptr + qr * KQD, qs_ptr + qr * KQD, KQ, D, x, BKQ, BD)
-                 - _log_prob(pl_ptr + pr * KP, pm_ptr + pr * KPD, ps_ptr + pr * KPD, KP, D, x, BKP, BD))
+        ratio = (_log_prob(ql_ptr + qr * KQ, qm_ptr + qr * KQD, qs_ptr + qr * KQD, KQ, D, x, inv_t, BKQ, BD)
+                 - _log_prob(pl_ptr + pr * KP, pm_ptr + pr * KPD, ps_ptr + pr * KPD, KP, D, x, inv_t, BKP, BD))
         u = _lane0(tl.rand(seed, s + (3 << 32) + lanes))  # CONT_ACCEPT
         acc = (tgt_ok == 1) & (drf_ok == 1) & ((ratio >= 0.0) | (u < tl.exp(ratio)))  # NaN: rejected
         running = acc.to(tl.int32)
@@ -131,8 +131,8 @@ def _verify_continuous_kernel(x_ptr, pl_ptr, pm_ptr, ps_ptr, ql_ptr, qm_ptr, qs_
     j = tl.full([], 0, tl.int64)
     while (done == 0) & (j < M):
         y, ur = _propose(ql_ptr + qr * KQ, qm_ptr + qr * KQD, qs_ptr + qr * KQD, KQ, D, seed, s * M + j, BKQ, BD)
-        d = (_log_prob(pl_ptr + pr * KP, pm_ptr + pr * KPD, ps_ptr + pr * KPD, KP, D, y, BKP, BD)
-             - _log_prob(ql_ptr + qr * KQ, qm_ptr + qr * KQD, qs_ptr + qr * KQD, KQ, D, y, BKQ, BD))
+        d = (_log_prob(pl_ptr + pr * KP, pm_ptr + pr * KPD, ps_ptr + pr * KPD, KP, D, y, 1.0, BKP, BD)
+             - _log_prob(ql_ptr + qr * KQ, qm_ptr + qr * KQD, qs_ptr + qr * KQD, KQ, D, y, 1.0, BKQ, BD))
         r = tl.where(d < 0.0, 1.0 - tl.exp(d), 0.0)
         better = r > best_r
         best = tl.where(better, y, best)
@@ -157,7 +157,8 @@ assert (philox.CONT_ACCEPT, philox.CONT_COMPONENT, philox.CONT_NORMAL, philox.CO
 
 
 def verify_continuous_triton(draft: torch.Tensor, draft_dist: GaussianMixture, target_dist: GaussianMixture,
-                             seed: torch.Tensor, max_proposals: int) -> ContinuousVerifyOutput:
+                             seed: torch.Tensor, max_proposals: int,
+                             inv_temperature: float = 1.0) -> ContinuousVerifyOutput:
     """Validated inputs (float32 contiguous tensors on one device, see api.py) -> ContinuousVerifyOutput."""
     B, L, D = draft.shape
     p, q = draft_dist, target_dist
@@ -168,7 +169,7 @@ def verify_continuous_triton(draft: torch.Tensor, draft_dist: GaussianMixture, t
                                  torch.empty(B, dtype=torch.int32, device=dev))
     _verify_continuous_kernel[(B,)](
         draft, p.logits, p.means, p.log_scales, q.logits, q.means, q.log_scales, seed.contiguous(), *out,
-        L, D, max_proposals, p.K, q.K,
+        L, D, max_proposals, p.K, q.K, inv_temperature,
         BKP=triton.next_power_of_2(p.K), BKQ=triton.next_power_of_2(q.K), BD=triton.next_power_of_2(D),
         num_warps=1,
     )
