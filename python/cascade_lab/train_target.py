@@ -9,6 +9,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import data
 from .loaders import load_vq
 from .model import TargetConfig, Transformer
 from .tokens import heldout_tokens, train_tokens
@@ -59,7 +60,7 @@ def main(argv=None):
     vq = load_vq()
     ids, cls = train_tokens(vq, a.n_train, a.seed, os.path.join(DEFAULT_RUN_DIR, "tokens"))
     vids, vcls = heldout_tokens(vq)
-    cfg = TargetConfig(vocab_size=vq.num_codes, dim=a.dim, n_layers=a.layers, n_heads=a.heads,
+    cfg = TargetConfig(vocab_size=vq.num_codes, num_classes=data.NUM_CLASSES, dim=a.dim, n_layers=a.layers, n_heads=a.heads,
                        mlp_hidden=int(round(a.dim * 8 / 3 / 16)) * 16)
     model = Transformer(cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cascade_lab.drafter import Drafter
+from cascade_lab.quality import Classifier
 from cascade_lab.model import TargetConfig, Transformer
 from cascade_lab.vq import VQVAE
 from cascade_lab.weights import save_weights
@@ -23,6 +24,8 @@ def tiny_weights(tmp_path_factory):
     save_weights("target.pt", target.state_dict(), tcfg.to_dict(), d)
     drafter = Drafter.from_target(target)
     save_weights("drafter_eagle.pt", drafter.state_dict(), drafter.cfg.to_dict(), d)
+    clf_cfg = dict(num_classes=3, ch=4, feat_dim=8)
+    save_weights("classifier.pt", Classifier(**clf_cfg).state_dict(), clf_cfg, d)
     return d
 
 
@@ -45,3 +48,28 @@ def test_demo_writes_png_and_json(tiny_weights, tmp_path):
     assert ar["alpha"] == pytest.approx(1.0) and ar["speedup"] == pytest.approx(1.0)
     assert exact["alpha"] >= 1.0 and exact["target_forwards"] <= 256
     assert all(t >= 0 for m in stats["methods"] for t in m["tvd_per_image"])
+
+
+def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
+    """benchmarks/e2e.py in two parts plus --merge: one table with AR first, confidence intervals,
+    acceptance by depth and the goal verdict."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "e2e.py")
+    spec = importlib.util.spec_from_file_location("e2e_bench", path)
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    common = ["--weights", tiny_weights, "--out", str(tmp_path), "--images-per-class", "2", "--speed-images", "1",
+              "--num-tokens", "16", "--batch", "4", "--drafters", "drafter_eagle.pt", "--part", "methods"]
+    e2e.main(common + ["--methods", "exact", "--part-name", "a"])
+    e2e.main(common + ["--methods", "cascade", "--part-name", "b"])
+    result = e2e.main(["--out", str(tmp_path), "--merge", "a", "b"])
+    assert [m["method"] for m in result["methods"]] == ["ar", "exact", "cascade"]
+    assert result["settings"]["top_k"] == max(1, round(2000 * 16 / 16384))  # the papers' top-k, scaled
+    for m in result["methods"]:
+        assert m["images"] == 6 and m["alpha"] >= 1.0 and m["alpha_ci95"] >= 0.0
+        assert m["fid_boot_lo"] <= m["fid_boot_hi"] and 0.0 <= m["class_fidelity"] <= 1.0
+        assert all(0.0 <= p <= 1.0 for p in m["accept_by_depth"])
+        assert list(m["accept_by_depth"]) == sorted(m["accept_by_depth"], reverse=True)
+    text = open(os.path.join(tmp_path, "e2e_cpu.md")).read()
+    assert "CASCADE α / Exact α =" in text and "| cascade |" in text

@@ -11,7 +11,7 @@ from cascade_lab.weights import WEIGHTS_DIR, load_weights, sha256_file
 
 torch.set_num_threads(2)
 
-PSNR_FLOOR_DB = 18.5  # measured: 19.87 dB on all 360 held-out crops (weights/training_log.json)
+PSNR_FLOOR_DB = 23.5  # measured: 24.76 dB on all 500 held-out images (weights/training_log.json)
 
 
 def test_checksums_match():
@@ -22,7 +22,7 @@ def test_checksums_match():
         assert name in sums, name
         assert sha256_file(os.path.join(WEIGHTS_DIR, name)) == sums[name], name
     total = sum(os.path.getsize(os.path.join(WEIGHTS_DIR, f)) for f in os.listdir(WEIGHTS_DIR))
-    assert total < 40e6
+    assert total < 50e6  # issue 16: shipped weights <= 50 MB
 
 
 def test_corrupt_and_missing_give_named_error(tmp_path):
@@ -87,4 +87,4 @@ def test_load_pretrained_drafter_shapes():
                                     bufs.mask, bufs.position_ids)
     assert dl.shape == (2, 3, p.target.cfg.vocab_size) and df.shape == (2, 3, p.target.cfg.dim)
     torch.testing.assert_close(p.drafter.head.weight, p.target.head.weight)
-    assert p.classifier(torch.zeros(1, 3, 64, 64)).shape == (1, 8)
+    assert p.classifier(torch.zeros(1, 3, 64, 64)).shape == (1, data.NUM_CLASSES)
