@@ -14,9 +14,29 @@ struct RowStats {
     int64_t n_nan;  // NaN entries
 };
 
+// A target or drafter row read in place: the guided logit g = c (no CFG) or u + s * (c - u), the scaled
+// logit x = g (T == 1) or (g - m) / T (m = the row's max g, CONTRACT §2), the weight exp(x - shift) with
+// shift = m (T == 1) or 0 (the scaled row's max). Every kernel below computes these with the same float32
+// operations in the same order, so a weight recomputed later equals the one summed earlier, bit for bit.
+struct RowSrc {
+    const void* c;
+    const void* u;  // nullptr without CFG
+    int dtype;      // DT_F32, DT_BF16 or DT_F16
+    float s, T, m, shift;
+};
+
 struct Kernels {
-    // out[i] = g_i / T with g = guided logit (float32): c (no CFG) or u + s * (c - u).
-    RowStats (*prep_row)(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V);
+    // max and NaN count of the guided row (read only).
+    RowStats (*row_max)(const void* c, const void* u, int dtype, float s, int64_t V);
+    // sum of the weights over [0, V) (float32 lanes, reduced in lane order); *dsum = the float64 sum.
+    float (*row_exp_sum)(const RowSrc& r, int64_t V, double* dsum);
+    // dst[i] = (((w_i / divs[0]) / divs[1]) ...) over [0, V) (ndiv >= 0; w_i = the weight).
+    void (*row_exp_div)(const RowSrc& r, const float* divs, int ndiv, float* dst, int64_t V);
+    // Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count.
+    int64_t (*row_compact_ge)(const RowSrc& r, float t, int64_t V, float* vals, int32_t* idx);
+    // The scaled logit and the weight of one entry.
+    float (*row_scaled_at)(const RowSrc& r, int64_t i);
+    float (*row_weight_at)(const RowSrc& r, int64_t i);
     // a[i] = exp(a[i] - m); returns the sum (lane order); *dsum (if not null) = the same sum in float64.
     float (*exp_sum)(float* a, float m, int64_t n, double* dsum);
     // dst[i] = src[i] / d over [lo, hi); returns the sum of dst.
@@ -30,10 +50,6 @@ struct Kernels {
     float (*max_div)(const float* src, float d, int64_t lo, int64_t hi);
     // dst[i] = src[i] >= t ? src[i] : 0 over [0, n); returns the sum of dst (top-p keep).
     float (*keep_ge_sum)(const float* src, float t, float* dst, int64_t n);
-    // sum of src[i] / d over [lo, hi) (block sums of the inverse CDF).
-    float (*sum_div)(const float* src, float d, int64_t lo, int64_t hi);
-    // Appends (a[i], i) for every a[i] >= t to vals / idx in index order; returns the count.
-    int64_t (*compact_ge)(const float* a, float t, int64_t n, float* vals, int32_t* idx);
     // dst[i] = (((src[i] / divs[0]) / divs[1]) ...) over [lo, hi) (ndiv >= 0); returns the float64 sum of dst.
     double (*chain_div)(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi);
     // sum of a[i] * b[i] in float64 (lane order).

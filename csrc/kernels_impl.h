@@ -49,7 +49,7 @@ static inline float k_load(const void* base, int64_t i) {
 }
 
 template <int DT, bool CFG>
-static RowStats k_prep_row_t(const void* c, const void* u, float s, float* out, int64_t V) {
+static RowStats k_row_max_t(const void* c, const void* u, float s, int64_t V) {
     float m = -__builtin_inff();
     int64_t nn = 0;
 #pragma omp simd reduction(max : m) reduction(+ : nn)
@@ -59,7 +59,6 @@ static RowStats k_prep_row_t(const void* c, const void* u, float s, float* out, 
             const float un = k_load<DT>(u, i);
             g = un + s * (g - un);
         }
-        out[i] = g;
         const bool isnan = g != g;
         nn += isnan ? 1 : 0;
         const float gv = isnan ? -__builtin_inff() : g;
@@ -68,24 +67,26 @@ static RowStats k_prep_row_t(const void* c, const void* u, float s, float* out, 
     return RowStats{m, nn};
 }
 
-// Guidance, then temperature as (g - max g) / T (CONTRACT §2: a tiny T tends to greedy instead of
-// overflowing), with the row's max and NaN count; T == 1 leaves g as it is (the softmax subtracts the max).
-static RowStats k_prep_row(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V) {
+static RowStats k_row_max(const void* c, const void* u, int dtype, float s, int64_t V) {
     const bool cfg = u != nullptr;
-    RowStats st;
     switch (dtype) {
-        case 0: st = cfg ? k_prep_row_t<0, true>(c, u, s, out, V) : k_prep_row_t<0, false>(c, u, s, out, V); break;
-        case 1: st = cfg ? k_prep_row_t<1, true>(c, u, s, out, V) : k_prep_row_t<1, false>(c, u, s, out, V); break;
-        default: st = cfg ? k_prep_row_t<2, true>(c, u, s, out, V) : k_prep_row_t<2, false>(c, u, s, out, V);
+        case 0: return cfg ? k_row_max_t<0, true>(c, u, s, V) : k_row_max_t<0, false>(c, u, s, V);
+        case 1: return cfg ? k_row_max_t<1, true>(c, u, s, V) : k_row_max_t<1, false>(c, u, s, V);
+        default: return cfg ? k_row_max_t<2, true>(c, u, s, V) : k_row_max_t<2, false>(c, u, s, V);
     }
-    if (T != 1.0f && st.n_nan == 0 && st.max > -__builtin_inff() && st.max < __builtin_inff()) {
-        const float m = st.max;
-#pragma omp simd
-        for (int64_t i = 0; i < V; ++i) out[i] = (out[i] - m) / T;
-        st.max = 0.0f;  // (m - m) / T
-    }
-    return st;
 }
+
+// The scaled logit of one entry (see RowSrc): guidance, then temperature as (g - max g) / T (CONTRACT §2).
+static float k_row_scaled_at(const RowSrc& r, int64_t i) {
+    float g = r.dtype == 0 ? k_load<0>(r.c, i) : (r.dtype == 1 ? k_load<1>(r.c, i) : k_load<2>(r.c, i));
+    if (r.u) {
+        const float un = r.dtype == 0 ? k_load<0>(r.u, i) : (r.dtype == 1 ? k_load<1>(r.u, i) : k_load<2>(r.u, i));
+        g = un + r.s * (g - un);
+    }
+    return r.T != 1.0f ? (g - r.m) / r.T : g;
+}
+
+static float k_row_weight_at(const RowSrc& r, int64_t i) { return k_exp(k_row_scaled_at(r, i) - r.shift); }
 
 #ifndef K_LANES
 #define K_LANES 8
@@ -120,6 +121,158 @@ static inline k_v8f k_exp8(k_v8f x) {
 }
 
 typedef double k_v8d __attribute__((vector_size(8 * K_LANES)));
+typedef uint16_t k_v8h __attribute__((vector_size(2 * K_LANES)));
+typedef uint32_t k_v8u __attribute__((vector_size(4 * K_LANES)));
+
+// K_LANES consecutive entries as float32 (k_load on each lane: identical results).
+template <int DT>
+static inline k_v8f k_loadv(const void* base, int64_t i) {
+    if (DT == 0) {
+        k_v8f x;
+        __builtin_memcpy(&x, static_cast<const float*>(base) + i, sizeof(x));
+        return x;
+    }
+    k_v8h h;
+    __builtin_memcpy(&h, static_cast<const uint16_t*>(base) + i, sizeof(h));
+    const k_v8u w = __builtin_convertvector(h, k_v8u);
+    if (DT == 1) return reinterpret_cast<k_v8f>(w << 16);
+    const k_v8u sign = (w & 0x8000u) << 16;
+    const k_v8u em = w & 0x7fffu;
+    k_v8u mb = reinterpret_cast<k_v8u>(reinterpret_cast<k_v8f>(em << 13) * 0x1p112f);
+    mb = (em >= 0x7c00u) ? (mb | 0x7f800000u) : mb;
+    return reinterpret_cast<k_v8f>(mb | sign);
+}
+
+// k_row_scaled_at on K_LANES lanes (the same operations).
+template <int DT, bool CFG, bool T1>
+static inline k_v8f k_scaledv(const RowSrc& r, int64_t i) {
+    k_v8f g = k_loadv<DT>(r.c, i);
+    if (CFG) {
+        const k_v8f un = k_loadv<DT>(r.u, i);
+        g = un + r.s * (g - un);
+    }
+    return T1 ? g : (g - r.m) / r.T;
+}
+
+// Calls F<dtype, cfg, T == 1>::run(r, args...).
+template <template <int, bool, bool> class F, typename... A>
+static inline auto k_dispatch(const RowSrc& r, A... a) -> decltype(F<0, false, false>::run(r, a...)) {
+    const int sel = (r.dtype == 1 ? 4 : (r.dtype == 2 ? 8 : 0)) + (r.u ? 2 : 0) + (r.T == 1.0f ? 1 : 0);
+    switch (sel) {
+        case 0: return F<0, false, false>::run(r, a...);
+        case 1: return F<0, false, true>::run(r, a...);
+        case 2: return F<0, true, false>::run(r, a...);
+        case 3: return F<0, true, true>::run(r, a...);
+        case 4: return F<1, false, false>::run(r, a...);
+        case 5: return F<1, false, true>::run(r, a...);
+        case 6: return F<1, true, false>::run(r, a...);
+        case 7: return F<1, true, true>::run(r, a...);
+        case 8: return F<2, false, false>::run(r, a...);
+        case 9: return F<2, false, true>::run(r, a...);
+        case 10: return F<2, true, false>::run(r, a...);
+        default: return F<2, true, true>::run(r, a...);
+    }
+}
+
+template <int DT, bool CFG, bool T1>
+struct KRowExpSum {
+    static float run(const RowSrc& r, int64_t n, double* dsum) {
+        k_v8f acc = k_bc(0.0f);
+        k_v8d dacc = k_v8d{} + 0.0;
+        int64_t i = 0;
+        for (; i + K_LANES <= n; i += K_LANES) {
+            const k_v8f e = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
+            acc += e;
+            dacc += __builtin_convertvector(e, k_v8d);
+        }
+        float s = 0.0f;
+        double ds = 0.0;
+        for (int l = 0; l < K_LANES; ++l) {
+            s += acc[l];
+            ds += dacc[l];
+        }
+        for (; i < n; ++i) {
+            const float e = k_row_weight_at(r, i);
+            s += e;
+            ds += e;
+        }
+        *dsum = ds;
+        return s;
+    }
+};
+
+// The same lane order as k_exp_sum on a materialised row of scaled logits.
+static float k_row_exp_sum(const RowSrc& r, int64_t n, double* dsum) { return k_dispatch<KRowExpSum>(r, n, dsum); }
+
+template <int DT, bool CFG, bool T1>
+struct KRowExpDiv {
+    static int run(const RowSrc& r, const float* divs, int ndiv, float* dst, int64_t n) {
+        int64_t i = 0;
+        for (; i + K_LANES <= n; i += K_LANES) {
+            k_v8f x = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
+            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+            __builtin_memcpy(dst + i, &x, sizeof(x));
+        }
+        for (; i < n; ++i) {
+            float x = k_row_weight_at(r, i);
+            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+            dst[i] = x;
+        }
+        return 0;
+    }
+};
+
+static void k_row_exp_div(const RowSrc& r, const float* divs, int ndiv, float* dst, int64_t n) {
+    k_dispatch<KRowExpDiv>(r, divs, ndiv, dst, n);
+}
+
+template <int DT, bool CFG, bool T1>
+struct KRowCompactGe {
+    static int64_t run(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx) {
+        int64_t c = 0, i = 0;
+#if defined(K_USE_AVX512)
+        const __m512 tv = _mm512_set1_ps(t);
+        const __m512i step = _mm512_set1_epi32(16);
+        __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (; i + 16 <= n; i += 16, iv = _mm512_add_epi32(iv, step)) {
+            const k_v8f xs = k_scaledv<DT, CFG, T1>(r, i);
+            __m512 x;
+            __builtin_memcpy(&x, &xs, sizeof(x));
+            const __mmask16 m = _mm512_cmp_ps_mask(x, tv, _CMP_GE_OQ);
+            if (m) {
+                // compress into a register, then a plain store (compress-to-memory is slow on some cores)
+                _mm512_storeu_ps(vals + c, _mm512_maskz_compress_ps(m, x));
+                _mm512_storeu_si512(reinterpret_cast<void*>(idx + c), _mm512_maskz_compress_epi32(m, iv));
+                c += __builtin_popcount(static_cast<unsigned>(m));
+            }
+        }
+#else
+        for (; i + K_LANES <= n; i += K_LANES) {
+            const k_v8f x = k_scaledv<DT, CFG, T1>(r, i);
+            const k_v8i m = x >= k_bc(t);
+            int any = 0;
+            for (int l = 0; l < K_LANES; ++l) any |= m[l];
+            if (!any) continue;
+            for (int l = 0; l < K_LANES; ++l) {
+                vals[c] = x[l];
+                idx[c] = static_cast<int32_t>(i + l);
+                c += m[l] ? 1 : 0;
+            }
+        }
+#endif
+        for (; i < n; ++i) {
+            const float x = k_row_scaled_at(r, i);
+            vals[c] = x;
+            idx[c] = static_cast<int32_t>(i);
+            c += x >= t ? 1 : 0;
+        }
+        return c;
+    }
+};
+
+static int64_t k_row_compact_ge(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx) {
+    return k_dispatch<KRowCompactGe>(r, t, n, vals, idx);
+}
 
 static float k_exp_sum(float* a, float m, int64_t n, double* dsum) {
     k_v8f acc = k_bc(0.0f);
@@ -157,45 +310,6 @@ static float k_exp_sum(float* a, float m, int64_t n, double* dsum) {
     }
     if (dsum) *dsum = ds;
     return s;
-}
-
-static int64_t k_compact_ge(const float* a, float t, int64_t n, float* vals, int32_t* idx) {
-    int64_t c = 0, i = 0;
-#if defined(K_USE_AVX512)
-    const __m512 tv = _mm512_set1_ps(t);
-    const __m512i step = _mm512_set1_epi32(16);
-    __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    for (; i + 16 <= n; i += 16, iv = _mm512_add_epi32(iv, step)) {
-        const __m512 x = _mm512_loadu_ps(a + i);
-        const __mmask16 m = _mm512_cmp_ps_mask(x, tv, _CMP_GE_OQ);
-        if (m) {
-            // compress into a register, then a plain store (compress-to-memory is slow on some cores)
-            _mm512_storeu_ps(vals + c, _mm512_maskz_compress_ps(m, x));
-            _mm512_storeu_si512(reinterpret_cast<void*>(idx + c), _mm512_maskz_compress_epi32(m, iv));
-            c += __builtin_popcount(static_cast<unsigned>(m));
-        }
-    }
-#else
-    for (; i + K_LANES <= n; i += K_LANES) {
-        k_v8f x;
-        __builtin_memcpy(&x, a + i, sizeof(x));
-        const k_v8i m = x >= k_bc(t);
-        int any = 0;
-        for (int l = 0; l < K_LANES; ++l) any |= m[l];
-        if (!any) continue;
-        for (int l = 0; l < K_LANES; ++l) {
-            vals[c] = x[l];
-            idx[c] = static_cast<int32_t>(i + l);
-            c += m[l] ? 1 : 0;
-        }
-    }
-#endif
-    for (; i < n; ++i) {
-        vals[c] = a[i];
-        idx[c] = static_cast<int32_t>(i);
-        c += a[i] >= t ? 1 : 0;
-    }
-    return c;
 }
 
 static double k_chain_div(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi) {
@@ -296,12 +410,6 @@ static float k_keep_ge_sum(const float* src, float t, float* dst, int64_t n) {
     return s;
 }
 
-static float k_sum_div(const float* src, float d, int64_t lo, int64_t hi) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = lo; i < hi; ++i) s += src[i] / d;
-    return s;
-}
-
-static const Kernels k_table = {k_prep_row, k_exp_sum,   k_div_sum,   k_sub_sum,   k_cool_sum, k_max_div,
-                                k_keep_ge_sum, k_sum_div, k_compact_ge, k_chain_div, k_dot_f64, K_ISA_NAME};
+static const Kernels k_table = {k_row_max,     k_row_exp_sum, k_row_exp_div, k_row_compact_ge, k_row_scaled_at,
+                                k_row_weight_at, k_exp_sum,   k_div_sum,     k_sub_sum,        k_cool_sum,
+                                k_max_div,     k_keep_ge_sum, k_chain_div,   k_dot_f64,        K_ISA_NAME};

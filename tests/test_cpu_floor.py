@@ -166,3 +166,38 @@ def test_huge_gsd_group_is_bounded_by_vocab():
                   seed=torch.tensor([0]))
     same(inputs, method=ck.GSD(G=2**40, dp=1.0), eps=1.0)
     same(inputs, method=ck.GSD(G=2**40, dp=1.0), eps=1.0, temperature=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("V", [37, 300, 4099])
+def test_rows_read_in_place_fuzz(dtype, V):
+    """The row statistics, q(x) and the final token are computed from the logits in place (vector body and
+    scalar tail, every dtype, with and without CFG and temperature): rows holding -inf, -0.0, subnormal
+    halves, values near the dtype's largest, and a few NaN / +inf rows (status), against the reference."""
+    g = torch.Generator().manual_seed(V + 7 * dtype.itemsize)
+    B = 6
+    parents = ck.tree_from_choices(ck.MC_SIM_7B_63)
+    N = parents.shape[0]
+    big = float(torch.finfo(dtype).max)
+    for trial in range(4):
+        cfg = trial % 2 == 1
+        rows = 2 * B if cfg else B
+        logits = torch.randn(rows, N, V, generator=g) * 3
+        pick = torch.rand(rows, N, V, generator=g)
+        logits[pick < 0.05] = -float("inf")
+        logits[(pick >= 0.05) & (pick < 0.08)] = -0.0
+        logits[(pick >= 0.08) & (pick < 0.10)] = 3e-7  # a float16 subnormal
+        if trial == 3:  # near the largest finite value (CFG of these may overflow: then not a distribution)
+            logits[(pick >= 0.10) & (pick < 0.11)] = big * 0.9
+        logits[0, 1, 5] = float("nan")
+        logits[1, 0, V - 1] = float("inf")
+        logits = logits.to(dtype)
+        tokens = torch.randint(-1, V, (B, N), generator=g)
+        for b in range(B):  # make some walks go deeper: the first child's token is its parent's argmax
+            for i in (1, 5):
+                tokens[b, i] = int(torch.nan_to_num(logits[b, 0].float(), nan=-float("inf")).argmax())
+        inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=torch.arange(B) + 31 * trial)
+        kw = dict(cfg_scale=1.7) if cfg else {}
+        for extra in (dict(), dict(temperature=0.6), dict(temperature=0), dict(top_k=5), dict(top_k=V),
+                      dict(top_k=3, temperature=1.3), dict(top_p=0.8)):
+            same(inputs, **kw, **extra)
