@@ -11,7 +11,7 @@ namespace ck {
 
 struct RowStats {
     float max;      // max over the non-NaN entries (-inf if none)
-    int64_t n_nan;  // NaN entries
+    bool has_nan;
 };
 
 // A target or drafter row read in place: the guided logit g = c (no CFG) or u + s * (c - u), the scaled
@@ -26,7 +26,7 @@ struct RowSrc {
 };
 
 struct Kernels {
-    // max and NaN count of the guided row (read only).
+    // max and NaN flag of the guided row (read only).
     RowStats (*row_max)(const void* c, const void* u, int dtype, float s, int64_t V);
     // sum of the weights over [0, V) (float32 lanes, reduced in lane order); *dsum = the float64 sum.
     float (*row_exp_sum)(const RowSrc& r, int64_t V, double* dsum);

@@ -48,33 +48,6 @@ static inline float k_load(const void* base, int64_t i) {
     return k_f16(static_cast<const uint16_t*>(base)[i]);
 }
 
-template <int DT, bool CFG>
-static RowStats k_row_max_t(const void* c, const void* u, float s, int64_t V) {
-    float m = -__builtin_inff();
-    int64_t nn = 0;
-#pragma omp simd reduction(max : m) reduction(+ : nn)
-    for (int64_t i = 0; i < V; ++i) {
-        float g = k_load<DT>(c, i);
-        if (CFG) {
-            const float un = k_load<DT>(u, i);
-            g = un + s * (g - un);
-        }
-        const bool isnan = g != g;
-        nn += isnan ? 1 : 0;
-        const float gv = isnan ? -__builtin_inff() : g;
-        m = gv > m ? gv : m;
-    }
-    return RowStats{m, nn};
-}
-
-static RowStats k_row_max(const void* c, const void* u, int dtype, float s, int64_t V) {
-    const bool cfg = u != nullptr;
-    switch (dtype) {
-        case 0: return cfg ? k_row_max_t<0, true>(c, u, s, V) : k_row_max_t<0, false>(c, u, s, V);
-        case 1: return cfg ? k_row_max_t<1, true>(c, u, s, V) : k_row_max_t<1, false>(c, u, s, V);
-        default: return cfg ? k_row_max_t<2, true>(c, u, s, V) : k_row_max_t<2, false>(c, u, s, V);
-    }
-}
 
 // The scaled logit of one entry (see RowSrc): guidance, then temperature as (g - max g) / T (CONTRACT §2).
 static float k_row_scaled_at(const RowSrc& r, int64_t i) {
@@ -172,6 +145,52 @@ static inline auto k_dispatch(const RowSrc& r, A... a) -> decltype(F<0, false, f
         case 10: return F<2, true, false>::run(r, a...);
         default: return F<2, true, true>::run(r, a...);
     }
+}
+
+// Max over the non-NaN guided logits (x > m is false for a NaN x) and whether any is NaN; four independent
+// accumulators (the max is order-independent).
+template <int DT, bool CFG, bool T1>
+struct KRowMax {
+    static RowStats run(const RowSrc& r, int64_t n) {
+        k_v8f m0 = k_bc(-__builtin_inff()), m1 = m0, m2 = m0, m3 = m0;
+        k_v8i nan = k_v8i{};
+        int64_t i = 0;
+        for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
+            const k_v8f g0 = k_scaledv<DT, CFG, true>(r, i), g1 = k_scaledv<DT, CFG, true>(r, i + K_LANES);
+            const k_v8f g2 = k_scaledv<DT, CFG, true>(r, i + 2 * K_LANES);
+            const k_v8f g3 = k_scaledv<DT, CFG, true>(r, i + 3 * K_LANES);
+            m0 = g0 > m0 ? g0 : m0;
+            m1 = g1 > m1 ? g1 : m1;
+            m2 = g2 > m2 ? g2 : m2;
+            m3 = g3 > m3 ? g3 : m3;
+            nan |= (g0 != g0) | (g1 != g1) | (g2 != g2) | (g3 != g3);
+        }
+        m0 = m1 > m0 ? m1 : m0;
+        m2 = m3 > m2 ? m3 : m2;
+        m0 = m2 > m0 ? m2 : m0;
+        float m = -__builtin_inff();
+        int any = 0;
+        for (int l = 0; l < K_LANES; ++l) {
+            m = m0[l] > m ? m0[l] : m;
+            any |= nan[l];
+        }
+        for (; i < n; ++i) {
+            float g = k_load<DT>(r.c, i);
+            if (CFG) {
+                const float un = k_load<DT>(r.u, i);
+                g = un + r.s * (g - un);
+            }
+            m = g > m ? g : m;
+            any |= g != g;
+        }
+        return RowStats{m, any != 0};
+    }
+};
+
+// T is not applied to the max (RowSrc.T is ignored here: the max is of the guided logits).
+static RowStats k_row_max(const void* c, const void* u, int dtype, float s, int64_t V) {
+    const RowSrc r{c, u, dtype, s, 1.0f, 0.0f, 0.0f};
+    return k_dispatch<KRowMax>(r, V);
 }
 
 template <int DT, bool CFG, bool T1>
@@ -333,17 +352,34 @@ static double k_chain_div(const float* src, const float* divs, int ndiv, float* 
     return ds;
 }
 
+// Four independent float64 accumulators (the add latency, not the loads, bounds a single chain).
 static double k_dot_f64(const float* a, const float* b, int64_t n) {
-    k_v8d acc = k_v8d{} + 0.0;
+    k_v8d acc0 = k_v8d{} + 0.0, acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int64_t i = 0;
+    for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
+        k_v8f x0, y0, x1, y1, x2, y2, x3, y3;
+        __builtin_memcpy(&x0, a + i, sizeof(x0));
+        __builtin_memcpy(&y0, b + i, sizeof(y0));
+        __builtin_memcpy(&x1, a + i + K_LANES, sizeof(x1));
+        __builtin_memcpy(&y1, b + i + K_LANES, sizeof(y1));
+        __builtin_memcpy(&x2, a + i + 2 * K_LANES, sizeof(x2));
+        __builtin_memcpy(&y2, b + i + 2 * K_LANES, sizeof(y2));
+        __builtin_memcpy(&x3, a + i + 3 * K_LANES, sizeof(x3));
+        __builtin_memcpy(&y3, b + i + 3 * K_LANES, sizeof(y3));
+        acc0 += __builtin_convertvector(x0, k_v8d) * __builtin_convertvector(y0, k_v8d);
+        acc1 += __builtin_convertvector(x1, k_v8d) * __builtin_convertvector(y1, k_v8d);
+        acc2 += __builtin_convertvector(x2, k_v8d) * __builtin_convertvector(y2, k_v8d);
+        acc3 += __builtin_convertvector(x3, k_v8d) * __builtin_convertvector(y3, k_v8d);
+    }
     for (; i + K_LANES <= n; i += K_LANES) {
         k_v8f x, y;
         __builtin_memcpy(&x, a + i, sizeof(x));
         __builtin_memcpy(&y, b + i, sizeof(y));
-        acc += __builtin_convertvector(x, k_v8d) * __builtin_convertvector(y, k_v8d);
+        acc0 += __builtin_convertvector(x, k_v8d) * __builtin_convertvector(y, k_v8d);
     }
+    acc0 = (acc0 + acc1) + (acc2 + acc3);
     double s = 0.0;
-    for (int l = 0; l < K_LANES; ++l) s += acc[l];
+    for (int l = 0; l < K_LANES; ++l) s += acc0[l];
     for (; i < n; ++i) s += static_cast<double>(a[i]) * b[i];
     return s;
 }

@@ -4,11 +4,11 @@
 // Per sequence (a small pool of std::threads that wait on condition variables, never spinning; one thread
 // when the batch is too small to split), only the rows the walk visits are read, and no row is written
 // for the deterministic path:
-//   1. row statistics, read only: the guided row's max and NaN count (validity), then either the sum of
-//      exp(x - max) over the row (float32 lanes + a float64 sum), or, with top-k, the k-th largest
-//      without sorting: a threshold from a strided sample, one vectorised compaction of the entries
-//      above it straight from the logits, a radix select (11/11/10 bits of the order-preserving key) over
-//      those candidates, exponentials only for the <= k survivors (kept as a sparse list);
+//   1. row statistics, read only: the guided row's max and whether it holds a NaN (validity), then either
+//      the sum of exp(x - max) over the row (float32 lanes + a float64 sum), or, with top-k, the k-th
+//      largest without sorting: a threshold from a strided sample, one vectorised compaction of the
+//      entries above it straight from the logits, a radix select (11/11/10 bits of the order-preserving
+//      key) over those candidates, exponentials only for the <= k survivors (kept as a sparse list);
 //   2. q(x) of each drafted child from those statistics (one exponential each);
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
 //      (of the <= k survivors when top-k is on); the kept row is written once.
@@ -189,8 +189,10 @@ float radix_kth_largest(float* v, int64_t n, int64_t k) {
         if (pass == 2) break;
         const uint32_t hi_mask = ~((1u << sh) - 1u);  // bits fixed so far
         int64_t m = 0;
-        for (int64_t i = 0; i < n; ++i)
-            if ((f2key(v[i]) & hi_mask) == prefix) v[m++] = v[i];
+        for (int64_t i = 0; i < n; ++i) {  // branch-free: whether an entry stays is data-dependent
+            v[m] = v[i];
+            m += (f2key(v[i]) & hi_mask) == prefix ? 1 : 0;
+        }
         n = m;
     }
     return key2f(prefix);
@@ -269,17 +271,18 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
     std::memcpy(tmp, cand, sizeof(float) * static_cast<size_t>(c));
     kth = radix_kth_largest(tmp, c, k);
     int64_t m = 0;
-    for (int64_t j = 0; j < c; ++j) {
-        if (cand[j] >= kth) {
-            cand[m] = cand[j];
-            cidx[m++] = cidx[j];
-        }
+    for (int64_t j = 0; j < c; ++j) {  // branch-free
+        const float x = cand[j];
+        const int32_t id = cidx[j];
+        cand[m] = x;
+        cidx[m] = id;
+        m += x >= kth ? 1 : 0;
     }
     return m;
 }
 
 // CONTRACT §2 steps 1-5 on one row; false when the row is not a distribution (docs/CONTRACT.md).
-// Without top-p no row is written: one read-only pass for the max and the NaN count, then either one
+// Without top-p no row is written: one read-only pass for the max and the NaN flag, then either one
 // read-only pass summing the weights (no top-k: the row stays SRC) or the top-k survivors and their
 // exponentials only (SPARSE, in cand / cidx). Top-p writes the kept probabilities into `dense`.
 bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
@@ -287,7 +290,7 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
     const float s = static_cast<float>(P_.cfg_scale);
     const RowStats st = K_->row_max(c, u, dtype, s, V_);
     // Validity is judged on the whole row, before top-k masks anything (docs/CONTRACT.md).
-    if (st.n_nan > 0 || !std::isfinite(st.max)) return false;
+    if (st.has_nan || !std::isfinite(st.max)) return false;
     const RowSrc r{c, u, dtype, s, T, st.max, T == 1.0f ? st.max : 0.0f};
     float S_total;
     double wsum = 0.0;
