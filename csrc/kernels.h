@@ -9,6 +9,8 @@
 
 namespace ck {
 
+constexpr int64_t K_PREFIX_BLOCK = 128;  // entries per block of Kernels::prefix_blocks (a multiple of 16)
+
 struct RowStats {
     float max;      // max over the non-NaN entries (-inf if none)
     bool has_nan;
@@ -52,6 +54,9 @@ struct Kernels {
     float (*keep_ge_sum)(const float* src, float t, float* dst, int64_t n);
     // dst[i] = (((src[i] / divs[0]) / divs[1]) ...) over [lo, hi) (ndiv >= 0); returns the float64 sum of dst.
     double (*chain_div)(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi);
+    // The float32 running sum of v[0..n) in index order (rounded after every addition, exactly as a serial
+    // loop): returns the total; starts[b] = the running sum before entry b * K_PREFIX_BLOCK.
+    float (*prefix_blocks)(const float* v, int64_t n, float* starts);
     // sum of a[i] * b[i] in float64 (lane order).
     double (*dot_f64)(const float* a, const float* b, int64_t n);
     const char* isa;

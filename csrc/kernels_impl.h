@@ -331,6 +331,54 @@ static float k_exp_sum(float* a, float m, int64_t n, double* dsum) {
     return s;
 }
 
+// The float32 running sum s <- s + v[i] over [lo, hi) from s, in index order, rounded after every addition.
+static float k_serial_sum(const float* v, int64_t lo, int64_t hi, float s) {
+    for (int64_t i = lo; i < hi; ++i) s += v[i];
+    return s;
+}
+
+// The same running sum, bit for bit, without the serial chain of float additions, when it can be proven
+// equal: while s stays in the binade [2^E, 2^(E+1)), every float32 sum is a multiple of u = 2^(E-23), so
+// s + v[i] rounds to s + u * rint(v[i] / u) (v[i] / u is exact: a power-of-two scale), the ties (a
+// fraction of exactly 1/2, where round-half-even depends on s) excepted. The block's sums are then
+// s + u * (integer prefix sums), all in the binade iff the last one is below 2^24 u. Otherwise (a tie, a
+// negative / non-finite / huge entry, s zero or tiny, or the binade left) the block is summed serially.
+static float k_block_sum(const float* v, int64_t lo, int64_t hi, float s) {
+    if (!(s >= 0x1p-100f && s < 0x1p100f) || (hi - lo) % K_LANES != 0) return k_serial_sum(v, lo, hi, s);
+    const int E = static_cast<int>(k_float_to_bits(s) >> 23) - 127;
+    const float inv = k_bits_to_float(static_cast<uint32_t>(23 - E + 127) << 23);  // 1 / u
+    const float u = k_bits_to_float(static_cast<uint32_t>(E - 23 + 127) << 23);
+    k_v8i acc = k_v8i{}, bad = k_v8i{};
+    for (int64_t i = lo; i < hi; i += K_LANES) {
+        k_v8f x;
+        __builtin_memcpy(&x, v + i, sizeof(x));
+        const k_v8f t = x * inv;
+        const k_v8i ok = (t >= 0.0f) & (t < 0x1p24f);  // false for NaN
+        const k_v8f tc = ok ? t : k_bc(0.0f);
+        const k_v8i ti = __builtin_convertvector(tc, k_v8i);  // truncation = floor (tc >= 0)
+        const k_v8f fr = tc - __builtin_convertvector(ti, k_v8f);
+        acc += ti - (fr > 0.5f);  // a true comparison is -1
+        bad |= ~ok | (fr == 0.5f);
+    }
+    int64_t total = static_cast<int64_t>(s * inv);  // an integer in [2^23, 2^24)
+    int any = 0;
+    for (int l = 0; l < K_LANES; ++l) {
+        total += acc[l];
+        any |= bad[l];
+    }
+    if (any || total >= (int64_t{1} << 24)) return k_serial_sum(v, lo, hi, s);
+    return static_cast<float>(total) * u;  // exact
+}
+
+static float k_prefix_blocks(const float* v, int64_t n, float* starts) {
+    float s = 0.0f;
+    for (int64_t b = 0, lo = 0; lo < n; ++b, lo += K_PREFIX_BLOCK) {
+        starts[b] = s;
+        s = k_block_sum(v, lo, lo + K_PREFIX_BLOCK < n ? lo + K_PREFIX_BLOCK : n, s);
+    }
+    return s;
+}
+
 static double k_chain_div(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi) {
     k_v8d dacc = k_v8d{} + 0.0;
     int64_t i = lo;
@@ -446,6 +494,7 @@ static float k_keep_ge_sum(const float* src, float t, float* dst, int64_t n) {
     return s;
 }
 
-static const Kernels k_table = {k_row_max,     k_row_exp_sum, k_row_exp_div, k_row_compact_ge, k_row_scaled_at,
-                                k_row_weight_at, k_exp_sum,   k_div_sum,     k_sub_sum,        k_cool_sum,
-                                k_max_div,     k_keep_ge_sum, k_chain_div,   k_dot_f64,        K_ISA_NAME};
+static const Kernels k_table = {k_row_max,       k_row_exp_sum, k_row_exp_div, k_row_compact_ge, k_row_scaled_at,
+                                k_row_weight_at, k_exp_sum,     k_div_sum,     k_sub_sum,        k_cool_sum,
+                                k_max_div,       k_keep_ge_sum, k_chain_div,   k_prefix_blocks,  k_dot_f64,
+                                K_ISA_NAME};

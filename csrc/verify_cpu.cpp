@@ -118,7 +118,7 @@ const void* row_ptr(const void* base, int dt, int64_t row, int64_t V) {
 
 // Scratch of one thread, kept between calls (grown, never shrunk): no allocation or page faults per call.
 // A: the target row when it must be dense; W: a materialised residual; P: the drafter row; S: scratch
-// (radix select, sorting, q values); R: running sums; C / CI and DC / DCI: the target's and the drafter's
+// (radix select, sorting, q values); R: block starts of running sums; C / CI and DC / DCI: the target's and the drafter's
 // top-k survivors.
 struct Work {
     int64_t cap;
@@ -232,6 +232,7 @@ class Walker {
     const float* values(const Dist& q);
     int64_t argmax(const Dist& q);
     int64_t inverse_cdf_sparse(const Dist& q, float u);
+    int64_t first_above(const float* v, int64_t n, float u);
     int64_t inverse_cdf(const Dist& q, float u);
     int64_t final_token(const Dist& q, bool greedy, float u) { return greedy ? argmax(q) : inverse_cdf(q, u); }
     Relaxation relax(Dist& q, int64_t x, int32_t child, double tvd);
@@ -439,20 +440,12 @@ int64_t Walker::argmax(const Dist& q) {
     return 0;  // unreachable for a distribution
 }
 
-// CONTRACT §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order (one serial
-// pass that stores them, then a binary search); never an index whose weight is 0.
+// CONTRACT §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order
+// (first_above); never an index whose weight is 0.
 int64_t Walker::inverse_cdf(const Dist& q, float u) {
     if (q.kind == Dist::SPARSE) return inverse_cdf_sparse(q, u);
     const float* v = values(q);
-    float* run = wk_.R.get();
-    float total = 0.0f;
-    for (int64_t i = 0; i < V_; ++i) {
-        total += v[i];
-        run[i] = total;
-    }
-    const float thr = u * total;
-    int64_t i = std::upper_bound(run, run + V_, thr) - run;  // running sums never decrease
-    i = std::min<int64_t>(i, V_ - 1);
+    int64_t i = first_above(v, V_, u);
     if (v[i] > 0.0f) return i;
     for (int64_t j = i + 1; j < V_; ++j)
         if (v[j] > 0.0f) return j;
@@ -461,24 +454,33 @@ int64_t Walker::inverse_cdf(const Dist& q, float u) {
     return std::min<int64_t>(std::max<int64_t>(i, 0), V_ - 1);  // no mass at all: never out of range
 }
 
+// min(n - 1, the smallest i whose float32 running sum v[0] + ... + v[i] (index order) exceeds
+// float32(u * total)), n >= 1: the block starts of the exact running sum, a binary search among them
+// (running sums never decrease), then the serial sum inside the one block that crosses.
+int64_t Walker::first_above(const float* v, int64_t n, float u) {
+    float* starts = wk_.R.get();
+    const float thr = u * K_->prefix_blocks(v, n, starts);
+    const int64_t nb = (n + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
+    const int64_t b = (std::upper_bound(starts + 1, starts + nb, thr) - starts) - 1;  // the crossing block
+    float s = starts[b];
+    for (int64_t i = b * K_PREFIX_BLOCK; i < std::min(n, (b + 1) * K_PREFIX_BLOCK); ++i) {
+        s += v[i];
+        if (s > thr) return i;
+    }
+    return n - 1;  // no running sum exceeds the threshold
+}
+
 // inverse_cdf over the top-k survivors only: adding a zero leaves a float32 running sum unchanged, so the
 // sums at the survivors, the total and the chosen index are those of the dense row.
 int64_t Walker::inverse_cdf_sparse(const Dist& q, float u) {
     float* v = wk_.S.get();
-    float* run = wk_.R.get();
     const int64_t n = q.n;
     for (int64_t j = 0; j < n; ++j) v[j] = q.chain(q.sw[j]);
     for (int64_t r : q.removed) {
         const int32_t* e = std::lower_bound(q.sidx, q.sidx + n, static_cast<int32_t>(r));
         if (e != q.sidx + n && *e == r) v[e - q.sidx] = 0.0f;
     }
-    float total = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-        total += v[j];
-        run[j] = total;
-    }
-    const float thr = u * total;
-    for (int64_t j = std::upper_bound(run, run + n, thr) - run; j < n; ++j)
+    for (int64_t j = n > 0 ? first_above(v, n, u) : 0; j < n; ++j)
         if (v[j] > 0.0f) return q.sidx[j];
     for (int64_t j = n - 1; j >= 0; --j)  // the last positive weight
         if (v[j] > 0.0f) return q.sidx[j];
@@ -1013,6 +1015,11 @@ class Pool {
 }  // namespace
 
 const char* kernels_isa() { return select_kernels()->isa; }
+
+float running_sum(const float* v, int64_t n) {
+    std::vector<float> starts(static_cast<size_t>(n / K_PREFIX_BLOCK + 1));
+    return select_kernels()->prefix_blocks(v, n, starts.data());
+}
 
 void verify_cpu(const VerifyParams& P) {
     const Kernels* K = select_kernels();

@@ -201,3 +201,40 @@ def test_rows_read_in_place_fuzz(dtype, V):
         for extra in (dict(), dict(temperature=0.6), dict(temperature=0), dict(top_k=5), dict(top_k=V),
                       dict(top_k=3, temperature=1.3), dict(top_p=0.8)):
             same(inputs, **kw, **extra)
+
+
+def _serial_f32(v):
+    import numpy as np
+    return np.cumsum(v.numpy().astype(np.float32))[-1] if v.numel() else np.float32(0)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "ties", "binades", "zeros-subnormal", "negative-nonfinite", "sizes"])
+def test_running_sum_is_the_serial_float32_sum(kind):
+    """The inverse CDF's blocked running sum (integer multiples of the running sum's ulp within a binade)
+    equals the serial float32 loop bit for bit: ties of exactly half an ulp, binade crossings inside
+    blocks, zeros and subnormals, negative or non-finite entries (summed serially), odd lengths."""
+    from cascade_kernels import _C
+    g = torch.Generator().manual_seed(len(kind))
+    for trial in range(40):
+        n = int(torch.randint(1, 5000, (1,), generator=g)) if kind == "sizes" else 4096
+        if kind == "softmax":
+            v = torch.softmax(torch.randn(n, generator=g) * (1 + trial % 4), 0)
+        elif kind == "ties":  # many entries exactly half an ulp (and 3/2 ulp) of the sum they are added to
+            v = torch.full((n,), 2.0 ** -13)
+            v[::3] = 2.0 ** -25 * float(1 + trial % 3)
+            v[1::7] = 3 * 2.0 ** -26
+        elif kind == "binades":  # growing entries: the sum crosses binades inside blocks
+            v = torch.linspace(0, 1, n) ** (1 + trial % 5) * 2.0 ** (trial % 9 - 4)
+        elif kind == "zeros-subnormal":
+            v = torch.rand(n, generator=g) * 1e-3
+            v[torch.rand(n, generator=g) < 0.5] = 0.0
+            v[torch.rand(n, generator=g) < 0.1] = 1e-40
+            v[: 300 + trial] = 0.0
+        elif kind == "negative-nonfinite":
+            v = torch.rand(n, generator=g)
+            v[int(torch.randint(0, n, (1,), generator=g))] = [-0.5, float("inf"), float("nan"), 3e38, -0.0][trial % 5]
+        else:
+            v = torch.rand(n, generator=g) ** 4
+        v = v.float().contiguous()
+        got, want = _C.running_sum(v.data_ptr(), v.numel()), _serial_f32(v)
+        assert (got == want) or (got != got and want != want), (trial, got, float(want))
