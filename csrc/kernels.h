@@ -18,8 +18,8 @@ struct RowStats {
 
 // A target or drafter row read in place: the guided logit g = c (no CFG) or u + s * (c - u), the scaled
 // logit x = g (T == 1) or (g - m) / T (m = the row's max g, CONTRACT §2), the weight exp(x - shift) with
-// shift = m (T == 1) or 0 (the scaled row's max). Every kernel below computes these with the same float32
-// operations in the same order, so a weight recomputed later equals the one summed earlier, bit for bit.
+// shift = m (T == 1) or 0 (the scaled row's max). The vector bodies and the scalar tails of the kernels
+// below compute these with the same float32 operations in the same order.
 struct RowSrc {
     const void* c;
     const void* u;  // nullptr without CFG
@@ -30,15 +30,13 @@ struct RowSrc {
 struct Kernels {
     // max and NaN flag of the guided row (read only).
     RowStats (*row_max)(const void* c, const void* u, int dtype, float s, int64_t V);
-    // sum of the weights over [0, V) (float32 lanes, reduced in lane order); *dsum = the float64 sum.
-    float (*row_exp_sum)(const RowSrc& r, int64_t V, double* dsum);
-    // dst[i] = (((w_i / divs[0]) / divs[1]) ...) over [0, V) (ndiv >= 0; w_i = the weight).
-    void (*row_exp_div)(const RowSrc& r, const float* divs, int ndiv, float* dst, int64_t V);
+    // dst[i] = the weight, over [0, V); returns their sum (float32 lanes, reduced in lane order) and
+    // *dsum = their float64 sum.
+    float (*row_exp_sum)(const RowSrc& r, int64_t V, double* dsum, float* dst);
     // Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count.
     int64_t (*row_compact_ge)(const RowSrc& r, float t, int64_t V, float* vals, int32_t* idx);
-    // The scaled logit and the weight of one entry.
+    // The scaled logit of one entry.
     float (*row_scaled_at)(const RowSrc& r, int64_t i);
-    float (*row_weight_at)(const RowSrc& r, int64_t i);
     // a[i] = exp(a[i] - m); returns the sum (lane order); *dsum (if not null) = the same sum in float64.
     float (*exp_sum)(float* a, float m, int64_t n, double* dsum);
     // dst[i] = src[i] / d over [lo, hi); returns the sum of dst.

@@ -195,12 +195,13 @@ static RowStats k_row_max(const void* c, const void* u, int dtype, float s, int6
 
 template <int DT, bool CFG, bool T1>
 struct KRowExpSum {
-    static float run(const RowSrc& r, int64_t n, double* dsum) {
+    static float run(const RowSrc& r, int64_t n, double* dsum, float* dst) {
         k_v8f acc = k_bc(0.0f);
         k_v8d dacc = k_v8d{} + 0.0;
         int64_t i = 0;
         for (; i + K_LANES <= n; i += K_LANES) {
             const k_v8f e = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
+            __builtin_memcpy(dst + i, &e, sizeof(e));
             acc += e;
             dacc += __builtin_convertvector(e, k_v8d);
         }
@@ -212,6 +213,7 @@ struct KRowExpSum {
         }
         for (; i < n; ++i) {
             const float e = k_row_weight_at(r, i);
+            dst[i] = e;
             s += e;
             ds += e;
         }
@@ -220,29 +222,9 @@ struct KRowExpSum {
     }
 };
 
-// The same lane order as k_exp_sum on a materialised row of scaled logits.
-static float k_row_exp_sum(const RowSrc& r, int64_t n, double* dsum) { return k_dispatch<KRowExpSum>(r, n, dsum); }
-
-template <int DT, bool CFG, bool T1>
-struct KRowExpDiv {
-    static int run(const RowSrc& r, const float* divs, int ndiv, float* dst, int64_t n) {
-        int64_t i = 0;
-        for (; i + K_LANES <= n; i += K_LANES) {
-            k_v8f x = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
-            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
-            __builtin_memcpy(dst + i, &x, sizeof(x));
-        }
-        for (; i < n; ++i) {
-            float x = k_row_weight_at(r, i);
-            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
-            dst[i] = x;
-        }
-        return 0;
-    }
-};
-
-static void k_row_exp_div(const RowSrc& r, const float* divs, int ndiv, float* dst, int64_t n) {
-    k_dispatch<KRowExpDiv>(r, divs, ndiv, dst, n);
+// The weights into dst and their sum, in the same lane order as k_exp_sum on a row of scaled logits.
+static float k_row_exp_sum(const RowSrc& r, int64_t n, double* dsum, float* dst) {
+    return k_dispatch<KRowExpSum>(r, n, dsum, dst);
 }
 
 template <int DT, bool CFG, bool T1>
@@ -494,7 +476,6 @@ static float k_keep_ge_sum(const float* src, float t, float* dst, int64_t n) {
     return s;
 }
 
-static const Kernels k_table = {k_row_max,       k_row_exp_sum, k_row_exp_div, k_row_compact_ge, k_row_scaled_at,
-                                k_row_weight_at, k_exp_sum,     k_div_sum,     k_sub_sum,        k_cool_sum,
-                                k_max_div,       k_keep_ge_sum, k_chain_div,   k_prefix_blocks,  k_dot_f64,
-                                K_ISA_NAME};
+static const Kernels k_table = {k_row_max, k_row_exp_sum, k_row_compact_ge, k_row_scaled_at, k_exp_sum,
+                                k_div_sum, k_sub_sum,     k_cool_sum,       k_max_div,       k_keep_ge_sum,
+                                k_chain_div, k_prefix_blocks, k_dot_f64,    K_ISA_NAME};

@@ -2,27 +2,27 @@
 // the same as cascade_kernels/ops/verify/reference.py.
 //
 // Per sequence (a small pool of std::threads that wait on condition variables, never spinning; one thread
-// when the batch is too small to split), only the rows the walk visits are read, and no row is written
-// for the deterministic path:
-//   1. row statistics, read only: the guided row's max and whether it holds a NaN (validity), then either
-//      the sum of exp(x - max) over the row (float32 lanes + a float64 sum), or, with top-k, the k-th
-//      largest without sorting: a threshold from a strided sample, one vectorised compaction of the
-//      entries above it straight from the logits, a radix select (11/11/10 bits of the order-preserving
-//      key) over those candidates, exponentials only for the <= k survivors (kept as a sparse list);
-//   2. q(x) of each drafted child from those statistics (one exponential each);
+// when the batch is too small to split), only the rows the walk visits are read, each in two passes:
+//   1. row statistics: one read-only pass for the guided row's max and whether it holds a NaN (validity);
+//      then one pass that writes the weights exp(x - max) into a scratch row and sums them (float32 lanes
+//      + a float64 sum), or, with top-k, finds the k-th largest without sorting: a threshold from a
+//      strided sample, one vectorised compaction of the entries above it straight from the logits, a
+//      radix select (11/11/10 bits of the order-preserving key) over those candidates, exponentials only
+//      for the <= k survivors (kept as a sparse list); no probability row is written;
+//   2. q(x) of each drafted child from those statistics;
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
 //      (of the <= k survivors when top-k is on); the kept row is written once.
 // A distribution is kept *lazily* as (w, d) with q(i) = w[i] / d, which equals the reference's
-// element-wise division bit for bit; w is recomputed from the logits, read from the sparse survivors, or
-// (after top-p or a materialised residual) a dense row. A deterministic rejection is pure bookkeeping:
-// the zeroed tokens go to a small "removed" list and the residual's sum (computed from the float64 row
-// sum minus the removed weights, exact to ~1e-12 relative) becomes one more divisor,
-// q'(i) = (w[i] / d) / total, the same float operations as a materialised residual divided by its sum.
-// Only the final token (inverse CDF or argmax: one pass, over the survivors alone with top-k), greedy
-// acceptance, GSD and the sampled residual read a full row again; the sampled residual writes the next
-// row in one pass (zeroed / transported entries are "patches" between vectorised segments). Scalars
-// follow the reference's float32/float64 conventions (np.float32 rounding of tvd, r, charges; float32
-// running sums in index order for prefix sums and the inverse CDF).
+// element-wise division bit for bit; w is the weight row or the sparse survivors. A deterministic
+// rejection is pure bookkeeping: the zeroed tokens go to a small "removed" list and the residual's sum
+// (computed from the float64 row sum minus the removed weights, exact to ~1e-12 relative) becomes one more
+// divisor, q'(i) = (w[i] / d) / total, the same float operations as a materialised residual divided by its
+// sum. Only the final token (inverse CDF or argmax: one pass over the weights, over the survivors alone
+// with top-k), greedy acceptance, GSD and the sampled residual read a full row again; the sampled
+// residual writes the next row in one pass (zeroed / transported entries are "patches" between
+// vectorised segments). Scalars follow the reference's float32/float64 conventions (np.float32 rounding
+// of tvd, r, charges; float32 running sums in index order for prefix sums and the inverse CDF, computed
+// by blocks bit for bit).
 #include "verify_cpu.h"
 
 #include <algorithm>
@@ -51,15 +51,13 @@ constexpr int MAX_CHAIN = 16;       // idem for the chain of divisors
 
 inline float f32(double x) { return static_cast<float>(x); }
 
-// q(i) = removed(i) ? 0 : (((w[i] / d) / div[0]) / div[1]) ..., with the base weights w in one of three forms:
-//   SRC:    w[i] = exp(x_i - shift) recomputed from the logits (RowSrc): no row is written;
-//   SPARSE: the top-k survivors, ascending ids sidx[0..n) with weights sw[0..n), zero elsewhere;
-//   DENSE:  w[i] in a float row (after top-p, a materialised residual, or densify()).
+// q(i) = removed(i) ? 0 : (((w[i] / d) / div[0]) / div[1]) ..., with the base weights w in one of two forms:
+//   DENSE:  w[i] in a float row (the weights written by the statistics pass, top-p's kept row, or a
+//           materialised residual);
+//   SPARSE: the top-k survivors, ascending ids sidx[0..n) with weights sw[0..n), zero elsewhere.
 struct Dist {
-    enum Kind { SRC, SPARSE, DENSE };
+    enum Kind { SPARSE, DENSE };
     Kind kind = DENSE;
-    const Kernels* K = nullptr;
-    RowSrc src{};
     const float* sw = nullptr;
     const int32_t* sidx = nullptr;
     int64_t n = 0;
@@ -72,13 +70,6 @@ struct Dist {
     std::vector<int64_t> removed;  // zeroed entries (only when ndiv > 0)
     Dist() = default;
     Dist(float* w_, float d_, double ws) : w(w_), d(d_), wsum(ws), scale(d_) {}
-    static Dist from_src(const Kernels* K, const RowSrc& r, float d, double ws) {
-        Dist q(nullptr, d, ws);
-        q.kind = SRC;
-        q.K = K;
-        q.src = r;
-        return q;
-    }
     static Dist sparse(const float* sw, const int32_t* sidx, int64_t n, float d, double ws) {
         Dist q(nullptr, d, ws);
         q.kind = SPARSE;
@@ -95,7 +86,6 @@ struct Dist {
     }
     float base(int64_t i) const {
         if (kind == DENSE) return w[i];
-        if (kind == SRC) return K->row_weight_at(src, i);
         const int32_t* e = std::lower_bound(sidx, sidx + n, static_cast<int32_t>(i));
         return (e != sidx + n && *e == i) ? sw[e - sidx] : 0.0f;
     }
@@ -283,9 +273,11 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 }
 
 // CONTRACT §2 steps 1-5 on one row; false when the row is not a distribution (docs/CONTRACT.md).
-// Without top-p no row is written: one read-only pass for the max and the NaN flag, then either one
-// read-only pass summing the weights (no top-k: the row stays SRC) or the top-k survivors and their
-// exponentials only (SPARSE, in cand / cidx). Top-p writes the kept probabilities into `dense`.
+// One read-only pass for the max and the NaN flag, then one more pass over the logits: without top-k it
+// writes the weights exp(x - max) into `dense` and sums them (one exponential per entry, reused by the final
+// token: storing them costs less than recomputing them); with top-k it compacts the candidates, and only
+// the <= k survivors get exponentials (SPARSE, in cand / cidx). Top-p writes the kept probabilities into
+// `dense`.
 bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
                          Dist& out) {
     const float s = static_cast<float>(P_.cfg_scale);
@@ -301,8 +293,8 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
         S_total = K_->exp_sum(cand, r.shift, nk, &wsum);  // in place: the survivors' weights
         out = Dist::sparse(cand, cidx, nk, S_total, wsum);
     } else {
-        S_total = K_->row_exp_sum(r, V_, &wsum);
-        out = Dist::from_src(K_, r, S_total, wsum);
+        S_total = K_->row_exp_sum(r, V_, &wsum, dense);
+        out = Dist(dense, S_total, wsum);
     }
     if (P_.top_p < 1.0) {
         float* S = wk_.S.get();
@@ -315,7 +307,7 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
                 if (v > 0.0f) S[n++] = v;
             }
         } else {
-            K_->row_exp_div(r, &S_total, 1, dense, V_);  // the softmax probabilities
+            K_->div_sum(dense, S_total, dense, 0, V_);  // the softmax probabilities
             for (int64_t i = 0; i < V_; ++i)
                 if (dense[i] > 0.0f) S[n++] = dense[i];
         }
@@ -361,12 +353,8 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
 // The base weights as a dense row in buf (one pass); the divisors and the removed list are kept.
 void Walker::densify(Dist& q, float* buf) {
     if (q.kind == Dist::DENSE) return;
-    if (q.kind == Dist::SRC) {
-        K_->row_exp_div(q.src, nullptr, 0, buf, V_);
-    } else {
-        std::memset(buf, 0, sizeof(float) * static_cast<size_t>(V_));
-        for (int64_t j = 0; j < q.n; ++j) buf[q.sidx[j]] = q.sw[j];
-    }
+    std::memset(buf, 0, sizeof(float) * static_cast<size_t>(V_));
+    for (int64_t j = 0; j < q.n; ++j) buf[q.sidx[j]] = q.sw[j];
     q.kind = Dist::DENSE;
     q.w = buf;
 }
@@ -414,7 +402,7 @@ void Walker::materialize(Dist& q) {
     q = Dist(dst, last, sum);
 }
 
-// q(i) for the whole row, in wk_.S (one pass; from the logits for a SRC row).
+// q(i) for the whole row, in wk_.S (one pass).
 const float* Walker::values(const Dist& q) {
     float* S = wk_.S.get();
     float divs[MAX_CHAIN + 1];
@@ -422,8 +410,6 @@ const float* Walker::values(const Dist& q) {
     for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
     if (q.kind == Dist::DENSE) {
         K_->chain_div(q.w, divs, q.ndiv + 1, S, 0, V_);
-    } else if (q.kind == Dist::SRC) {
-        K_->row_exp_div(q.src, divs, q.ndiv + 1, S, V_);
     } else {
         std::memset(S, 0, sizeof(float) * static_cast<size_t>(V_));
         for (int64_t j = 0; j < q.n; ++j) S[q.sidx[j]] = q.chain(q.sw[j]);

@@ -171,9 +171,10 @@ def test_huge_gsd_group_is_bounded_by_vocab():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("V", [37, 300, 4099])
 def test_rows_read_in_place_fuzz(dtype, V):
-    """The row statistics, q(x) and the final token are computed from the logits in place (vector body and
-    scalar tail, every dtype, with and without CFG and temperature): rows holding -inf, -0.0, subnormal
-    halves, values near the dtype's largest, and a few NaN / +inf rows (status), against the reference."""
+    """The row statistics (max / NaN, weights, top-k candidates) are computed straight from the logits
+    (vector body and scalar tail, every dtype, with and without CFG and temperature): rows holding -inf,
+    -0.0, subnormal halves, values near the dtype's largest, and a few NaN / +inf rows (status), against
+    the reference."""
     g = torch.Generator().manual_seed(V + 7 * dtype.itemsize)
     B = 6
     parents = ck.tree_from_choices(ck.MC_SIM_7B_63)
