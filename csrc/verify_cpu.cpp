@@ -248,7 +248,7 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
     float kth = 0.0f;
     const int64_t ns = std::min<int64_t>(V_, 1024);
     const double expect = static_cast<double>(k) * ns / static_cast<double>(V_);
-    const int64_t rk = static_cast<int64_t>(std::ceil(expect * 1.25 + 4.0 * std::sqrt(expect) + 8.0));
+    const int64_t rk = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect) + 8.0));
     if (V_ >= 4096 && rk < ns) {
         auto& smp = wk_.sample;
         smp.resize(static_cast<size_t>(ns));

@@ -239,3 +239,22 @@ def test_running_sum_is_the_serial_float32_sum(kind):
         v = v.float().contiguous()
         got, want = _C.running_sum(v.data_ptr(), v.numel()), _serial_f32(v)
         assert (got == want) or (got != got and want != want), (trial, got, float(want))
+
+
+def test_topk_sample_guess_short_falls_back():
+    """Rows whose strided sample (the positions the C++ top-k samples for V = 8192) holds the largest
+    logits: fewer than k entries pass the sample's threshold, and the select runs on the whole row."""
+    g = torch.Generator().manual_seed(21)
+    B, V = 3, 8192
+    parents = chain_tree(3)
+    N = parents.shape[0]
+    logits = torch.randn(B, N, V, generator=g)
+    stride = V // 1024
+    pos = torch.tensor([j * stride + (j * 7) % stride for j in range(1024)])
+    logits[:, :, pos] = 5.0 + torch.rand(B, N, 1024, generator=g)
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    tokens[:, 1:] = pos[torch.randint(0, 1024, (B, N - 1), generator=g)]  # drafted among the likely ones
+    inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=torch.arange(B))
+    for k in (1500, 2000, 5000):
+        same(inputs, top_k=k)
+        same(inputs, top_k=k, temperature=0.5)
