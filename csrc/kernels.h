@@ -55,6 +55,10 @@ struct Kernels {
     // The float32 running sum of v[0..n) in index order (rounded after every addition, exactly as a serial
     // loop): returns the total; starts[b] = the running sum before entry b * K_PREFIX_BLOCK.
     float (*prefix_blocks)(const float* v, int64_t n, float* starts);
+    // prefix_blocks of v[i] = (((w[i] / divs[0]) / divs[1]) ...) over [0, n), zero at the ascending ids
+    // zero[0..nzero), without writing the values (they are made block by block in a small buffer).
+    float (*chain_prefix)(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
+                          int64_t n, float* starts);
     // sum of a[i] * b[i] in float64 (lane order).
     double (*dot_f64)(const float* a, const float* b, int64_t n);
     const char* isa;

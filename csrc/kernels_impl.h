@@ -361,6 +361,34 @@ static float k_prefix_blocks(const float* v, int64_t n, float* starts) {
     return s;
 }
 
+// k_prefix_blocks of the values v[i] = (((w[i] / divs[0]) / divs[1]) ...), zero at the ascending ids
+// zero[0..nzero), computed block by block in a small buffer: the row of values is never written.
+static float k_chain_prefix(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
+                            int64_t n, float* starts) {
+    float blk[K_PREFIX_BLOCK];
+    float s = 0.0f;
+    int64_t z = 0;
+    for (int64_t b = 0, lo = 0; lo < n; ++b, lo += K_PREFIX_BLOCK) {
+        const int64_t len = lo + K_PREFIX_BLOCK < n ? K_PREFIX_BLOCK : n - lo;
+        int64_t i = 0;
+        for (; i + K_LANES <= len; i += K_LANES) {
+            k_v8f x;
+            __builtin_memcpy(&x, w + lo + i, sizeof(x));
+            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+            __builtin_memcpy(blk + i, &x, sizeof(x));
+        }
+        for (; i < len; ++i) {
+            float x = w[lo + i];
+            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+            blk[i] = x;
+        }
+        for (; z < nzero && zero[z] < lo + len; ++z) blk[zero[z] - lo] = 0.0f;
+        starts[b] = s;
+        s = k_block_sum(blk, 0, len, s);
+    }
+    return s;
+}
+
 static double k_chain_div(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi) {
     k_v8d dacc = k_v8d{} + 0.0;
     int64_t i = lo;
@@ -478,4 +506,4 @@ static float k_keep_ge_sum(const float* src, float t, float* dst, int64_t n) {
 
 static const Kernels k_table = {k_row_max, k_row_exp_sum, k_row_compact_ge, k_row_scaled_at, k_exp_sum,
                                 k_div_sum, k_sub_sum,     k_cool_sum,       k_max_div,       k_keep_ge_sum,
-                                k_chain_div, k_prefix_blocks, k_dot_f64,    K_ISA_NAME};
+                                k_chain_div, k_prefix_blocks, k_chain_prefix, k_dot_f64, K_ISA_NAME};

@@ -430,13 +430,38 @@ int64_t Walker::argmax(const Dist& q) {
 // (first_above); never an index whose weight is 0.
 int64_t Walker::inverse_cdf(const Dist& q, float u) {
     if (q.kind == Dist::SPARSE) return inverse_cdf_sparse(q, u);
-    const float* v = values(q);
-    int64_t i = first_above(v, V_, u);
-    if (v[i] > 0.0f) return i;
+    // the running sums by blocks of the values, made on the fly (chain_prefix), then the values of the one
+    // crossing block; the rare zero-weight fallbacks read single values (q.at: the same divisions)
+    float divs[MAX_CHAIN + 1];
+    divs[0] = q.d;
+    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
+    auto& zero = wk_.excl;
+    zero.assign(q.removed.begin(), q.removed.end());
+    std::sort(zero.begin(), zero.end());
+    float* starts = wk_.R.get();
+    const float thr = u * K_->chain_prefix(q.w, divs, q.ndiv + 1, zero.data(), static_cast<int64_t>(zero.size()),
+                                           V_, starts);
+    const int64_t nb = (V_ + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
+    const int64_t b = (std::upper_bound(starts + 1, starts + nb, thr) - starts) - 1;  // the crossing block
+    const int64_t lo = b * K_PREFIX_BLOCK, hi = std::min(V_, lo + K_PREFIX_BLOCK);
+    float* v = wk_.S.get();
+    K_->chain_div(q.w, divs, q.ndiv + 1, v, lo, hi);
+    for (int64_t r : zero)
+        if (r >= lo && r < hi) v[r] = 0.0f;
+    int64_t i = V_ - 1;  // when no running sum exceeds the threshold
+    float s = starts[b];
+    for (int64_t j = lo; j < hi; ++j) {
+        s += v[j];
+        if (s > thr) {
+            i = j;
+            break;
+        }
+    }
+    if (q.at(i) > 0.0f) return i;
     for (int64_t j = i + 1; j < V_; ++j)
-        if (v[j] > 0.0f) return j;
+        if (q.at(j) > 0.0f) return j;
     for (int64_t j = V_ - 1; j >= 0; --j)
-        if (v[j] > 0.0f) return j;
+        if (q.at(j) > 0.0f) return j;
     return std::min<int64_t>(std::max<int64_t>(i, 0), V_ - 1);  // no mass at all: never out of range
 }
 
