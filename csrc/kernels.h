@@ -30,9 +30,8 @@ struct RowSrc {
 struct Kernels {
     // max and NaN flag of the guided row (read only).
     RowStats (*row_max)(const void* c, const void* u, int dtype, float s, int64_t V);
-    // dst[i] = the weight, over [0, V); returns their sum (float32 lanes, reduced in lane order) and
-    // *dsum = their float64 sum.
-    float (*row_exp_sum)(const RowSrc& r, int64_t V, double* dsum, float* dst);
+    // dst[i] = the weight, over [0, V); returns their sum (float32 lanes, reduced in lane order).
+    float (*row_exp_sum)(const RowSrc& r, int64_t V, float* dst);
     // Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count.
     int64_t (*row_compact_ge)(const RowSrc& r, float t, int64_t V, float* vals, int32_t* idx);
     // The scaled logit of one entry.
@@ -59,6 +58,8 @@ struct Kernels {
     // zero[0..nzero), without writing the values (they are made block by block in a small buffer).
     float (*chain_prefix)(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
                           int64_t n, float* starts);
+    // sum of a[i] in float64 (lane order).
+    double (*sum_f64)(const float* a, int64_t n);
     // sum of a[i] * b[i] in float64 (lane order).
     double (*dot_f64)(const float* a, const float* b, int64_t n);
     const char* isa;

@@ -195,37 +195,27 @@ static RowStats k_row_max(const void* c, const void* u, int dtype, float s, int6
 
 template <int DT, bool CFG, bool T1>
 struct KRowExpSum {
-    static float run(const RowSrc& r, int64_t n, double* dsum, float* dst) {
+    static float run(const RowSrc& r, int64_t n, float* dst) {
         k_v8f acc = k_bc(0.0f);
-        k_v8d dacc = k_v8d{} + 0.0;
         int64_t i = 0;
         for (; i + K_LANES <= n; i += K_LANES) {
             const k_v8f e = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
             __builtin_memcpy(dst + i, &e, sizeof(e));
             acc += e;
-            dacc += __builtin_convertvector(e, k_v8d);
         }
         float s = 0.0f;
-        double ds = 0.0;
-        for (int l = 0; l < K_LANES; ++l) {
-            s += acc[l];
-            ds += dacc[l];
-        }
+        for (int l = 0; l < K_LANES; ++l) s += acc[l];
         for (; i < n; ++i) {
             const float e = k_row_weight_at(r, i);
             dst[i] = e;
             s += e;
-            ds += e;
         }
-        *dsum = ds;
         return s;
     }
 };
 
 // The weights into dst and their sum, in the same lane order as k_exp_sum on a row of scaled logits.
-static float k_row_exp_sum(const RowSrc& r, int64_t n, double* dsum, float* dst) {
-    return k_dispatch<KRowExpSum>(r, n, dsum, dst);
-}
+static float k_row_exp_sum(const RowSrc& r, int64_t n, float* dst) { return k_dispatch<KRowExpSum>(r, n, dst); }
 
 template <int DT, bool CFG, bool T1>
 struct KRowCompactGe {
@@ -442,6 +432,24 @@ static double k_dot_f64(const float* a, const float* b, int64_t n) {
     return s;
 }
 
+// sum of a[i] in float64, four independent accumulators.
+static double k_sum_f64(const float* a, int64_t n) {
+    k_v8d acc0 = k_v8d{} + 0.0, acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 2 * K_LANES <= n; i += 2 * K_LANES) {
+        k_v8f x0, x1;
+        __builtin_memcpy(&x0, a + i, sizeof(x0));
+        __builtin_memcpy(&x1, a + i + K_LANES, sizeof(x1));
+        acc0 += __builtin_convertvector(x0, k_v8d);
+        acc1 += __builtin_convertvector(x1, k_v8d);
+    }
+    acc0 += acc1;
+    double s = 0.0;
+    for (int l = 0; l < K_LANES; ++l) s += acc0[l];
+    for (; i < n; ++i) s += a[i];
+    return s;
+}
+
 static float k_div_sum(const float* src, float d, float* dst, int64_t lo, int64_t hi) {
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -506,4 +514,5 @@ static float k_keep_ge_sum(const float* src, float t, float* dst, int64_t n) {
 
 static const Kernels k_table = {k_row_max, k_row_exp_sum, k_row_compact_ge, k_row_scaled_at, k_exp_sum,
                                 k_div_sum, k_sub_sum,     k_cool_sum,       k_max_div,       k_keep_ge_sum,
-                                k_chain_div, k_prefix_blocks, k_chain_prefix, k_dot_f64, K_ISA_NAME};
+                                k_chain_div, k_prefix_blocks, k_chain_prefix, k_sum_f64, k_dot_f64,
+                                K_ISA_NAME};

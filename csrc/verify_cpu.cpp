@@ -63,7 +63,7 @@ struct Dist {
     int64_t n = 0;
     float* w = nullptr;
     float d = 1.0f;
-    double wsum = 0.0;             // float64 sum of w over the entries not removed
+    double wsum = 0.0;             // float64 sum of w over the entries not removed (NaN: not taken yet)
     double scale = 1.0;            // d * div[0] * ... * div[n-1] in float64
     int ndiv = 0;
     float div[MAX_CHAIN] = {};
@@ -286,15 +286,16 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
     if (st.has_nan || !std::isfinite(st.max)) return false;
     const RowSrc r{c, u, dtype, s, T, st.max, T == 1.0f ? st.max : 0.0f};
     float S_total;
-    double wsum = 0.0;
     int64_t nk = 0;  // top-k survivors in cand / cidx (index order)
     if (P_.top_k > 0) {
+        double wsum = 0.0;
         nk = topk_survivors(r, std::min<int64_t>(P_.top_k, V_), cand, cidx);
         S_total = K_->exp_sum(cand, r.shift, nk, &wsum);  // in place: the survivors' weights
         out = Dist::sparse(cand, cidx, nk, S_total, wsum);
     } else {
-        S_total = K_->row_exp_sum(r, V_, &wsum, dense);
-        out = Dist(dense, S_total, wsum);
+        S_total = K_->row_exp_sum(r, V_, dense);
+        // the float64 sum only if a child is rejected (lazy_reject): a walk that accepts at once skips it
+        out = Dist(dense, S_total, std::numeric_limits<double>::quiet_NaN());
     }
     if (P_.top_p < 1.0) {
         float* S = wk_.S.get();
@@ -738,6 +739,7 @@ bool Walker::lazy_reject(Dist& q, int64_t x) {
         wk_.patches_ids.push_back(t);
         removed_w += q.base(t);
     };
+    if (std::isnan(q.wsum)) q.wsum = K_->sum_f64(q.w, V_);  // the weights as written (nothing removed yet)
     wk_.patches_ids.clear();
     double removed_w = 0.0;
     add(x, removed_w);
