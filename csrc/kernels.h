@@ -36,8 +36,8 @@ struct Kernels {
     int64_t (*row_compact_ge)(const RowSrc& r, float t, int64_t V, float* vals, int32_t* idx);
     // The scaled logit of one entry.
     float (*row_scaled_at)(const RowSrc& r, int64_t i);
-    // a[i] = exp(a[i] - m); returns the sum (lane order); *dsum (if not null) = the same sum in float64.
-    float (*exp_sum)(float* a, float m, int64_t n, double* dsum);
+    // a[i] = exp(a[i] - m); returns the sum (lane order).
+    float (*exp_sum)(float* a, float m, int64_t n);
     // dst[i] = src[i] / d over [lo, hi); returns the sum of dst.
     float (*div_sum)(const float* src, float d, float* dst, int64_t lo, int64_t hi);
     // dst[i] = max(src[i]/d - p[i]/dp, 0) over [lo, hi); returns the sum of dst.

@@ -265,41 +265,23 @@ static int64_t k_row_compact_ge(const RowSrc& r, float t, int64_t n, float* vals
     return k_dispatch<KRowCompactGe>(r, t, n, vals, idx);
 }
 
-static float k_exp_sum(float* a, float m, int64_t n, double* dsum) {
+static float k_exp_sum(float* a, float m, int64_t n) {
     k_v8f acc = k_bc(0.0f);
-    k_v8d dacc = k_v8d{} + 0.0;
     int64_t i = 0;
-    if (dsum) {
-        for (; i + K_LANES <= n; i += K_LANES) {
-            k_v8f x;
-            __builtin_memcpy(&x, a + i, sizeof(x));
-            const k_v8f e = k_exp8(x - m);
-            __builtin_memcpy(a + i, &e, sizeof(e));
-            acc += e;
-            dacc += __builtin_convertvector(e, k_v8d);
-        }
-    } else {
-        for (; i + K_LANES <= n; i += K_LANES) {
-            k_v8f x;
-            __builtin_memcpy(&x, a + i, sizeof(x));
-            const k_v8f e = k_exp8(x - m);
-            __builtin_memcpy(a + i, &e, sizeof(e));
-            acc += e;
-        }
+    for (; i + K_LANES <= n; i += K_LANES) {
+        k_v8f x;
+        __builtin_memcpy(&x, a + i, sizeof(x));
+        const k_v8f e = k_exp8(x - m);
+        __builtin_memcpy(a + i, &e, sizeof(e));
+        acc += e;
     }
     float s = 0.0f;
-    double ds = 0.0;
-    for (int l = 0; l < K_LANES; ++l) {
-        s += acc[l];
-        ds += dacc[l];
-    }
+    for (int l = 0; l < K_LANES; ++l) s += acc[l];
     for (; i < n; ++i) {
         const float e = k_exp(a[i] - m);
         a[i] = e;
         s += e;
-        ds += e;
     }
-    if (dsum) *dsum = ds;
     return s;
 }
 

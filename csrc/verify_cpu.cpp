@@ -4,25 +4,25 @@
 // Per sequence (a small pool of std::threads that wait on condition variables, never spinning; one thread
 // when the batch is too small to split), only the rows the walk visits are read, each in two passes:
 //   1. row statistics: one read-only pass for the guided row's max and whether it holds a NaN (validity);
-//      then one pass that writes the weights exp(x - max) into a scratch row and sums them (float32 lanes
-//      + a float64 sum), or, with top-k, finds the k-th largest without sorting: a threshold from a
-//      strided sample, one vectorised compaction of the entries above it straight from the logits, a
-//      radix select (11/11/10 bits of the order-preserving key) over those candidates, exponentials only
-//      for the <= k survivors (kept as a sparse list); no probability row is written;
+//      then one pass that writes the weights exp(x - max) into a scratch row and sums them (float32
+//      lanes), or, with top-k, finds the k-th largest without sorting: a threshold from a strided sample,
+//      one vectorised compaction of the entries above it straight from the logits, a radix select
+//      (11/11/10 bits of the order-preserving key) over those candidates, exponentials only for the
+//      <= k survivors (kept as a sparse list); no probability row is written;
 //   2. q(x) of each drafted child from those statistics;
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
 //      (of the <= k survivors when top-k is on); the kept row is written once.
 // A distribution is kept *lazily* as (w, d) with q(i) = w[i] / d, which equals the reference's
 // element-wise division bit for bit; w is the weight row or the sparse survivors. A deterministic
 // rejection is pure bookkeeping: the zeroed tokens go to a small "removed" list and the residual's sum
-// (computed from the float64 row sum minus the removed weights, exact to ~1e-12 relative) becomes one more
-// divisor, q'(i) = (w[i] / d) / total, the same float operations as a materialised residual divided by its
-// sum. Only the final token (inverse CDF or argmax: one pass over the weights, over the survivors alone
-// with top-k), greedy acceptance, GSD and the sampled residual read a full row again; the sampled
-// residual writes the next row in one pass (zeroed / transported entries are "patches" between
-// vectorised segments). Scalars follow the reference's float32/float64 conventions (np.float32 rounding
-// of tvd, r, charges; float32 running sums in index order for prefix sums and the inverse CDF, computed
-// by blocks bit for bit).
+// (the float64 sum of the weights, taken at the first rejection, minus the removed weights: exact to
+// ~1e-12 relative) becomes one more divisor, q'(i) = (w[i] / d) / total, the same float operations as a
+// materialised residual divided by its sum. Only the final token (inverse CDF or argmax: one pass over
+// the weights, over the survivors alone with top-k), greedy acceptance, GSD and the sampled residual read
+// a full row again; the sampled residual writes the next row in one pass (zeroed / transported entries
+// are "patches" between vectorised segments). Scalars follow the reference's float32/float64 conventions
+// (np.float32 rounding of tvd, r, charges; float32 running sums in index order for prefix sums and the
+// inverse CDF, computed by blocks bit for bit).
 #include "verify_cpu.h"
 
 #include <algorithm>
@@ -107,9 +107,9 @@ const void* row_ptr(const void* base, int dt, int64_t row, int64_t V) {
 }
 
 // Scratch of one thread, kept between calls (grown, never shrunk): no allocation or page faults per call.
-// A: the target row when it must be dense; W: a materialised residual; P: the drafter row; S: scratch
-// (radix select, sorting, q values); R: block starts of running sums; C / CI and DC / DCI: the target's and the drafter's
-// top-k survivors.
+// A: the target's weights (or top-p's kept row); W: a materialised residual; P: the drafter row; S: scratch
+// (radix select, sorting, q values); R: block starts of running sums; C / CI and DC / DCI: the target's
+// and the drafter's top-k survivors.
 struct Work {
     int64_t cap;
     std::unique_ptr<float[]> A, W, P, S, R, C, DC;
@@ -245,7 +245,6 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
     if (k == 1) return K_->row_compact_ge(r, r.shift, V_, cand, cidx);  // shift = the scaled row's max
     float* tmp = wk_.S.get();
     int64_t c = -1;
-    float kth = 0.0f;
     const int64_t ns = std::min<int64_t>(V_, 1024);
     const double expect = static_cast<double>(k) * ns / static_cast<double>(V_);
     const int64_t rk = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect) + 8.0));
@@ -261,7 +260,7 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
     }
     if (c < 0) c = K_->row_compact_ge(r, -F_INF, V_, cand, cidx);  // every entry
     std::memcpy(tmp, cand, sizeof(float) * static_cast<size_t>(c));
-    kth = radix_kth_largest(tmp, c, k);
+    const float kth = radix_kth_largest(tmp, c, k);
     int64_t m = 0;
     for (int64_t j = 0; j < c; ++j) {  // branch-free
         const float x = cand[j];
@@ -288,15 +287,16 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
     const RowSrc r{c, u, dtype, s, T, st.max, T == 1.0f ? st.max : 0.0f};
     float S_total;
     int64_t nk = 0;  // top-k survivors in cand / cidx (index order)
+    // the float64 sum of the weights only if a child is rejected (lazy_reject): a walk that accepts at once
+    // skips it
+    const double wsum = std::numeric_limits<double>::quiet_NaN();
     if (P_.top_k > 0) {
-        double wsum = 0.0;
         nk = topk_survivors(r, std::min<int64_t>(P_.top_k, V_), cand, cidx);
-        S_total = K_->exp_sum(cand, r.shift, nk, &wsum);  // in place: the survivors' weights
+        S_total = K_->exp_sum(cand, r.shift, nk);  // in place: the survivors' weights
         out = Dist::sparse(cand, cidx, nk, S_total, wsum);
     } else {
         S_total = K_->row_exp_sum(r, V_, dense);
-        // the float64 sum only if a child is rejected (lazy_reject): a walk that accepts at once skips it
-        out = Dist(dense, S_total, std::numeric_limits<double>::quiet_NaN());
+        out = Dist(dense, S_total, wsum);
     }
     if (P_.top_p < 1.0) {
         float* S = wk_.S.get();
@@ -740,7 +740,8 @@ bool Walker::lazy_reject(Dist& q, int64_t x) {
         wk_.patches_ids.push_back(t);
         removed_w += q.base(t);
     };
-    if (std::isnan(q.wsum)) q.wsum = K_->sum_f64(q.w, V_);  // the weights as written (nothing removed yet)
+    if (std::isnan(q.wsum))  // the weights as written (nothing removed yet)
+        q.wsum = q.kind == Dist::DENSE ? K_->sum_f64(q.w, V_) : K_->sum_f64(q.sw, q.n);
     wk_.patches_ids.clear();
     double removed_w = 0.0;
     add(x, removed_w);
