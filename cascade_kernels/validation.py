@@ -21,6 +21,7 @@ from .types import Method, VerifyArgs
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 RESIDUALS = ("transport", "standard", "peer")
 DRAFT_SAMPLINGS = ("iid", "without_replacement")
+_CASCADE = codes.METHODS["cascade"]
 
 
 def check_tensor(x, name: str, *, ndim: int, dtypes, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -32,9 +33,10 @@ def check_tensor(x, name: str, *, ndim: int, dtypes, device: Optional[torch.devi
     if x.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must have dtype in ({names}), got {x.dtype}")
-    if device is not None and x.device != device:
-        raise ValueError(f"{name} is on {x.device} but the other inputs are on {device}")
-    if x.device.type == "meta":
+    if device is not None:  # the reference tensor's device was checked (not meta) by its own call
+        if x.device != device:
+            raise ValueError(f"{name} is on {x.device} but the other inputs are on {device}")
+    elif x.device.type == "meta":
         raise ValueError(f"{name} is on the meta device: cascade_kernels needs real tensors")
     return x
 
@@ -84,6 +86,8 @@ def check_seed(seed, B: int, device) -> torch.Tensor:
 
     Int seeds map to small cached tensors, so a decode loop passing ints does not allocate every call."""
     if isinstance(seed, torch.Tensor):
+        if seed.dtype == torch.int64 and seed.shape == (B,) and seed.device == device and seed.is_contiguous():
+            return seed  # already the backends' form
         if seed.dtype != torch.int64:
             raise TypeError(f"seed tensor must be int64, got {seed.dtype}")
         if seed.dim() == 0:
@@ -142,7 +146,7 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
     if draft_logits is not None:
         draft_logits = check_tensor(draft_logits, "draft_logits", ndim=3, dtypes=FLOAT_DTYPES, device=device)
         check_shape(draft_logits, "draft_logits", (B, N, V))
-    if packed.code == codes.METHODS["cascade"] and hidden is None:
+    if packed.code == _CASCADE and hidden is None:
         raise ValueError("hidden [B, N, D] is required by ck.Cascade (the target's hidden states)")
     if hidden is not None:
         hidden = check_tensor(hidden, "hidden", ndim=3, dtypes=FLOAT_DTYPES + (torch.float64,), device=device)
@@ -159,14 +163,12 @@ def check_verify_inputs(tokens, parents, target_logits, method, draft_logits, hi
         eps = float(check_number(eps, "eps", lo=0.0, allow_inf=True))
     check_sampling(temperature, top_k, top_p, cfg_scale, V)
     greedy = temperature == 0
-    return VerifyArgs(
-        tokens=_contiguous(tokens if tokens.dtype == torch.int64 else tokens.to(torch.int64)), tree=tree,
-        target_logits=_contiguous(target_logits),
-        draft_logits=None if draft_logits is None or greedy else _contiguous(draft_logits),
-        hidden=None if hidden is None or packed.code != codes.METHODS["cascade"] else _contiguous(hidden),
-        method=packed, transport=residual == "transport", eps=eps, temperature=float(temperature),
-        top_k=int(top_k), top_p=float(top_p), cfg_scale=None if cfg_scale is None else float(cfg_scale),
-        seed=check_seed(seed, B, device), residual=residual, draft_sampling=draft_sampling)
+    return VerifyArgs(  # positional (a NamedTuple made from keywords costs more): the fields' order
+        _contiguous(tokens if tokens.dtype == torch.int64 else tokens.to(torch.int64)), tree,
+        _contiguous(target_logits), None if draft_logits is None or greedy else _contiguous(draft_logits),
+        None if hidden is None or packed.code != _CASCADE else _contiguous(hidden), packed,
+        residual == "transport", eps, float(temperature), int(top_k), float(top_p),
+        None if cfg_scale is None else float(cfg_scale), check_seed(seed, B, device), residual, draft_sampling)
 
 
 def needs_reference(args: VerifyArgs) -> Optional[str]:

@@ -63,5 +63,8 @@ PYBIND11_MODULE(_C, m) {
     m.def("uniform", [](int64_t seed, uint32_t stream, int64_t index) { return ck::uniform(seed, stream, index); },
           "Philox uniform(seed, stream, index), as cascade_kernels.philox.uniform.");
     m.def("isa", []() { return std::string(ck::kernels_isa()); }, "Instruction set of the row kernels in use.");
+    m.def("running_sum", [](uintptr_t v, int64_t n) { return ck::running_sum(as_ptr<const float>(v), n); },
+          "The float32 running sum of n floats at address v as the inverse CDF takes it (tests: it must equal "
+          "a serial loop bit for bit).");
     register_continuous(m);
 }

@@ -9,16 +9,35 @@
 
 namespace ck {
 
+constexpr int64_t K_PREFIX_BLOCK = 128;  // entries per block of Kernels::prefix_blocks (a multiple of 16)
+
 struct RowStats {
     float max;      // max over the non-NaN entries (-inf if none)
-    int64_t n_nan;  // NaN entries
+    bool has_nan;
+};
+
+// A target or drafter row read in place: the guided logit g = c (no CFG) or u + s * (c - u), the scaled
+// logit x = g (T == 1) or (g - m) / T (m = the row's max g, CONTRACT §2), the weight exp(x - shift) with
+// shift = m (T == 1) or 0 (the scaled row's max). The vector bodies and the scalar tails of the kernels
+// below compute these with the same float32 operations in the same order.
+struct RowSrc {
+    const void* c;
+    const void* u;  // nullptr without CFG
+    int dtype;      // DT_F32, DT_BF16 or DT_F16
+    float s, T, m, shift;
 };
 
 struct Kernels {
-    // out[i] = g_i / T with g = guided logit (float32): c (no CFG) or u + s * (c - u).
-    RowStats (*prep_row)(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V);
-    // a[i] = exp(a[i] - m); returns the sum (lane order); *dsum (if not null) = the same sum in float64.
-    float (*exp_sum)(float* a, float m, int64_t n, double* dsum);
+    // max and NaN flag of the guided row (read only).
+    RowStats (*row_max)(const void* c, const void* u, int dtype, float s, int64_t V);
+    // dst[i] = the weight, over [0, V); returns their sum (float32 lanes, reduced in lane order).
+    float (*row_exp_sum)(const RowSrc& r, int64_t V, float* dst);
+    // Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count.
+    int64_t (*row_compact_ge)(const RowSrc& r, float t, int64_t V, float* vals, int32_t* idx);
+    // The scaled logit of one entry.
+    float (*row_scaled_at)(const RowSrc& r, int64_t i);
+    // a[i] = exp(a[i] - m); returns the sum (lane order).
+    float (*exp_sum)(float* a, float m, int64_t n);
     // dst[i] = src[i] / d over [lo, hi); returns the sum of dst.
     float (*div_sum)(const float* src, float d, float* dst, int64_t lo, int64_t hi);
     // dst[i] = max(src[i]/d - p[i]/dp, 0) over [lo, hi); returns the sum of dst.
@@ -30,12 +49,17 @@ struct Kernels {
     float (*max_div)(const float* src, float d, int64_t lo, int64_t hi);
     // dst[i] = src[i] >= t ? src[i] : 0 over [0, n); returns the sum of dst (top-p keep).
     float (*keep_ge_sum)(const float* src, float t, float* dst, int64_t n);
-    // sum of src[i] / d over [lo, hi) (block sums of the inverse CDF).
-    float (*sum_div)(const float* src, float d, int64_t lo, int64_t hi);
-    // Appends (a[i], i) for every a[i] >= t to vals / idx in index order; returns the count.
-    int64_t (*compact_ge)(const float* a, float t, int64_t n, float* vals, int32_t* idx);
     // dst[i] = (((src[i] / divs[0]) / divs[1]) ...) over [lo, hi) (ndiv >= 0); returns the float64 sum of dst.
     double (*chain_div)(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi);
+    // The float32 running sum of v[0..n) in index order (rounded after every addition, exactly as a serial
+    // loop): returns the total; starts[b] = the running sum before entry b * K_PREFIX_BLOCK.
+    float (*prefix_blocks)(const float* v, int64_t n, float* starts);
+    // prefix_blocks of v[i] = (((w[i] / divs[0]) / divs[1]) ...) over [0, n), zero at the ascending ids
+    // zero[0..nzero), without writing the values (they are made block by block in a small buffer).
+    float (*chain_prefix)(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
+                          int64_t n, float* starts);
+    // sum of a[i] in float64 (lane order).
+    double (*sum_f64)(const float* a, int64_t n);
     // sum of a[i] * b[i] in float64 (lane order).
     double (*dot_f64)(const float* a, const float* b, int64_t n);
     const char* isa;

@@ -48,44 +48,18 @@ static inline float k_load(const void* base, int64_t i) {
     return k_f16(static_cast<const uint16_t*>(base)[i]);
 }
 
-template <int DT, bool CFG>
-static RowStats k_prep_row_t(const void* c, const void* u, float s, float* out, int64_t V) {
-    float m = -__builtin_inff();
-    int64_t nn = 0;
-#pragma omp simd reduction(max : m) reduction(+ : nn)
-    for (int64_t i = 0; i < V; ++i) {
-        float g = k_load<DT>(c, i);
-        if (CFG) {
-            const float un = k_load<DT>(u, i);
-            g = un + s * (g - un);
-        }
-        out[i] = g;
-        const bool isnan = g != g;
-        nn += isnan ? 1 : 0;
-        const float gv = isnan ? -__builtin_inff() : g;
-        m = gv > m ? gv : m;
+
+// The scaled logit of one entry (see RowSrc): guidance, then temperature as (g - max g) / T (CONTRACT §2).
+static float k_row_scaled_at(const RowSrc& r, int64_t i) {
+    float g = r.dtype == 0 ? k_load<0>(r.c, i) : (r.dtype == 1 ? k_load<1>(r.c, i) : k_load<2>(r.c, i));
+    if (r.u) {
+        const float un = r.dtype == 0 ? k_load<0>(r.u, i) : (r.dtype == 1 ? k_load<1>(r.u, i) : k_load<2>(r.u, i));
+        g = un + r.s * (g - un);
     }
-    return RowStats{m, nn};
+    return r.T != 1.0f ? (g - r.m) / r.T : g;
 }
 
-// Guidance, then temperature as (g - max g) / T (CONTRACT §2: a tiny T tends to greedy instead of
-// overflowing), with the row's max and NaN count; T == 1 leaves g as it is (the softmax subtracts the max).
-static RowStats k_prep_row(const void* c, const void* u, int dtype, float s, float T, float* out, int64_t V) {
-    const bool cfg = u != nullptr;
-    RowStats st;
-    switch (dtype) {
-        case 0: st = cfg ? k_prep_row_t<0, true>(c, u, s, out, V) : k_prep_row_t<0, false>(c, u, s, out, V); break;
-        case 1: st = cfg ? k_prep_row_t<1, true>(c, u, s, out, V) : k_prep_row_t<1, false>(c, u, s, out, V); break;
-        default: st = cfg ? k_prep_row_t<2, true>(c, u, s, out, V) : k_prep_row_t<2, false>(c, u, s, out, V);
-    }
-    if (T != 1.0f && st.n_nan == 0 && st.max > -__builtin_inff() && st.max < __builtin_inff()) {
-        const float m = st.max;
-#pragma omp simd
-        for (int64_t i = 0; i < V; ++i) out[i] = (out[i] - m) / T;
-        st.max = 0.0f;  // (m - m) / T
-    }
-    return st;
-}
+static float k_row_weight_at(const RowSrc& r, int64_t i) { return k_exp(k_row_scaled_at(r, i) - r.shift); }
 
 #ifndef K_LANES
 #define K_LANES 8
@@ -120,82 +94,271 @@ static inline k_v8f k_exp8(k_v8f x) {
 }
 
 typedef double k_v8d __attribute__((vector_size(8 * K_LANES)));
+typedef uint16_t k_v8h __attribute__((vector_size(2 * K_LANES)));
+typedef uint32_t k_v8u __attribute__((vector_size(4 * K_LANES)));
 
-static float k_exp_sum(float* a, float m, int64_t n, double* dsum) {
+// K_LANES consecutive entries as float32 (k_load on each lane: identical results).
+template <int DT>
+static inline k_v8f k_loadv(const void* base, int64_t i) {
+    if (DT == 0) {
+        k_v8f x;
+        __builtin_memcpy(&x, static_cast<const float*>(base) + i, sizeof(x));
+        return x;
+    }
+    k_v8h h;
+    __builtin_memcpy(&h, static_cast<const uint16_t*>(base) + i, sizeof(h));
+    const k_v8u w = __builtin_convertvector(h, k_v8u);
+    if (DT == 1) return reinterpret_cast<k_v8f>(w << 16);
+    const k_v8u sign = (w & 0x8000u) << 16;
+    const k_v8u em = w & 0x7fffu;
+    k_v8u mb = reinterpret_cast<k_v8u>(reinterpret_cast<k_v8f>(em << 13) * 0x1p112f);
+    mb = (em >= 0x7c00u) ? (mb | 0x7f800000u) : mb;
+    return reinterpret_cast<k_v8f>(mb | sign);
+}
+
+// k_row_scaled_at on K_LANES lanes (the same operations).
+template <int DT, bool CFG, bool T1>
+static inline k_v8f k_scaledv(const RowSrc& r, int64_t i) {
+    k_v8f g = k_loadv<DT>(r.c, i);
+    if (CFG) {
+        const k_v8f un = k_loadv<DT>(r.u, i);
+        g = un + r.s * (g - un);
+    }
+    return T1 ? g : (g - r.m) / r.T;
+}
+
+// Calls F<dtype, cfg, T == 1>::run(r, args...).
+template <template <int, bool, bool> class F, typename... A>
+static inline auto k_dispatch(const RowSrc& r, A... a) -> decltype(F<0, false, false>::run(r, a...)) {
+    const int sel = (r.dtype == 1 ? 4 : (r.dtype == 2 ? 8 : 0)) + (r.u ? 2 : 0) + (r.T == 1.0f ? 1 : 0);
+    switch (sel) {
+        case 0: return F<0, false, false>::run(r, a...);
+        case 1: return F<0, false, true>::run(r, a...);
+        case 2: return F<0, true, false>::run(r, a...);
+        case 3: return F<0, true, true>::run(r, a...);
+        case 4: return F<1, false, false>::run(r, a...);
+        case 5: return F<1, false, true>::run(r, a...);
+        case 6: return F<1, true, false>::run(r, a...);
+        case 7: return F<1, true, true>::run(r, a...);
+        case 8: return F<2, false, false>::run(r, a...);
+        case 9: return F<2, false, true>::run(r, a...);
+        case 10: return F<2, true, false>::run(r, a...);
+        default: return F<2, true, true>::run(r, a...);
+    }
+}
+
+// Max over the non-NaN guided logits (x > m is false for a NaN x) and whether any is NaN; four independent
+// accumulators (the max is order-independent).
+template <int DT, bool CFG, bool T1>
+struct KRowMax {
+    static RowStats run(const RowSrc& r, int64_t n) {
+        k_v8f m0 = k_bc(-__builtin_inff()), m1 = m0, m2 = m0, m3 = m0;
+        k_v8i nan = k_v8i{};
+        int64_t i = 0;
+        for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
+            const k_v8f g0 = k_scaledv<DT, CFG, true>(r, i), g1 = k_scaledv<DT, CFG, true>(r, i + K_LANES);
+            const k_v8f g2 = k_scaledv<DT, CFG, true>(r, i + 2 * K_LANES);
+            const k_v8f g3 = k_scaledv<DT, CFG, true>(r, i + 3 * K_LANES);
+            m0 = g0 > m0 ? g0 : m0;
+            m1 = g1 > m1 ? g1 : m1;
+            m2 = g2 > m2 ? g2 : m2;
+            m3 = g3 > m3 ? g3 : m3;
+            nan |= (g0 != g0) | (g1 != g1) | (g2 != g2) | (g3 != g3);
+        }
+        m0 = m1 > m0 ? m1 : m0;
+        m2 = m3 > m2 ? m3 : m2;
+        m0 = m2 > m0 ? m2 : m0;
+        float m = -__builtin_inff();
+        int any = 0;
+        for (int l = 0; l < K_LANES; ++l) {
+            m = m0[l] > m ? m0[l] : m;
+            any |= nan[l];
+        }
+        for (; i < n; ++i) {
+            float g = k_load<DT>(r.c, i);
+            if (CFG) {
+                const float un = k_load<DT>(r.u, i);
+                g = un + r.s * (g - un);
+            }
+            m = g > m ? g : m;
+            any |= g != g;
+        }
+        return RowStats{m, any != 0};
+    }
+};
+
+// T is not applied to the max (RowSrc.T is ignored here: the max is of the guided logits).
+static RowStats k_row_max(const void* c, const void* u, int dtype, float s, int64_t V) {
+    const RowSrc r{c, u, dtype, s, 1.0f, 0.0f, 0.0f};
+    return k_dispatch<KRowMax>(r, V);
+}
+
+template <int DT, bool CFG, bool T1>
+struct KRowExpSum {
+    static float run(const RowSrc& r, int64_t n, float* dst) {
+        k_v8f acc = k_bc(0.0f);
+        int64_t i = 0;
+        for (; i + K_LANES <= n; i += K_LANES) {
+            const k_v8f e = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
+            __builtin_memcpy(dst + i, &e, sizeof(e));
+            acc += e;
+        }
+        float s = 0.0f;
+        for (int l = 0; l < K_LANES; ++l) s += acc[l];
+        for (; i < n; ++i) {
+            const float e = k_row_weight_at(r, i);
+            dst[i] = e;
+            s += e;
+        }
+        return s;
+    }
+};
+
+// The weights into dst and their sum, in the same lane order as k_exp_sum on a row of scaled logits.
+static float k_row_exp_sum(const RowSrc& r, int64_t n, float* dst) { return k_dispatch<KRowExpSum>(r, n, dst); }
+
+template <int DT, bool CFG, bool T1>
+struct KRowCompactGe {
+    static int64_t run(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx) {
+        int64_t c = 0, i = 0;
+#if defined(K_USE_AVX512)
+        const __m512 tv = _mm512_set1_ps(t);
+        const __m512i step = _mm512_set1_epi32(16);
+        __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (; i + 16 <= n; i += 16, iv = _mm512_add_epi32(iv, step)) {
+            const k_v8f xs = k_scaledv<DT, CFG, T1>(r, i);
+            __m512 x;
+            __builtin_memcpy(&x, &xs, sizeof(x));
+            const __mmask16 m = _mm512_cmp_ps_mask(x, tv, _CMP_GE_OQ);
+            if (m) {
+                // compress into a register, then a plain store (compress-to-memory is slow on some cores)
+                _mm512_storeu_ps(vals + c, _mm512_maskz_compress_ps(m, x));
+                _mm512_storeu_si512(reinterpret_cast<void*>(idx + c), _mm512_maskz_compress_epi32(m, iv));
+                c += __builtin_popcount(static_cast<unsigned>(m));
+            }
+        }
+#else
+        for (; i + K_LANES <= n; i += K_LANES) {
+            const k_v8f x = k_scaledv<DT, CFG, T1>(r, i);
+            const k_v8i m = x >= k_bc(t);
+            int any = 0;
+            for (int l = 0; l < K_LANES; ++l) any |= m[l];
+            if (!any) continue;
+            for (int l = 0; l < K_LANES; ++l) {
+                vals[c] = x[l];
+                idx[c] = static_cast<int32_t>(i + l);
+                c += m[l] ? 1 : 0;
+            }
+        }
+#endif
+        for (; i < n; ++i) {
+            const float x = k_row_scaled_at(r, i);
+            vals[c] = x;
+            idx[c] = static_cast<int32_t>(i);
+            c += x >= t ? 1 : 0;
+        }
+        return c;
+    }
+};
+
+static int64_t k_row_compact_ge(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx) {
+    return k_dispatch<KRowCompactGe>(r, t, n, vals, idx);
+}
+
+static float k_exp_sum(float* a, float m, int64_t n) {
     k_v8f acc = k_bc(0.0f);
-    k_v8d dacc = k_v8d{} + 0.0;
     int64_t i = 0;
-    if (dsum) {
-        for (; i + K_LANES <= n; i += K_LANES) {
-            k_v8f x;
-            __builtin_memcpy(&x, a + i, sizeof(x));
-            const k_v8f e = k_exp8(x - m);
-            __builtin_memcpy(a + i, &e, sizeof(e));
-            acc += e;
-            dacc += __builtin_convertvector(e, k_v8d);
-        }
-    } else {
-        for (; i + K_LANES <= n; i += K_LANES) {
-            k_v8f x;
-            __builtin_memcpy(&x, a + i, sizeof(x));
-            const k_v8f e = k_exp8(x - m);
-            __builtin_memcpy(a + i, &e, sizeof(e));
-            acc += e;
-        }
+    for (; i + K_LANES <= n; i += K_LANES) {
+        k_v8f x;
+        __builtin_memcpy(&x, a + i, sizeof(x));
+        const k_v8f e = k_exp8(x - m);
+        __builtin_memcpy(a + i, &e, sizeof(e));
+        acc += e;
     }
     float s = 0.0f;
-    double ds = 0.0;
-    for (int l = 0; l < K_LANES; ++l) {
-        s += acc[l];
-        ds += dacc[l];
-    }
+    for (int l = 0; l < K_LANES; ++l) s += acc[l];
     for (; i < n; ++i) {
         const float e = k_exp(a[i] - m);
         a[i] = e;
         s += e;
-        ds += e;
     }
-    if (dsum) *dsum = ds;
     return s;
 }
 
-static int64_t k_compact_ge(const float* a, float t, int64_t n, float* vals, int32_t* idx) {
-    int64_t c = 0, i = 0;
-#if defined(K_USE_AVX512)
-    const __m512 tv = _mm512_set1_ps(t);
-    const __m512i step = _mm512_set1_epi32(16);
-    __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    for (; i + 16 <= n; i += 16, iv = _mm512_add_epi32(iv, step)) {
-        const __m512 x = _mm512_loadu_ps(a + i);
-        const __mmask16 m = _mm512_cmp_ps_mask(x, tv, _CMP_GE_OQ);
-        if (m) {
-            // compress into a register, then a plain store (compress-to-memory is slow on some cores)
-            _mm512_storeu_ps(vals + c, _mm512_maskz_compress_ps(m, x));
-            _mm512_storeu_si512(reinterpret_cast<void*>(idx + c), _mm512_maskz_compress_epi32(m, iv));
-            c += __builtin_popcount(static_cast<unsigned>(m));
-        }
-    }
-#else
-    for (; i + K_LANES <= n; i += K_LANES) {
+// The float32 running sum s <- s + v[i] over [lo, hi) from s, in index order, rounded after every addition.
+static float k_serial_sum(const float* v, int64_t lo, int64_t hi, float s) {
+    for (int64_t i = lo; i < hi; ++i) s += v[i];
+    return s;
+}
+
+// The same running sum, bit for bit, without the serial chain of float additions, when it can be proven
+// equal: while s stays in the binade [2^E, 2^(E+1)), every float32 sum is a multiple of u = 2^(E-23), so
+// s + v[i] rounds to s + u * rint(v[i] / u) (v[i] / u is exact: a power-of-two scale), the ties (a
+// fraction of exactly 1/2, where round-half-even depends on s) excepted. The block's sums are then
+// s + u * (integer prefix sums), all in the binade iff the last one is below 2^24 u. Otherwise (a tie, a
+// negative / non-finite / huge entry, s zero or tiny, or the binade left) the block is summed serially.
+static float k_block_sum(const float* v, int64_t lo, int64_t hi, float s) {
+    if (!(s >= 0x1p-100f && s < 0x1p100f) || (hi - lo) % K_LANES != 0) return k_serial_sum(v, lo, hi, s);
+    const int E = static_cast<int>(k_float_to_bits(s) >> 23) - 127;
+    const float inv = k_bits_to_float(static_cast<uint32_t>(23 - E + 127) << 23);  // 1 / u
+    const float u = k_bits_to_float(static_cast<uint32_t>(E - 23 + 127) << 23);
+    k_v8i acc = k_v8i{}, bad = k_v8i{};
+    for (int64_t i = lo; i < hi; i += K_LANES) {
         k_v8f x;
-        __builtin_memcpy(&x, a + i, sizeof(x));
-        const k_v8i m = x >= k_bc(t);
-        int any = 0;
-        for (int l = 0; l < K_LANES; ++l) any |= m[l];
-        if (!any) continue;
-        for (int l = 0; l < K_LANES; ++l) {
-            vals[c] = x[l];
-            idx[c] = static_cast<int32_t>(i + l);
-            c += m[l] ? 1 : 0;
+        __builtin_memcpy(&x, v + i, sizeof(x));
+        const k_v8f t = x * inv;
+        const k_v8i ok = (t >= 0.0f) & (t < 0x1p24f);  // false for NaN
+        const k_v8f tc = ok ? t : k_bc(0.0f);
+        const k_v8i ti = __builtin_convertvector(tc, k_v8i);  // truncation = floor (tc >= 0)
+        const k_v8f fr = tc - __builtin_convertvector(ti, k_v8f);
+        acc += ti - (fr > 0.5f);  // a true comparison is -1
+        bad |= ~ok | (fr == 0.5f);
+    }
+    int64_t total = static_cast<int64_t>(s * inv);  // an integer in [2^23, 2^24)
+    int any = 0;
+    for (int l = 0; l < K_LANES; ++l) {
+        total += acc[l];
+        any |= bad[l];
+    }
+    if (any || total >= (int64_t{1} << 24)) return k_serial_sum(v, lo, hi, s);
+    return static_cast<float>(total) * u;  // exact
+}
+
+static float k_prefix_blocks(const float* v, int64_t n, float* starts) {
+    float s = 0.0f;
+    for (int64_t b = 0, lo = 0; lo < n; ++b, lo += K_PREFIX_BLOCK) {
+        starts[b] = s;
+        s = k_block_sum(v, lo, lo + K_PREFIX_BLOCK < n ? lo + K_PREFIX_BLOCK : n, s);
+    }
+    return s;
+}
+
+// k_prefix_blocks of the values v[i] = (((w[i] / divs[0]) / divs[1]) ...), zero at the ascending ids
+// zero[0..nzero), computed block by block in a small buffer: the row of values is never written.
+static float k_chain_prefix(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
+                            int64_t n, float* starts) {
+    float blk[K_PREFIX_BLOCK];
+    float s = 0.0f;
+    int64_t z = 0;
+    for (int64_t b = 0, lo = 0; lo < n; ++b, lo += K_PREFIX_BLOCK) {
+        const int64_t len = lo + K_PREFIX_BLOCK < n ? K_PREFIX_BLOCK : n - lo;
+        int64_t i = 0;
+        for (; i + K_LANES <= len; i += K_LANES) {
+            k_v8f x;
+            __builtin_memcpy(&x, w + lo + i, sizeof(x));
+            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+            __builtin_memcpy(blk + i, &x, sizeof(x));
         }
+        for (; i < len; ++i) {
+            float x = w[lo + i];
+            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+            blk[i] = x;
+        }
+        for (; z < nzero && zero[z] < lo + len; ++z) blk[zero[z] - lo] = 0.0f;
+        starts[b] = s;
+        s = k_block_sum(blk, 0, len, s);
     }
-#endif
-    for (; i < n; ++i) {
-        vals[c] = a[i];
-        idx[c] = static_cast<int32_t>(i);
-        c += a[i] >= t ? 1 : 0;
-    }
-    return c;
+    return s;
 }
 
 static double k_chain_div(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi) {
@@ -219,18 +382,53 @@ static double k_chain_div(const float* src, const float* divs, int ndiv, float* 
     return ds;
 }
 
+// Four independent float64 accumulators (the add latency, not the loads, bounds a single chain).
 static double k_dot_f64(const float* a, const float* b, int64_t n) {
-    k_v8d acc = k_v8d{} + 0.0;
+    k_v8d acc0 = k_v8d{} + 0.0, acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int64_t i = 0;
+    for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
+        k_v8f x0, y0, x1, y1, x2, y2, x3, y3;
+        __builtin_memcpy(&x0, a + i, sizeof(x0));
+        __builtin_memcpy(&y0, b + i, sizeof(y0));
+        __builtin_memcpy(&x1, a + i + K_LANES, sizeof(x1));
+        __builtin_memcpy(&y1, b + i + K_LANES, sizeof(y1));
+        __builtin_memcpy(&x2, a + i + 2 * K_LANES, sizeof(x2));
+        __builtin_memcpy(&y2, b + i + 2 * K_LANES, sizeof(y2));
+        __builtin_memcpy(&x3, a + i + 3 * K_LANES, sizeof(x3));
+        __builtin_memcpy(&y3, b + i + 3 * K_LANES, sizeof(y3));
+        acc0 += __builtin_convertvector(x0, k_v8d) * __builtin_convertvector(y0, k_v8d);
+        acc1 += __builtin_convertvector(x1, k_v8d) * __builtin_convertvector(y1, k_v8d);
+        acc2 += __builtin_convertvector(x2, k_v8d) * __builtin_convertvector(y2, k_v8d);
+        acc3 += __builtin_convertvector(x3, k_v8d) * __builtin_convertvector(y3, k_v8d);
+    }
     for (; i + K_LANES <= n; i += K_LANES) {
         k_v8f x, y;
         __builtin_memcpy(&x, a + i, sizeof(x));
         __builtin_memcpy(&y, b + i, sizeof(y));
-        acc += __builtin_convertvector(x, k_v8d) * __builtin_convertvector(y, k_v8d);
+        acc0 += __builtin_convertvector(x, k_v8d) * __builtin_convertvector(y, k_v8d);
     }
+    acc0 = (acc0 + acc1) + (acc2 + acc3);
     double s = 0.0;
-    for (int l = 0; l < K_LANES; ++l) s += acc[l];
+    for (int l = 0; l < K_LANES; ++l) s += acc0[l];
     for (; i < n; ++i) s += static_cast<double>(a[i]) * b[i];
+    return s;
+}
+
+// sum of a[i] in float64, four independent accumulators.
+static double k_sum_f64(const float* a, int64_t n) {
+    k_v8d acc0 = k_v8d{} + 0.0, acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 2 * K_LANES <= n; i += 2 * K_LANES) {
+        k_v8f x0, x1;
+        __builtin_memcpy(&x0, a + i, sizeof(x0));
+        __builtin_memcpy(&x1, a + i + K_LANES, sizeof(x1));
+        acc0 += __builtin_convertvector(x0, k_v8d);
+        acc1 += __builtin_convertvector(x1, k_v8d);
+    }
+    acc0 += acc1;
+    double s = 0.0;
+    for (int l = 0; l < K_LANES; ++l) s += acc0[l];
+    for (; i < n; ++i) s += a[i];
     return s;
 }
 
@@ -296,12 +494,7 @@ static float k_keep_ge_sum(const float* src, float t, float* dst, int64_t n) {
     return s;
 }
 
-static float k_sum_div(const float* src, float d, int64_t lo, int64_t hi) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = lo; i < hi; ++i) s += src[i] / d;
-    return s;
-}
-
-static const Kernels k_table = {k_prep_row, k_exp_sum,   k_div_sum,   k_sub_sum,   k_cool_sum, k_max_div,
-                                k_keep_ge_sum, k_sum_div, k_compact_ge, k_chain_div, k_dot_f64, K_ISA_NAME};
+static const Kernels k_table = {k_row_max, k_row_exp_sum, k_row_compact_ge, k_row_scaled_at, k_exp_sum,
+                                k_div_sum, k_sub_sum,     k_cool_sum,       k_max_div,       k_keep_ge_sum,
+                                k_chain_div, k_prefix_blocks, k_chain_prefix, k_sum_f64, k_dot_f64,
+                                K_ISA_NAME};

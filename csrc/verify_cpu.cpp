@@ -2,23 +2,27 @@
 // the same as cascade_kernels/ops/verify/reference.py.
 //
 // Per sequence (a small pool of std::threads that wait on condition variables, never spinning; one thread
-// when the batch is too small to split), only the rows the walk visits are read:
-//   1. prep_row: guidance + temperature into a float32 scratch row, with the row max and NaN count;
-//   2. top-k (optional): the k-th largest without sorting the row: a threshold from a strided sample,
-//      one vectorised compaction of the entries above it, then a radix select (11/11/10 bits of the
-//      order-preserving key) over those candidates; exponentials only for the kept entries;
-//      otherwise exp(x - max) over the row, summed in the same pass (float32 lanes + a float64 sum);
+// when the batch is too small to split), only the rows the walk visits are read, each in two passes:
+//   1. row statistics: one read-only pass for the guided row's max and whether it holds a NaN (validity);
+//      then one pass that writes the weights exp(x - max) into a scratch row and sums them (float32
+//      lanes), or, with top-k, finds the k-th largest without sorting: a threshold from a strided sample,
+//      one vectorised compaction of the entries above it straight from the logits, a radix select
+//      (11/11/10 bits of the order-preserving key) over those candidates, exponentials only for the
+//      <= k survivors (kept as a sparse list); no probability row is written;
+//   2. q(x) of each drafted child from those statistics;
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
-//      (of the <= k survivors when top-k is on).
+//      (of the <= k survivors when top-k is on); the kept row is written once.
 // A distribution is kept *lazily* as (w, d) with q(i) = w[i] / d, which equals the reference's
-// element-wise division bit for bit. A deterministic rejection is pure bookkeeping: the zeroed tokens go
-// to a small "removed" list and the residual's sum (computed from the float64 row sum minus the removed
-// weights, exact to ~1e-12 relative) becomes one more divisor, q'(i) = (w[i] / d) / total, the same float
-// operations as a materialised residual divided by its sum. Full-row consumers (greedy max, GSD, the final
-// argmax / inverse CDF) read the row once more; the sampled residual writes the next row in one pass
-// (zeroed / transported entries are "patches" between vectorised segments). Scalars follow the
-// reference's float32/float64 conventions (np.float32 rounding of tvd, r, charges; float32 running sums
-// in index order for prefix sums and the inverse CDF).
+// element-wise division bit for bit; w is the weight row or the sparse survivors. A deterministic
+// rejection is pure bookkeeping: the zeroed tokens go to a small "removed" list and the residual's sum
+// (the float64 sum of the weights, taken at the first rejection, minus the removed weights: exact to
+// ~1e-12 relative) becomes one more divisor, q'(i) = (w[i] / d) / total, the same float operations as a
+// materialised residual divided by its sum. Only the final token (inverse CDF or argmax: one pass over
+// the weights, over the survivors alone with top-k), greedy acceptance, GSD and the sampled residual read
+// a full row again; the sampled residual writes the next row in one pass (zeroed / transported entries
+// are "patches" between vectorised segments). Scalars follow the reference's float32/float64 conventions
+// (np.float32 rounding of tvd, r, charges; float32 running sums in index order for prefix sums and the
+// inverse CDF, computed by blocks bit for bit).
 #include "verify_cpu.h"
 
 #include <algorithm>
@@ -47,22 +51,43 @@ constexpr int MAX_CHAIN = 16;       // idem for the chain of divisors
 
 inline float f32(double x) { return static_cast<float>(x); }
 
-// q(i) = removed(i) ? 0 : (((w[i] / d) / div[0]) / div[1]) ...
+// q(i) = removed(i) ? 0 : (((w[i] / d) / div[0]) / div[1]) ..., with the base weights w in one of two forms:
+//   DENSE:  w[i] in a float row (the weights written by the statistics pass, top-p's kept row, or a
+//           materialised residual);
+//   SPARSE: the top-k survivors, ascending ids sidx[0..n) with weights sw[0..n), zero elsewhere.
 struct Dist {
+    enum Kind { SPARSE, DENSE };
+    Kind kind = DENSE;
+    const float* sw = nullptr;
+    const int32_t* sidx = nullptr;
+    int64_t n = 0;
     float* w = nullptr;
     float d = 1.0f;
-    double wsum = 0.0;             // float64 sum of w over the entries not removed
+    double wsum = 0.0;             // float64 sum of w over the entries not removed (NaN: not taken yet)
     double scale = 1.0;            // d * div[0] * ... * div[n-1] in float64
     int ndiv = 0;
     float div[MAX_CHAIN] = {};
     std::vector<int64_t> removed;  // zeroed entries (only when ndiv > 0)
     Dist() = default;
     Dist(float* w_, float d_, double ws) : w(w_), d(d_), wsum(ws), scale(d_) {}
+    static Dist sparse(const float* sw, const int32_t* sidx, int64_t n, float d, double ws) {
+        Dist q(nullptr, d, ws);
+        q.kind = SPARSE;
+        q.sw = sw;
+        q.sidx = sidx;
+        q.n = n;
+        return q;
+    }
     bool lazy() const { return ndiv > 0; }
     bool is_removed(int64_t i) const {
         for (int64_t r : removed)
             if (r == i) return true;
         return false;
+    }
+    float base(int64_t i) const {
+        if (kind == DENSE) return w[i];
+        const int32_t* e = std::lower_bound(sidx, sidx + n, static_cast<int32_t>(i));
+        return (e != sidx + n && *e == i) ? sw[e - sidx] : 0.0f;
     }
     float chain(float v) const {
         v = v / d;
@@ -70,8 +95,8 @@ struct Dist {
         return v;
     }
     float at(int64_t i) const {
-        if (ndiv == 0) return w[i] / d;
-        return is_removed(i) ? 0.0f : chain(w[i]);
+        if (ndiv == 0) return base(i) / d;
+        return is_removed(i) ? 0.0f : chain(base(i));
     }
 };
 
@@ -82,10 +107,13 @@ const void* row_ptr(const void* base, int dt, int64_t row, int64_t V) {
 }
 
 // Scratch of one thread, kept between calls (grown, never shrunk): no allocation or page faults per call.
+// A: the target's weights (or top-p's kept row); W: a materialised residual; P: the drafter row; S: scratch
+// (radix select, sorting, q values); R: block starts of running sums; C / CI and DC / DCI: the target's
+// and the drafter's top-k survivors.
 struct Work {
     int64_t cap;
-    std::unique_ptr<float[]> A, W, P, S, R;
-    std::unique_ptr<int32_t[]> idx;
+    std::unique_ptr<float[]> A, W, P, S, R, C, DC;
+    std::unique_ptr<int32_t[]> CI, DCI;
     std::vector<int32_t> kid_start, kid_list, depth, path, fill;
     std::vector<int64_t> seen, absorbed, block, nb, excl;
     std::vector<float> masses, norms, sample, cos_cache;
@@ -101,7 +129,10 @@ struct Work {
           P(new float[V_ + 16]),
           S(new float[V_ + 16]),
           R(new float[V_ + 16]),
-          idx(new int32_t[V_ + 16]) {}
+          C(new float[V_ + 16]),
+          DC(new float[V_ + 16]),
+          CI(new int32_t[V_ + 16]),
+          DCI(new int32_t[V_ + 16]) {}
 };
 
 Work& thread_work(int64_t V) {
@@ -148,8 +179,10 @@ float radix_kth_largest(float* v, int64_t n, int64_t k) {
         if (pass == 2) break;
         const uint32_t hi_mask = ~((1u << sh) - 1u);  // bits fixed so far
         int64_t m = 0;
-        for (int64_t i = 0; i < n; ++i)
-            if ((f2key(v[i]) & hi_mask) == prefix) v[m++] = v[i];
+        for (int64_t i = 0; i < n; ++i) {  // branch-free: whether an entry stays is data-dependent
+            v[m] = v[i];
+            m += (f2key(v[i]) & hi_mask) == prefix ? 1 : 0;
+        }
         n = m;
     }
     return key2f(prefix);
@@ -180,12 +213,16 @@ class Walker {
     int32_t cos_parent_ = -1;  // the parent whose children's pairwise cosines are in wk_.cos_cache
     int32_t cos_n_ = 0;
 
-    bool process_row(const void* c, const void* u, int dtype, float T, float* out_buf, Dist& out);
-    float kth_largest(const float* A, int64_t k);
+    bool process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
+                     Dist& out);
+    int64_t topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx);
+    void densify(Dist& q, float* buf);
     int64_t nan_safe_argmax_target(int64_t node);
     void materialize(Dist& q);
     const float* values(const Dist& q);
     int64_t argmax(const Dist& q);
+    int64_t inverse_cdf_sparse(const Dist& q, float u);
+    int64_t first_above(const float* v, int64_t n, float u);
     int64_t inverse_cdf(const Dist& q, float u);
     int64_t final_token(const Dist& q, bool greedy, float u) { return greedy ? argmax(q) : inverse_cdf(q, u); }
     Relaxation relax(Dist& q, int64_t x, int32_t child, double tvd);
@@ -193,69 +230,88 @@ class Walker {
     float cosine(int32_t i, int32_t j);
     float sibling_cosine(int32_t parent, int32_t i, int32_t j);
     float norm(int32_t i);
-    bool greedy_accepts(const Dist& q, int64_t x, const Relaxation& rel);
+    bool greedy_accepts(Dist& q, int64_t x, const Relaxation& rel);
     float residual(const Dist& q, const Dist* p, int64_t x, const Relaxation& rel, bool sampled, float* dst);
     bool lazy_reject(Dist& q, int64_t x);
     void collect_live(const std::vector<int32_t>& nodes, const Dist& q, int64_t x, std::vector<int64_t>& out);
 };
 
-// The k-th largest of A[0..V) (no NaN; 1 <= k <= V): a threshold t from a strided sample, the entries
-// >= t compacted (vectorised), a radix select among them; all entries when the sample's guess is short.
-float Walker::kth_largest(const float* A, int64_t k) {
-    float* vals = wk_.S.get();
-    int32_t* idx = wk_.idx.get();
-    float t = -F_INF;
+// The top-k survivors (scaled logit >= the k-th largest, ties kept as the reference's `scaled >= kth`;
+// 1 <= k <= V) into cand / cidx in index order; returns their count. A threshold t from a strided sample
+// of the scaled logits, one vectorised compaction of the entries >= t straight from the logits, a radix
+// select among those candidates (a copy), then the survivors filtered in place; all entries are candidates
+// when the sample's guess is short. The row is read once (twice in that rare case).
+int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx) {
+    if (k == 1) return K_->row_compact_ge(r, r.shift, V_, cand, cidx);  // shift = the scaled row's max
+    float* tmp = wk_.S.get();
+    int64_t c = -1;
     const int64_t ns = std::min<int64_t>(V_, 1024);
     const double expect = static_cast<double>(k) * ns / static_cast<double>(V_);
-    const int64_t r = static_cast<int64_t>(std::ceil(expect * 1.25 + 4.0 * std::sqrt(expect) + 8.0));
-    if (V_ >= 4096 && r < ns) {
+    const int64_t rk = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect) + 8.0));
+    if (V_ >= 4096 && rk < ns) {
         auto& smp = wk_.sample;
         smp.resize(static_cast<size_t>(ns));
         const int64_t stride = V_ / ns;
-        for (int64_t j = 0; j < ns; ++j) smp[j] = A[j * stride + (j * 7) % stride];
-        std::nth_element(smp.begin(), smp.begin() + (r - 1), smp.end(), std::greater<float>());
-        t = smp[r - 1];
-        const int64_t c = K_->compact_ge(A, t, V_, vals, idx);
-        if (c >= k) return radix_kth_largest(vals, c, k);
+        for (int64_t j = 0; j < ns; ++j) smp[j] = K_->row_scaled_at(r, j * stride + (j * 7) % stride);
+        // radix select, branch-free: a comparison sort's branches on random data mispredict about half
+        // the time (which a benchmark repeating one input hides: the predictor learns it)
+        c = K_->row_compact_ge(r, radix_kth_largest(smp.data(), ns, rk), V_, cand, cidx);
+        if (c < k) c = -1;
     }
-    std::memcpy(vals, A, sizeof(float) * static_cast<size_t>(V_));
-    return radix_kth_largest(vals, V_, k);
+    if (c < 0) c = K_->row_compact_ge(r, -F_INF, V_, cand, cidx);  // every entry
+    std::memcpy(tmp, cand, sizeof(float) * static_cast<size_t>(c));
+    const float kth = radix_kth_largest(tmp, c, k);
+    int64_t m = 0;
+    for (int64_t j = 0; j < c; ++j) {  // branch-free
+        const float x = cand[j];
+        const int32_t id = cidx[j];
+        cand[m] = x;
+        cidx[m] = id;
+        m += x >= kth ? 1 : 0;
+    }
+    return m;
 }
 
 // CONTRACT §2 steps 1-5 on one row; false when the row is not a distribution (docs/CONTRACT.md).
-bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* A, Dist& out) {
-    const RowStats st = K_->prep_row(c, u, dtype, static_cast<float>(P_.cfg_scale), T, A, V_);
+// One read-only pass for the max and the NaN flag, then one more pass over the logits: without top-k it
+// writes the weights exp(x - max) into `dense` and sums them (one exponential per entry, reused by the final
+// token: storing them costs less than recomputing them); with top-k it compacts the candidates, and only
+// the <= k survivors get exponentials (SPARSE, in cand / cidx). Top-p writes the kept probabilities into
+// `dense`.
+bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
+                         Dist& out) {
+    const float s = static_cast<float>(P_.cfg_scale);
+    const RowStats st = K_->row_max(c, u, dtype, s, V_);
     // Validity is judged on the whole row, before top-k masks anything (docs/CONTRACT.md).
-    if (st.n_nan > 0 || !std::isfinite(st.max)) return false;
+    if (st.has_nan || !std::isfinite(st.max)) return false;
+    const RowSrc r{c, u, dtype, s, T, st.max, T == 1.0f ? st.max : 0.0f};
     float S_total;
-    double wsum = 0.0;
-    int64_t nk = 0;  // top-k survivors in S / idx (index order)
-    float* S = wk_.S.get();
-    int32_t* idx = wk_.idx.get();
+    int64_t nk = 0;  // top-k survivors in cand / cidx (index order)
+    // the float64 sum of the weights only if a child is rejected (lazy_reject): a walk that accepts at once
+    // skips it
+    const double wsum = std::numeric_limits<double>::quiet_NaN();
     if (P_.top_k > 0) {
-        const int64_t kk = std::min<int64_t>(P_.top_k, V_);
-        const float kth = kk > 1 ? kth_largest(A, kk) : st.max;
-        // the survivors (>= kth, ties kept as the reference's `scaled >= kth`): one vectorised compaction
-        nk = K_->compact_ge(A, kth, V_, S, idx);
-        S_total = K_->exp_sum(S, st.max, nk, &wsum);
-        std::memset(A, 0, sizeof(float) * static_cast<size_t>(V_));
-        for (int64_t j = 0; j < nk; ++j) A[idx[j]] = S[j];
+        nk = topk_survivors(r, std::min<int64_t>(P_.top_k, V_), cand, cidx);
+        S_total = K_->exp_sum(cand, r.shift, nk);  // in place: the survivors' weights
+        out = Dist::sparse(cand, cidx, nk, S_total, wsum);
     } else {
-        S_total = K_->exp_sum(A, st.max, V_, &wsum);
+        S_total = K_->row_exp_sum(r, V_, dense);
+        out = Dist(dense, S_total, wsum);
     }
-    out = Dist(A, S_total, wsum);
     if (P_.top_p < 1.0) {
+        float* S = wk_.S.get();
         int64_t n = 0;
         if (P_.top_k > 0) {  // only the <= k survivors can be non-zero
+            std::memset(dense, 0, sizeof(float) * static_cast<size_t>(V_));
             for (int64_t j = 0; j < nk; ++j) {
-                const float v = S[j] / S_total;
-                A[idx[j]] = v;
+                const float v = cand[j] / S_total;
+                dense[cidx[j]] = v;
                 if (v > 0.0f) S[n++] = v;
             }
         } else {
-            K_->div_sum(A, S_total, A, 0, V_);  // the softmax probabilities
+            K_->div_sum(dense, S_total, dense, 0, V_);  // the softmax probabilities
             for (int64_t i = 0; i < V_; ++i)
-                if (A[i] > 0.0f) S[n++] = A[i];
+                if (dense[i] > 0.0f) S[n++] = dense[i];
         }
         const float pf = static_cast<float>(P_.top_p);
         float run = 0.0f;
@@ -282,18 +338,27 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
         if (P_.top_k > 0 && t > 0.0f) {
             kept = 0.0f;
             for (int64_t j = 0; j < nk; ++j) {
-                float& v = A[idx[j]];
+                float& v = dense[cidx[j]];
                 v = v >= t ? v : 0.0f;
                 kept += v;
                 ksum += v;
             }
         } else {
-            kept = K_->keep_ge_sum(A, t, A, V_);
-            ksum = K_->chain_div(A, nullptr, 0, A, 0, V_);  // float64 sum (copy in place)
+            kept = K_->keep_ge_sum(dense, t, dense, V_);
+            ksum = K_->chain_div(dense, nullptr, 0, dense, 0, V_);  // float64 sum (copy in place)
         }
-        out = Dist(A, kept, ksum);
+        out = Dist(dense, kept, ksum);
     }
     return true;
+}
+
+// The base weights as a dense row in buf (one pass); the divisors and the removed list are kept.
+void Walker::densify(Dist& q, float* buf) {
+    if (q.kind == Dist::DENSE) return;
+    std::memset(buf, 0, sizeof(float) * static_cast<size_t>(V_));
+    for (int64_t j = 0; j < q.n; ++j) buf[q.sidx[j]] = q.sw[j];
+    q.kind = Dist::DENSE;
+    q.w = buf;
 }
 
 // argmax of the guided target logits with NaN read as -inf and +-inf clamped to the finite range
@@ -324,6 +389,7 @@ int64_t Walker::nan_safe_argmax_target(int64_t node) {
 // Folds the lazy chain into a row: w <- q * div[last] (all divisors but the last applied, removed entries
 // zeroed), d <- div[last]; the same values a materialised residual row would have held.
 void Walker::materialize(Dist& q) {
+    densify(q, wk_.A.get());
     if (!q.lazy()) return;
     float* dst = wk_.W.get();
     float divs[MAX_CHAIN + 1];
@@ -344,7 +410,12 @@ const float* Walker::values(const Dist& q) {
     float divs[MAX_CHAIN + 1];
     divs[0] = q.d;
     for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
-    K_->chain_div(q.w, divs, q.ndiv + 1, S, 0, V_);
+    if (q.kind == Dist::DENSE) {
+        K_->chain_div(q.w, divs, q.ndiv + 1, S, 0, V_);
+    } else {
+        std::memset(S, 0, sizeof(float) * static_cast<size_t>(V_));
+        for (int64_t j = 0; j < q.n; ++j) S[q.sidx[j]] = q.chain(q.sw[j]);
+    }
     for (int64_t r : q.removed) S[r] = 0.0f;
     return S;
 }
@@ -357,25 +428,76 @@ int64_t Walker::argmax(const Dist& q) {
     return 0;  // unreachable for a distribution
 }
 
-// CONTRACT §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order (one serial
-// pass that stores them, then a binary search); never an index whose weight is 0.
+// CONTRACT §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order
+// (first_above); never an index whose weight is 0.
 int64_t Walker::inverse_cdf(const Dist& q, float u) {
-    const float* v = values(q);
-    float* run = wk_.R.get();
-    float total = 0.0f;
-    for (int64_t i = 0; i < V_; ++i) {
-        total += v[i];
-        run[i] = total;
+    if (q.kind == Dist::SPARSE) return inverse_cdf_sparse(q, u);
+    // the running sums by blocks of the values, made on the fly (chain_prefix), then the values of the one
+    // crossing block; the rare zero-weight fallbacks read single values (q.at: the same divisions)
+    float divs[MAX_CHAIN + 1];
+    divs[0] = q.d;
+    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
+    auto& zero = wk_.excl;
+    zero.assign(q.removed.begin(), q.removed.end());
+    std::sort(zero.begin(), zero.end());
+    float* starts = wk_.R.get();
+    const float thr = u * K_->chain_prefix(q.w, divs, q.ndiv + 1, zero.data(), static_cast<int64_t>(zero.size()),
+                                           V_, starts);
+    const int64_t nb = (V_ + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
+    const int64_t b = (std::upper_bound(starts + 1, starts + nb, thr) - starts) - 1;  // the crossing block
+    const int64_t lo = b * K_PREFIX_BLOCK, hi = std::min(V_, lo + K_PREFIX_BLOCK);
+    float* v = wk_.S.get();
+    K_->chain_div(q.w, divs, q.ndiv + 1, v, lo, hi);
+    for (int64_t r : zero)
+        if (r >= lo && r < hi) v[r] = 0.0f;
+    int64_t i = V_ - 1;  // when no running sum exceeds the threshold
+    float s = starts[b];
+    for (int64_t j = lo; j < hi; ++j) {
+        s += v[j];
+        if (s > thr) {
+            i = j;
+            break;
+        }
     }
-    const float thr = u * total;
-    int64_t i = std::upper_bound(run, run + V_, thr) - run;  // running sums never decrease
-    i = std::min<int64_t>(i, V_ - 1);
-    if (v[i] > 0.0f) return i;
+    if (q.at(i) > 0.0f) return i;
     for (int64_t j = i + 1; j < V_; ++j)
-        if (v[j] > 0.0f) return j;
+        if (q.at(j) > 0.0f) return j;
     for (int64_t j = V_ - 1; j >= 0; --j)
-        if (v[j] > 0.0f) return j;
+        if (q.at(j) > 0.0f) return j;
     return std::min<int64_t>(std::max<int64_t>(i, 0), V_ - 1);  // no mass at all: never out of range
+}
+
+// min(n - 1, the smallest i whose float32 running sum v[0] + ... + v[i] (index order) exceeds
+// float32(u * total)), n >= 1: the block starts of the exact running sum, a binary search among them
+// (running sums never decrease), then the serial sum inside the one block that crosses.
+int64_t Walker::first_above(const float* v, int64_t n, float u) {
+    float* starts = wk_.R.get();
+    const float thr = u * K_->prefix_blocks(v, n, starts);
+    const int64_t nb = (n + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
+    const int64_t b = (std::upper_bound(starts + 1, starts + nb, thr) - starts) - 1;  // the crossing block
+    float s = starts[b];
+    for (int64_t i = b * K_PREFIX_BLOCK; i < std::min(n, (b + 1) * K_PREFIX_BLOCK); ++i) {
+        s += v[i];
+        if (s > thr) return i;
+    }
+    return n - 1;  // no running sum exceeds the threshold
+}
+
+// inverse_cdf over the top-k survivors only: adding a zero leaves a float32 running sum unchanged, so the
+// sums at the survivors, the total and the chosen index are those of the dense row.
+int64_t Walker::inverse_cdf_sparse(const Dist& q, float u) {
+    float* v = wk_.S.get();
+    const int64_t n = q.n;
+    for (int64_t j = 0; j < n; ++j) v[j] = q.chain(q.sw[j]);
+    for (int64_t r : q.removed) {
+        const int32_t* e = std::lower_bound(q.sidx, q.sidx + n, static_cast<int32_t>(r));
+        if (e != q.sidx + n && *e == r) v[e - q.sidx] = 0.0f;
+    }
+    for (int64_t j = n > 0 ? first_above(v, n, u) : 0; j < n; ++j)
+        if (v[j] > 0.0f) return q.sidx[j];
+    for (int64_t j = n - 1; j >= 0; --j)  // the last positive weight
+        if (v[j] > 0.0f) return q.sidx[j];
+    return n > 0 ? q.sidx[0] : 0;  // no mass at all: never out of range
 }
 
 // Length of the longest prefix whose float32 running sum (in order) is <= float32(cap).
@@ -579,7 +701,8 @@ Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
 // CONTRACT §5: x wins the relaxed argmax (its mass plus what it absorbed; ties go to the candidate).
 // On a lazy q the max is taken over the weights w and mapped through the divisors afterwards: float
 // division by a positive number is monotone, so this is the max of the q values themselves.
-bool Walker::greedy_accepts(const Dist& q, int64_t x, const Relaxation& rel) {
+bool Walker::greedy_accepts(Dist& q, int64_t x, const Relaxation& rel) {
+    densify(q, wk_.A.get());
     auto& excl = wk_.excl;
     excl.assign(wk_.absorbed.begin(), wk_.absorbed.end());
     excl.push_back(x);
@@ -615,8 +738,10 @@ bool Walker::lazy_reject(Dist& q, int64_t x) {
         for (int64_t r : wk_.patches_ids)
             if (r == t) return;
         wk_.patches_ids.push_back(t);
-        removed_w += q.w[t];
+        removed_w += q.base(t);
     };
+    if (std::isnan(q.wsum))  // the weights as written (nothing removed yet)
+        q.wsum = q.kind == Dist::DENSE ? K_->sum_f64(q.w, V_) : K_->sum_f64(q.sw, q.n);
     wk_.patches_ids.clear();
     double removed_w = 0.0;
     add(x, removed_w);
@@ -733,7 +858,7 @@ void Walker::run(int64_t b) {
         const void* c = row_ptr(P_.target, P_.target_dtype, row, V_);
         const void* un = P_.cfg ? row_ptr(P_.target, P_.target_dtype, row + P_.B * N, V_) : nullptr;
         Dist qu;
-        if (!process_row(c, un, P_.target_dtype, T, A, qu)) {
+        if (!process_row(c, un, P_.target_dtype, T, A, wk_.C.get(), wk_.CI.get(), qu)) {
             next = nan_safe_argmax_target(u);
             status |= STATUS_NONFINITE_TARGET;
             break;
@@ -756,11 +881,12 @@ void Walker::run(int64_t b) {
         Dist pd;
         if (sampled) {
             const void* dr = row_ptr(P_.draft, P_.draft_dtype, row, V_);
-            if (!process_row(dr, nullptr, P_.draft_dtype, T, Pb, pd)) {
+            if (!process_row(dr, nullptr, P_.draft_dtype, T, Pb, wk_.DC.get(), wk_.DCI.get(), pd)) {
                 status |= STATUS_NONFINITE_DRAFT;
                 next = final_token(qu, greedy, u_sample);
                 break;
             }
+            densify(pd, Pb);
         }
         Dist q = qu;
         wk_.seen.clear();
@@ -904,6 +1030,11 @@ class Pool {
 }  // namespace
 
 const char* kernels_isa() { return select_kernels()->isa; }
+
+float running_sum(const float* v, int64_t n) {
+    std::vector<float> starts(static_cast<size_t>(n / K_PREFIX_BLOCK + 1));
+    return select_kernels()->prefix_blocks(v, n, starts.data());
+}
 
 void verify_cpu(const VerifyParams& P) {
     const Kernels* K = select_kernels();

@@ -159,3 +159,34 @@ def test_every_method_packs_into_the_declared_slots():
         assert len(p.iparams) == len(codes.INT_PARAMS) and len(p.fparams) == len(codes.FLOAT_PARAMS)
         assert all(-(2**63) <= v < 2**63 for v in p.iparams)
     assert ck.methods.pack(ck.Cool(delta=3.0)).f("cool_delta") == 3.0
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_seed_tensor_forms_agree(backend):
+    """A contiguous int64 [B] seed is used as it is; a strided, a [1] and a 0-d seed are normalised first;
+    all give the walk of the equivalent int seeds. A wrong dtype or length is named."""
+    if backend not in ck.available_backends():
+        pytest.skip(f"{backend} backend not built")
+    tokens, logits, _ = _inputs(B=3, seed=4)
+    tree = ck.prepare_tree(EAGLE)
+    base = torch.tensor([11, 12, 13, 99, 98, 97], dtype=torch.int64)
+    ref = [ck.verify(tokens[b:b + 1], tree, logits[b:b + 1], seed=int(base[b]), backend=backend) for b in range(3)]
+    for seed in (base[:3].clone(), base.view(2, 3)[0]):  # a fresh tensor, a contiguous view
+        out = ck.verify(tokens, tree, logits, seed=seed, backend=backend)
+        for b in range(3):
+            assert int(out.next_token[b]) == int(ref[b].next_token[0])
+            assert int(out.accept_len[b]) == int(ref[b].accept_len[0])
+    strided = torch.tensor([11, 0, 12, 0, 13], dtype=torch.int64)[::2]
+    assert not strided.is_contiguous()
+    out = ck.verify(tokens, tree, logits, seed=strided, backend=backend)
+    assert out.next_token.tolist() == [int(r.next_token[0]) for r in ref]
+    one = ck.verify(tokens, tree, logits, seed=torch.tensor([12]), backend=backend)
+    zero_d = ck.verify(tokens, tree, logits, seed=torch.tensor(12), backend=backend)
+    assert torch.equal(one.next_token, zero_d.next_token)
+    assert torch.equal(one.next_token, ck.verify(tokens, tree, logits, seed=12, backend=backend).next_token)
+    with pytest.raises(TypeError, match="seed"):
+        ck.verify(tokens, tree, logits, seed=torch.tensor([1, 2, 3], dtype=torch.int32), backend=backend)
+    with pytest.raises(ValueError, match="seed"):
+        ck.verify(tokens, tree, logits, seed=torch.tensor([1, 2], dtype=torch.int64), backend=backend)
+    with pytest.raises(ValueError, match="tokens"):
+        ck.verify(tokens.to("meta"), tree, logits, backend=backend)

@@ -166,3 +166,95 @@ def test_huge_gsd_group_is_bounded_by_vocab():
                   seed=torch.tensor([0]))
     same(inputs, method=ck.GSD(G=2**40, dp=1.0), eps=1.0)
     same(inputs, method=ck.GSD(G=2**40, dp=1.0), eps=1.0, temperature=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("V", [37, 300, 4099])
+def test_rows_read_in_place_fuzz(dtype, V):
+    """The row statistics (max / NaN, weights, top-k candidates) are computed straight from the logits
+    (vector body and scalar tail, every dtype, with and without CFG and temperature): rows holding -inf,
+    -0.0, subnormal halves, values near the dtype's largest, and a few NaN / +inf rows (status), against
+    the reference."""
+    g = torch.Generator().manual_seed(V + 7 * dtype.itemsize)
+    B = 6
+    parents = ck.tree_from_choices(ck.MC_SIM_7B_63)
+    N = parents.shape[0]
+    big = float(torch.finfo(dtype).max)
+    for trial in range(4):
+        cfg = trial % 2 == 1
+        rows = 2 * B if cfg else B
+        logits = torch.randn(rows, N, V, generator=g) * 3
+        pick = torch.rand(rows, N, V, generator=g)
+        logits[pick < 0.05] = -float("inf")
+        logits[(pick >= 0.05) & (pick < 0.08)] = -0.0
+        logits[(pick >= 0.08) & (pick < 0.10)] = 3e-7  # a float16 subnormal
+        if trial == 3:  # near the largest finite value (CFG of these may overflow: then not a distribution)
+            logits[(pick >= 0.10) & (pick < 0.11)] = big * 0.9
+        logits[0, 1, 5] = float("nan")
+        logits[1, 0, V - 1] = float("inf")
+        logits = logits.to(dtype)
+        tokens = torch.randint(-1, V, (B, N), generator=g)
+        for b in range(B):  # make some walks go deeper: the first child's token is its parent's argmax
+            for i in (1, 5):
+                tokens[b, i] = int(torch.nan_to_num(logits[b, 0].float(), nan=-float("inf")).argmax())
+        inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=torch.arange(B) + 31 * trial)
+        kw = dict(cfg_scale=1.7) if cfg else {}
+        for extra in (dict(), dict(temperature=0.6), dict(temperature=0), dict(top_k=5), dict(top_k=V),
+                      dict(top_k=3, temperature=1.3), dict(top_p=0.8)):
+            same(inputs, **kw, **extra)
+
+
+def _serial_f32(v):
+    import numpy as np
+    return np.cumsum(v.numpy().astype(np.float32))[-1] if v.numel() else np.float32(0)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "ties", "binades", "zeros-subnormal", "negative-nonfinite", "sizes"])
+def test_running_sum_is_the_serial_float32_sum(kind):
+    """The inverse CDF's blocked running sum (integer multiples of the running sum's ulp within a binade)
+    equals the serial float32 loop bit for bit: ties of exactly half an ulp, binade crossings inside
+    blocks, zeros and subnormals, negative or non-finite entries (summed serially), odd lengths."""
+    from cascade_kernels import _C
+    g = torch.Generator().manual_seed(len(kind))
+    for trial in range(40):
+        n = int(torch.randint(1, 5000, (1,), generator=g)) if kind == "sizes" else 4096
+        if kind == "softmax":
+            v = torch.softmax(torch.randn(n, generator=g) * (1 + trial % 4), 0)
+        elif kind == "ties":  # many entries exactly half an ulp (and 3/2 ulp) of the sum they are added to
+            v = torch.full((n,), 2.0 ** -13)
+            v[::3] = 2.0 ** -25 * float(1 + trial % 3)
+            v[1::7] = 3 * 2.0 ** -26
+        elif kind == "binades":  # growing entries: the sum crosses binades inside blocks
+            v = torch.linspace(0, 1, n) ** (1 + trial % 5) * 2.0 ** (trial % 9 - 4)
+        elif kind == "zeros-subnormal":
+            v = torch.rand(n, generator=g) * 1e-3
+            v[torch.rand(n, generator=g) < 0.5] = 0.0
+            v[torch.rand(n, generator=g) < 0.1] = 1e-40
+            v[: 300 + trial] = 0.0
+        elif kind == "negative-nonfinite":
+            v = torch.rand(n, generator=g)
+            v[int(torch.randint(0, n, (1,), generator=g))] = [-0.5, float("inf"), float("nan"), 3e38, -0.0][trial % 5]
+        else:
+            v = torch.rand(n, generator=g) ** 4
+        v = v.float().contiguous()
+        got, want = _C.running_sum(v.data_ptr(), v.numel()), _serial_f32(v)
+        assert (got == want) or (got != got and want != want), (trial, got, float(want))
+
+
+def test_topk_sample_guess_short_falls_back():
+    """Rows whose strided sample (the positions the C++ top-k samples for V = 8192) holds the largest
+    logits: fewer than k entries pass the sample's threshold, and the select runs on the whole row."""
+    g = torch.Generator().manual_seed(21)
+    B, V = 3, 8192
+    parents = chain_tree(3)
+    N = parents.shape[0]
+    logits = torch.randn(B, N, V, generator=g)
+    stride = V // 1024
+    pos = torch.tensor([j * stride + (j * 7) % stride for j in range(1024)])
+    logits[:, :, pos] = 5.0 + torch.rand(B, N, 1024, generator=g)
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    tokens[:, 1:] = pos[torch.randint(0, 1024, (B, N - 1), generator=g)]  # drafted among the likely ones
+    inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=torch.arange(B))
+    for k in (1500, 2000, 5000):
+        same(inputs, top_k=k)
+        same(inputs, top_k=k, temperature=0.5)

@@ -67,14 +67,18 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput], backend: str = "refe
                             torch.empty(B, dtype=torch.int64, device=dev),
                             torch.empty(B, dtype=torch.float32, device=dev),
                             torch.empty(B, dtype=torch.int32, device=dev), backend)
-    want = {"accept_len": ((B,), torch.int32), "accepted_nodes": ((B, L), torch.int32),
-            "next_token": ((B,), torch.int64), "tvd": ((B,), torch.float32), "status": ((B,), torch.int32)}
-    for field, (shape, dtype) in want.items():
-        t = getattr(out, field)
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or t.dtype != dtype or t.device != dev \
-                or not t.is_contiguous():
-            raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev}")
+    _check_out(out.accept_len, "accept_len", (B,), torch.int32, dev)
+    _check_out(out.accepted_nodes, "accepted_nodes", (B, L), torch.int32, dev)
+    _check_out(out.next_token, "next_token", (B,), torch.int64, dev)
+    _check_out(out.tvd, "tvd", (B,), torch.float32, dev)
+    _check_out(out.status, "status", (B,), torch.int32, dev)
     return VerifyOutput(*out[:5], backend)
+
+
+def _check_out(t, field: str, shape, dtype, dev) -> None:
+    if not isinstance(t, torch.Tensor) or t.shape != shape or t.dtype != dtype or t.device != dev \
+            or not t.is_contiguous():
+        raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev}")
 
 
 # ------------------------------------------------------------------------------------------------
