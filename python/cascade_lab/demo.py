@@ -25,7 +25,7 @@ from .weights import WEIGHTS_DIR
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m cascade_lab.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2, 3], help="class ids to generate")
+    ap.add_argument("--classes", type=int, nargs="+", default=[0, 3, 6, 9], help="class ids to generate")
     ap.add_argument("--per-class", type=int, default=1, help="images per class")
     ap.add_argument("--methods", nargs="+", default=["ar", "exact", "lantern", "lantern++", "gsd", "cool", "cascade"],
                     choices=METHODS)
@@ -33,7 +33,7 @@ def parse_args(argv=None):
                     help="small (6 drafted nodes) suits a compute-bound CPU target; eagle = EAGLE-1 26 nodes")
     ap.add_argument("--sampled-drafting", action="store_true", help="draw the tree's children from the drafter")
     ap.add_argument("--residual", default="transport", choices=["transport", "standard"])
-    ap.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (0 disables)")
+    ap.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (0 disables)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--tau-pos", type=float, default=0.85)

@@ -53,6 +53,8 @@ def main(argv=None):
     ap.add_argument("--time-budget", type=float, default=0, help="wall-time budget in seconds: LR schedule follows "
                     "max(step, time) progress and training stops when spent (0=off)")
     ap.add_argument("--run-dir", default=os.path.join(DEFAULT_RUN_DIR, "target"))
+    ap.add_argument("--init-from", default=None, help="weights dir whose target.pt starts this run (continue "
+                    "training the shipped target with a fresh optimiser and LR schedule)")
     ap.add_argument("--no-export", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -75,8 +77,18 @@ def main(argv=None):
         lg, _ = model(c, x[:, :-1])
         return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), x.reshape(-1)), {}
 
+    def init_weights():
+        from .loaders import load_target
+
+        start = load_target(a.init_from)
+        if start.cfg.to_dict() != cfg.to_dict():
+            raise ValueError(f"--init-from {a.init_from}: its target config {start.cfg.to_dict()} differs from "
+                             f"this run's {cfg.to_dict()}")
+        model.load_state_dict(start.state_dict())
+
     res = run_training(model, opt, step_loss, steps=a.steps, lr=a.lr, run_dir=a.run_dir, generator=gen,
-                       desc="target", warmup=a.warmup, time_budget=a.time_budget)
+                       desc="target", warmup=a.warmup, time_budget=a.time_budget,
+                       fresh_start=init_weights if a.init_from else None)
     ev = evaluate(model, vids, vcls)
     e = torch.tensor(ev["entropy_per_position"])
     print(f"val loss {ev['val_loss']:.4f} (ppl {ev['val_ppl']:.1f}), null-class val loss {ev['val_loss_null_class']:.4f}, "
@@ -84,7 +96,7 @@ def main(argv=None):
           f"mean top-1 prob {ev['mean_top1_prob']:.3f}, wall {res.wall_time_s:.0f}s")
     if not a.no_export:
         save_weights("target.pt", model.state_dict(), cfg.to_dict())
-        record_training("target", dict(steps_done=res.steps_done, steps_planned=a.steps, batch=a.batch, lr=a.lr,
+        record_training("target", dict(init_from=a.init_from, steps_done=res.steps_done, steps_planned=a.steps, batch=a.batch, lr=a.lr,
                                        n_train_images=a.n_train, seed=a.seed,
                                        params=sum(p.numel() for p in model.parameters()), config=cfg.to_dict(),
                                        wall_time_s=res.wall_time_s, final_train_loss_ema=res.loss_ema,
