@@ -7,6 +7,8 @@ an EMA of the loss on the progress bar, a checkpoint every ``ckpt_every`` steps 
 """
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -14,7 +16,37 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .weights import Checkpointer, set_cosine_lr
+
+def set_cosine_lr(opt, base_lr: float, step: int, steps: int, warmup: int = 1, t0: float = 0.0,
+                  time_budget: float = 0.0) -> float:
+    """Linear warm-up then cosine decay. Progress is max(step fraction, wall-time fraction of
+    ``time_budget``) so a time-boxed run on a shared CPU still completes its decay. Returns the lr."""
+    prog = step / steps
+    if time_budget:
+        prog = max(prog, (time.time() - t0) / time_budget)
+    lr = base_lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+class Checkpointer:
+    """Resumable checkpoints in a run dir (outside the package)."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        self.path = os.path.join(run_dir, "ckpt.pt")
+
+    def load(self):
+        if os.path.exists(self.path):
+            return torch.load(self.path, map_location="cpu", weights_only=False)
+        return None
+
+    def save(self, obj):
+        tmp = self.path + ".tmp"
+        torch.save(obj, tmp)
+        os.replace(tmp, self.path)
 
 
 @dataclass

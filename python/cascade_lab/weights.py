@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -103,35 +102,3 @@ def _no_nan(x):
 def component_script(component: str) -> str:
     return {"vq": "train_vq", "target": "train_target", "drafter": "train_drafter",
             "classifier": "train_classifier", "drafter_eagle": "train_drafter", "drafter_eq4": "train_drafter"}.get(component, component)
-
-
-def set_cosine_lr(opt, base_lr: float, step: int, steps: int, warmup: int = 1, t0: float = 0.0,
-                  time_budget: float = 0.0) -> float:
-    """Linear warm-up then cosine decay. Progress is max(step fraction, wall-time fraction of
-    ``time_budget``) so a time-boxed run on a shared CPU still completes its decay. Returns the lr."""
-    prog = step / steps
-    if time_budget:
-        prog = max(prog, (time.time() - t0) / time_budget)
-    lr = base_lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(prog, 1.0)))
-    for g in opt.param_groups:
-        g["lr"] = lr
-    return lr
-
-
-class Checkpointer:
-    """Resumable checkpoints in a run dir (outside the package)."""
-
-    def __init__(self, run_dir: str):
-        self.run_dir = run_dir
-        os.makedirs(run_dir, exist_ok=True)
-        self.path = os.path.join(run_dir, "ckpt.pt")
-
-    def load(self):
-        if os.path.exists(self.path):
-            return torch.load(self.path, map_location="cpu", weights_only=False)
-        return None
-
-    def save(self, obj):
-        tmp = self.path + ".tmp"
-        torch.save(obj, tmp)
-        os.replace(tmp, self.path)
