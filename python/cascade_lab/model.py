@@ -2,6 +2,13 @@
 
 Sequence layout (positions): 0 = class token (class embedding; id ``num_classes`` is the null
 class used for CFG / 10% class dropout), positions 1..256 = image tokens in raster order.
+
+Two optional input paths (config flags, both zero-initialised so a model without them loads into one
+with them unchanged) make the class and the absolute position directly visible to every position:
+``class_bias`` adds a second class embedding to every position's input and ``abs_pos_emb`` adds a learned
+absolute-position embedding. LlamaGen keeps the class as a prefix only and learns to use it over hundreds
+of epochs; a model trained for an hour on 2 cores does not (the shipped 4-layer target's loss with the
+null class equalled its loss with the true class), so the lab's target uses both.
 Logits at position p predict image token p (0-based), i.e. the token at position p+1.
 
 KV cache: slot s of the cache holds position s.  Per-sequence lengths may differ (after
@@ -31,6 +38,8 @@ class TargetConfig:
     max_seq_len: int = 257  # class token + 16*16 image tokens
     rope_base: float = 10000.0
     class_dropout: float = 0.1
+    class_bias: bool = False  # class embedding added to every position's input (see module doc)
+    abs_pos_emb: bool = False  # learned absolute position embedding added to every input
 
     def to_dict(self):
         return asdict(self)
@@ -102,14 +111,18 @@ class KVCache:
     * ``lengths`` [B] int64: number of committed positions of each sequence (slot s = position s).
     * ``pending_k/v`` [n_layers, B, H, N, head_dim]: K/V of the nodes of the last tree forward.
     * ``commit(node_indices)`` appends pending nodes, ``commit_all()`` appends all of them in order.
+    * ``class_ids`` [B] int64 or None: each sequence's class (set by the target's prefill; the target's
+      ``class_bias`` path reads it in later forwards).
     """
 
-    def __init__(self, n_layers, batch, n_heads, head_dim, max_len, dtype=torch.float32, device="cpu"):
+    def __init__(self, n_layers, batch, n_heads, head_dim, max_len, dtype=torch.float32, device="cpu",
+                 class_ids: torch.Tensor | None = None):
         shape = (n_layers, batch, n_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.max_len = max_len
+        self.class_ids = class_ids
         self.pending_k = self.pending_v = None
 
     @property
@@ -167,6 +180,7 @@ class KVCache:
         c = KVCache.__new__(KVCache)
         c.k, c.v = self.k[:, batch_index].clone(), self.v[:, batch_index].clone()
         c.lengths, c.max_len = self.lengths[batch_index].clone(), self.max_len
+        c.class_ids = None if self.class_ids is None else self.class_ids[batch_index].clone()
         c.pending_k = c.pending_v = None
         return c
 
@@ -206,6 +220,8 @@ class Transformer(nn.Module):
         self.null_class = cfg.num_classes
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)
+        self.cls_bias = nn.Embedding(cfg.num_classes + 1, cfg.dim) if cfg.class_bias else None
+        self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.abs_pos_emb else None
         self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.mlp_hidden) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -213,11 +229,22 @@ class Transformer(nn.Module):
         for n, p in self.named_parameters():
             if n.endswith("wo.weight") or n.endswith("w2.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        for extra in (self.cls_bias, self.pos_emb):
+            if extra is not None:
+                nn.init.zeros_(extra.weight)
 
     @staticmethod
     def _init(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
+
+    def _inputs(self, x: torch.Tensor, class_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """x [B,N,D] token/class embeddings plus the optional class-bias and position paths."""
+        if self.cls_bias is not None:
+            x = x + self.cls_bias(class_ids)[:, None]
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids.clamp(max=self.cfg.max_seq_len - 1))
+        return x
 
     # ---------------------------------------------------------------- training
     def drop_classes(self, class_ids: torch.Tensor, generator=None) -> torch.Tensor:
@@ -233,23 +260,25 @@ class Transformer(nn.Module):
             x = torch.cat([x, self.tok_emb(tokens)], 1)
         b, n, _ = x.shape
         pos = torch.arange(n, device=x.device).expand(b, n)
+        x = self._inputs(x, class_ids, pos)
         h = self.norm(run_blocks(self.layers, x, pos, self.cfg.rope_base, causal=True))
         return self.head(h), h
 
     # ---------------------------------------------------------------- decoding
-    def new_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None,
+                  class_ids: torch.Tensor | None = None) -> KVCache:
         p = self.head.weight
         return KVCache(self.cfg.n_layers, batch, self.cfg.n_heads, self.cfg.dim // self.cfg.n_heads,
-                       max_len or self.cfg.max_seq_len, dtype or p.dtype, device or p.device)
+                       max_len or self.cfg.max_seq_len, dtype or p.dtype, device or p.device, class_ids)
 
     @torch.no_grad()
     def prefill(self, class_ids: torch.Tensor, max_len: int | None = None):
         """class_ids [B] (null class = cfg.num_classes) -> (cache, logits [B,V], hidden [B,D]).
         The class token (position 0) is committed; logits predict image token 0."""
         b = class_ids.shape[0]
-        cache = self.new_cache(b, max_len)
-        x = self.cls_emb(class_ids)[:, None]
-        pos = torch.zeros(b, 1, dtype=torch.long, device=x.device)
+        cache = self.new_cache(b, max_len, class_ids=class_ids)
+        pos = torch.zeros(b, 1, dtype=torch.long, device=class_ids.device)
+        x = self._inputs(self.cls_emb(class_ids)[:, None], class_ids, pos)
         h = self.norm(run_blocks(self.layers, x, pos, self.cfg.rope_base, cache, chain_mask(b, 1, x.device)))
         cache.commit_all()
         return cache, self.head(h[:, 0]), h[:, 0]
@@ -261,6 +290,11 @@ class Transformer(nn.Module):
         Node i attends to all committed cache slots plus the masked tree nodes.  The cache
         itself is not modified; the nodes' K/V are kept pending until cache.commit(...)."""
         x = self.tok_emb(tokens)
+        if self.cls_bias is not None:
+            if cache.class_ids is None:
+                raise ValueError("forward_tree: this target's class_bias needs cache.class_ids (make the cache "
+                                 "with prefill or new_cache(..., class_ids=...))")
+        x = self._inputs(x, cache.class_ids, position_ids)
         h = self.norm(run_blocks(self.layers, x, position_ids, self.cfg.rope_base, cache, mask))
         return self.head(h), h
 

@@ -50,6 +50,9 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--class-bias", action="store_true", help="add the class embedding to every position's input "
+                    "(default: class as a prefix token only, LlamaGen's layout)")
+    ap.add_argument("--abs-pos-emb", action="store_true", help="add a learned absolute position embedding (default: RoPE only)")
     ap.add_argument("--time-budget", type=float, default=0, help="wall-time budget in seconds: LR schedule follows "
                     "max(step, time) progress and training stops when spent (0=off)")
     ap.add_argument("--run-dir", default=os.path.join(DEFAULT_RUN_DIR, "target"))
@@ -63,7 +66,8 @@ def main(argv=None):
     ids, cls = train_tokens(vq, a.n_train, a.seed, os.path.join(DEFAULT_RUN_DIR, "tokens"))
     vids, vcls = heldout_tokens(vq)
     cfg = TargetConfig(vocab_size=vq.num_codes, num_classes=data.NUM_CLASSES, dim=a.dim, n_layers=a.layers, n_heads=a.heads,
-                       mlp_hidden=int(round(a.dim * 8 / 3 / 16)) * 16)
+                       mlp_hidden=int(round(a.dim * 8 / 3 / 16)) * 16, class_bias=a.class_bias,
+                       abs_pos_emb=a.abs_pos_emb)
     model = Transformer(cfg)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     nodecay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -81,10 +85,13 @@ def main(argv=None):
         from .loaders import load_target
 
         start = load_target(a.init_from)
-        if start.cfg.to_dict() != cfg.to_dict():
-            raise ValueError(f"--init-from {a.init_from}: its target config {start.cfg.to_dict()} differs from "
-                             f"this run's {cfg.to_dict()}")
-        model.load_state_dict(start.state_dict())
+        optional = ("class_bias", "abs_pos_emb")  # zero-initialised paths a start without them gains
+        theirs, ours = start.cfg.to_dict(), cfg.to_dict()
+        if any(theirs[k] != ours[k] for k in ours if k not in optional) or any(theirs[k] and not ours[k] for k in optional):
+            raise ValueError(f"--init-from {a.init_from}: its target config {theirs} does not fit this run's {ours}")
+        missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+        if unexpected or any(k.split(".")[0] not in ("cls_bias", "pos_emb") for k in missing):
+            raise ValueError(f"--init-from {a.init_from}: state does not fit (missing {missing}, unexpected {unexpected})")
 
     res = run_training(model, opt, step_loss, steps=a.steps, lr=a.lr, run_dir=a.run_dir, generator=gen,
                        desc="target", warmup=a.warmup, time_budget=a.time_budget,
