@@ -5,6 +5,7 @@ Contract: docs/CONTRACT.md. ``import cascade_kernels as ck``.
 from . import presets
 from ._backend import available_backends
 from .decode import DynamicTree, GenerateOutput, SequenceStats, generate
+from .decode_continuous import ContinuousGenerateOutput, generate_continuous
 from .methods import GSD, Cascade, Cool, Exact, Lantern
 from .ops.drafter_loss import cascade_drafter_loss
 from .ops.process_logits import process_logits
@@ -22,7 +23,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "verify", "verify_continuous", "GaussianMixture", "ContinuousVerifyOutput", "process_logits", "tree_buffers", "similarity_sets", "available_backends",
-    "verify_cspd", "cspd_prefill_len",
+    "verify_cspd", "cspd_prefill_len", "generate_continuous", "ContinuousGenerateOutput",
     "prepare_tree", "Tree", "generate", "DynamicTree", "GenerateOutput", "SequenceStats", "cascade_drafter_loss",
     "Exact", "Lantern", "GSD", "Cascade", "Cool",
     "tree_from_choices", "named_tree", "lantern_neighbors", "MC_SIM_7B_63", "DEEP_CHOICES", "SMALL_CHOICES",

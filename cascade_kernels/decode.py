@@ -424,8 +424,9 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
 
 def _catch_up(drafter, dcache, tokens, feats, pos0, cfg, lengths=None):
     """Commit the drafter entries (feats[:, j], tokens[:, j]) at positions pos0 + j (j < lengths)
-    and return the drafter's logits/feature after the last one (they draft the next tree)."""
-    B, n = tokens.shape
+    and return the drafter's logits/feature after the last one (they draft the next tree). ``tokens`` [B, n]
+    ids or [B, n, D] continuous tokens (``decode_continuous``: a mixture where the logits are)."""
+    B, n = tokens.shape[:2]
     if lengths is None:
         lengths = torch.full((B,), n, dtype=torch.int64, device=tokens.device)
     mask = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril().expand(B, n, n)
@@ -440,8 +441,9 @@ def _catch_up(drafter, dcache, tokens, feats, pos0, cfg, lengths=None):
 
 
 def _append(out, count, emitted, last_index, bar, active=None):
-    """Write emitted[b, :last_index[b] + 1] after the tokens sequence b already has (truncating)."""
-    B, total = out.shape
+    """Write emitted[b, :last_index[b] + 1] after the tokens sequence b already has (truncating).
+    ``out`` [B, total] token ids or [B, total, D] continuous tokens."""
+    B, total = out.shape[:2]
     for b in range(B):
         if active is not None and not bool(active[b]):
             continue

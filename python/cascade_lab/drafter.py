@@ -41,8 +41,7 @@ class Drafter(nn.Module):
         super().__init__()
         cfg = cfg or DrafterConfig(**kw)
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.tok_emb, self.head = self._frozen_copies(cfg)
         self.tok_emb.requires_grad_(False)
         self.head.requires_grad_(False)
         self.fc = nn.Linear(2 * cfg.dim, cfg.dim)
@@ -51,12 +50,20 @@ class Drafter(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
 
+    @staticmethod
+    def _frozen_copies(cfg) -> tuple[nn.Module, nn.Module]:
+        """Modules shaped like the target's token embedding and head (``ctarget.py``: continuous ones)."""
+        return nn.Embedding(cfg.vocab_size, cfg.dim), nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    @classmethod
+    def config_from_target(cls, t) -> DrafterConfig:
+        return DrafterConfig(t.vocab_size, t.dim, t.n_heads, t.mlp_hidden, t.max_seq_len, t.rope_base)
+
     @classmethod
     def from_target(cls, target: Transformer) -> "Drafter":
-        t = target.cfg
-        d = cls(DrafterConfig(t.vocab_size, t.dim, t.n_heads, t.mlp_hidden, t.max_seq_len, t.rope_base))
-        d.tok_emb.weight.data.copy_(target.tok_emb.weight.data)
-        d.head.weight.data.copy_(target.head.weight.data)
+        d = cls(cls.config_from_target(target.cfg))
+        d.tok_emb.load_state_dict(target.tok_emb.state_dict())
+        d.head.load_state_dict(target.head.state_dict())
         return d
 
     def _inp(self, tokens, feats):
@@ -64,8 +71,8 @@ class Drafter(nn.Module):
 
     def forward(self, tokens: torch.Tensor, feats: torch.Tensor, position_ids: torch.Tensor | None = None):
         """Causal training forward. tokens [B,T] = x_{p+1}, feats [B,T,D] = f_p for p = 0..T-1 ->
-        (logits [B,T,V], predicted features [B,T,D] = f^_{p+1})."""
-        b, n = tokens.shape
+        (logits [B,T,V], predicted features [B,T,D] = f^_{p+1}). Continuous drafter: tokens [B,T,D_latent]."""
+        b, n = tokens.shape[:2]
         if position_ids is None:
             position_ids = torch.arange(n, device=tokens.device).expand(b, n)
         h = run_blocks(self.layers, self._inp(tokens, feats), position_ids, self.cfg.rope_base, causal=True)

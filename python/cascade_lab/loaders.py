@@ -45,6 +45,41 @@ def load_classifier(weights_dir: str = WEIGHTS_DIR, dtype=torch.float32, device=
     return _finish(Classifier(**obj["config"]), obj, dtype, device)
 
 
+def load_cvae(weights_dir: str = WEIGHTS_DIR, dtype=torch.float32, device="cpu"):
+    from .cvae import ContinuousVAE
+
+    obj = load_weights("cvae.pt", weights_dir)
+    return _finish(ContinuousVAE(**obj["config"]), obj, dtype, device)
+
+
+def load_ctarget(weights_dir: str = WEIGHTS_DIR, dtype=torch.float32, device="cpu"):
+    from .ctarget import ContinuousTargetConfig, ContinuousTransformer
+
+    obj = load_weights("ctarget.pt", weights_dir)
+    return _finish(ContinuousTransformer(ContinuousTargetConfig(**obj["config"])), obj, dtype, device)
+
+
+def load_cdrafter(weights_dir: str = WEIGHTS_DIR, dtype=torch.float32, device="cpu"):
+    from .ctarget import ContinuousDrafter, ContinuousDrafterConfig
+
+    obj = load_weights("cdrafter.pt", weights_dir)
+    return _finish(ContinuousDrafter(ContinuousDrafterConfig(**obj["config"])), obj, dtype, device)
+
+
+@dataclass
+class ContinuousPretrained:
+    cvae: torch.nn.Module
+    target: torch.nn.Module
+    drafter: torch.nn.Module
+    classifier: torch.nn.Module
+
+
+def load_continuous(weights_dir: str = WEIGHTS_DIR, dtype=torch.float32, device="cpu") -> ContinuousPretrained:
+    """The continuous-token stack (VAE, mixture-head target and drafter) and the shared classifier."""
+    return ContinuousPretrained(load_cvae(weights_dir, dtype, device), load_ctarget(weights_dir, dtype, device),
+                                load_cdrafter(weights_dir, dtype, device), load_classifier(weights_dir, dtype, device))
+
+
 @dataclass
 class Pretrained:
     vq: torch.nn.Module
@@ -59,4 +94,5 @@ def load_pretrained(weights_dir: str = WEIGHTS_DIR, dtype=torch.float32, device=
                       load_drafter(weights_dir, dtype, device), load_classifier(weights_dir, dtype, device))
 
 
-__all__ = ["WeightsError", "load_vq", "load_target", "load_drafter", "load_classifier", "load_pretrained", "Pretrained"]
+__all__ = ["WeightsError", "load_vq", "load_target", "load_drafter", "load_classifier", "load_pretrained", "Pretrained",
+           "load_cvae", "load_ctarget", "load_cdrafter", "load_continuous", "ContinuousPretrained"]

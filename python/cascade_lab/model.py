@@ -218,13 +218,13 @@ class Transformer(nn.Module):
         cfg = cfg or TargetConfig(**kw)
         self.cfg = cfg
         self.null_class = cfg.num_classes
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_emb = self._token_embedding(cfg)
         self.cls_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)
         self.cls_bias = nn.Embedding(cfg.num_classes + 1, cfg.dim) if cfg.class_bias else None
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.dim) if cfg.abs_pos_emb else None
         self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.mlp_hidden) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim)
-        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.head = self._output_head(cfg)
         self.apply(self._init)
         for n, p in self.named_parameters():
             if n.endswith("wo.weight") or n.endswith("w2.weight"):
@@ -232,6 +232,16 @@ class Transformer(nn.Module):
         for extra in (self.cls_bias, self.pos_emb):
             if extra is not None:
                 nn.init.zeros_(extra.weight)
+
+    @staticmethod
+    def _token_embedding(cfg) -> nn.Module:
+        """Input embedding of an image token (``ctarget.py`` swaps in a projection of continuous latents)."""
+        return nn.Embedding(cfg.vocab_size, cfg.dim)
+
+    @staticmethod
+    def _output_head(cfg) -> nn.Module:
+        """Head on the final (normed) hidden state: logits here, a Gaussian mixture in ``ctarget.py``."""
+        return nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
     @staticmethod
     def _init(m):
@@ -267,7 +277,7 @@ class Transformer(nn.Module):
     # ---------------------------------------------------------------- decoding
     def new_cache(self, batch: int, max_len: int | None = None, dtype=None, device=None,
                   class_ids: torch.Tensor | None = None) -> KVCache:
-        p = self.head.weight
+        p = self.norm.weight
         return KVCache(self.cfg.n_layers, batch, self.cfg.n_heads, self.cfg.dim // self.cfg.n_heads,
                        max_len or self.cfg.max_seq_len, dtype or p.dtype, device or p.device, class_ids)
 
@@ -300,9 +310,9 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def decode_step(self, cache: KVCache, tokens: torch.Tensor):
-        """Append tokens [B,n] (a chain) at each sequence's current end and commit them.
-        Returns (logits [B,n,V], hidden [B,n,D])."""
-        b, n = tokens.shape
+        """Append tokens [B,n] (a chain; [B,n,D] latents for the continuous target) at each sequence's
+        current end and commit them. Returns (logits [B,n,V], hidden [B,n,D])."""
+        b, n = tokens.shape[:2]
         pos = cache.lengths[:, None] + torch.arange(n, device=tokens.device)[None]
         out = self.forward_tree(cache, tokens, chain_mask(b, n, tokens.device), pos)
         cache.commit_all()

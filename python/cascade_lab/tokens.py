@@ -43,6 +43,24 @@ def train_tokens(vq, n: int, seed: int, run_dir: str):
     return ids, cls
 
 
+def train_images(n: int, seed: int, run_dir: str):
+    """n random training images (seeded, rendered once and cached as uint8 in run_dir: rendering costs
+    about 35 ms an image on one core). Returns (images [n,3,64,64] float32 in [-1,1], class_ids [n])."""
+    path = os.path.join(run_dir, f"train_images_n{n}_s{seed}.pt")
+    if os.path.exists(path):
+        d = torch.load(path)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        xs, cls = [], []
+        for i in tqdm(range(0, n, 512), desc="render training images"):
+            x, c = data.random_crops(min(512, n - i), gen)
+            xs.append(((x + 1) * 127.5).round().to(torch.uint8)); cls.append(c)
+        d = {"images": torch.cat(xs), "cls": torch.cat(cls)}
+        os.makedirs(run_dir, exist_ok=True)
+        torch.save(d, path)
+    return d["images"].float() / 127.5 - 1, d["cls"]
+
+
 def heldout_tokens(vq):
     x, c = data.heldout_crops()
     return encode_batches(vq, x), c

@@ -101,4 +101,5 @@ def _no_nan(x):
 
 def component_script(component: str) -> str:
     return {"vq": "train_vq", "target": "train_target", "drafter": "train_drafter",
-            "classifier": "train_classifier", "drafter_eagle": "train_drafter", "drafter_eq4": "train_drafter"}.get(component, component)
+            "classifier": "train_classifier", "drafter_eagle": "train_drafter", "drafter_eq4": "train_drafter",
+            "cvae": "train_cvae", "ctarget": "train_ctarget", "cdrafter": "train_cdrafter"}.get(component, component)

@@ -14,6 +14,7 @@ import torch
 
 from ... import philox
 from ...codes import CONT_STATUS
+from ...validation import check_number, check_seed
 
 __all__ = ["GaussianMixture", "ContinuousVerifyOutput", "STATUS_NONFINITE", "STATUS_PROPOSALS_EXHAUSTED",
            "mixture_log_prob", "params_finite", "choose_component", "box_muller"]
@@ -96,6 +97,57 @@ class GaussianMixture:
         if x.dim() < 1 or x.shape[-1] != self.D:
             raise ValueError(f"x must have shape [..., D={self.D}], got {tuple(x.shape)}")
         return mixture_log_prob(self.logits, self.means, self.log_scales, x)
+
+    def __getitem__(self, index) -> "GaussianMixture":
+        """The mixtures at ``index`` of the batch dimensions (basic or advanced indexing of the leading
+        batch dimensions only, no ``...``): ``dist[:, -1]``, ``dist[rows, positions]``."""
+        if index is Ellipsis or (isinstance(index, tuple) and any(i is Ellipsis for i in index)):
+            raise IndexError("GaussianMixture: index the batch dimensions without '...'")
+        n = len(index) if isinstance(index, tuple) else 1
+        if n > len(self.batch_shape):
+            raise IndexError(f"GaussianMixture: {n} indices for batch shape {self.batch_shape}")
+        return GaussianMixture(self.logits[index], self.means[index], self.log_scales[index], check_finite=False)
+
+    @classmethod
+    def stack(cls, mixtures, dim: int = 0) -> "GaussianMixture":
+        """Stack mixtures of one batch shape, K and D along a new batch dimension ``dim`` (``>= 0``)."""
+        mixtures = list(mixtures)
+        if not mixtures or not all(isinstance(m, GaussianMixture) for m in mixtures):
+            raise TypeError("GaussianMixture.stack needs a non-empty sequence of GaussianMixture")
+        if not 0 <= dim <= len(mixtures[0].batch_shape):
+            raise ValueError(f"GaussianMixture.stack: dim must be in [0, {len(mixtures[0].batch_shape)}], got {dim}")
+        return cls(*(torch.stack([getattr(m, f) for m in mixtures], dim) for f in ("logits", "means", "log_scales")),
+                   check_finite=False)
+
+    def with_temperature(self, temperature: float) -> "GaussianMixture":
+        """The mixture with every component's standard deviations multiplied by ``temperature > 0``
+        (weights and means unchanged): the sampling temperature of a mixture head."""
+        check_number(temperature, "temperature", lo=0.0, lo_open=True)
+        if temperature == 1.0:
+            return self
+        return GaussianMixture(self.logits, self.means, self.log_scales + math.log(temperature), check_finite=False)
+
+    def sample(self, seed) -> torch.Tensor:
+        """One draw per batch element, ``[*batch, D]`` float32, from Philox: element ``b`` (flattened
+        batch index) uses ``seed[b]`` and the uniforms of proposal ``n = 0`` (docs/CONTINUOUS.md,
+        "Randomness": component from stream ``CONT_COMPONENT``, Box-Muller from ``CONT_NORMAL``), i.e. the
+        draw ``verify_continuous`` makes at position 0 with that seed. ``seed``: int or int64 tensor of
+        the batch shape (or one element). Different draws need different seeds."""
+        shape = self.batch_shape
+        n = math.prod(shape)
+        if isinstance(seed, torch.Tensor) and seed.dim() > 1:
+            if tuple(seed.shape) != shape:
+                raise ValueError(f"seed must be an int or an int64 tensor of the batch shape {shape}, "
+                                 f"got shape {tuple(seed.shape)}")
+            seed = seed.reshape(-1)
+        seed = check_seed(seed, n, self.logits.device)
+        g = self.float32()
+        logits, means, log_scales = g.logits.view(n, self.K), g.means.view(n, self.K, self.D), g.log_scales.view(n, self.K, self.D)
+        uc, u1, u2, _ = draw_uniforms(seed, torch.zeros(n, 1, dtype=torch.int64, device=seed.device), self.D)
+        k = choose_component(logits, uc[:, 0])
+        rows = torch.arange(n, device=seed.device)
+        y = means[rows, k] + torch.exp(log_scales[rows, k]) * box_muller(u1[:, 0], u2[:, 0])
+        return y.view(*shape, self.D)
 
     @classmethod
     def gaussians(cls, means: torch.Tensor, log_scales: torch.Tensor, *,
