@@ -81,15 +81,37 @@ def tree_arg(name: str):
     return ck.named_tree(name)
 
 
-def interleaved_walls(target, drafter, codebook, names, class_id: int, rounds: int, **settings) -> dict:
-    """Batch-1 wall clock of each method, interleaved: round r runs every method once, in an order rotated
-    by r (ABC, BCA, CAB, ...), so load that comes and goes hits every method alike. Returns name -> [s]."""
+def interleaved(run, names, rounds: int) -> dict:
+    """Wall clock of ``run(name)`` (a MethodRun) for each name, interleaved: round r runs every method once,
+    in an order rotated by r (ABC, BCA, CAB, ...), so load that comes and goes hits every method alike.
+    Returns name -> [s]."""
     walls = {n: [] for n in names}
-    ids = torch.tensor([class_id])
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            walls[name].append(run_method(target, drafter, codebook, name, ids, **settings).wall)
+            walls[name].append(run(name).wall)
     return walls
+
+
+def interleaved_walls(target, drafter, codebook, names, class_id: int, rounds: int, **settings) -> dict:
+    """Batch-1 wall clock of each method (``interleaved``). Returns name -> [s]."""
+    ids = torch.tensor([class_id])
+    return interleaved(lambda name: run_method(target, drafter, codebook, name, ids, **settings), names, rounds)
+
+
+CONTINUOUS_METHODS = ["ar", "exact", "cspd"]  # AR, exact chain SD, the CSpD criterion (ck.generate_continuous)
+
+
+def run_continuous(target, drafter, name: str, class_ids: torch.Tensor, *, draft_len: int = 4, temperature=1.0,
+                   seed=0, num_tokens: int | None = None, progress=False) -> MethodRun:
+    """One continuous-token method (``CONTINUOUS_METHODS``) on the mixture-head target; ``tokens`` holds the
+    latents [B, N, D]. CSpD runs with the released code's inner temperature and pre-filling fraction."""
+    if name not in CONTINUOUS_METHODS:
+        raise ValueError(f"unknown continuous method {name!r}; choose from {CONTINUOUS_METHODS}")
+    out = ck.generate_continuous(target, class_ids, drafter=None if name == "ar" else drafter,
+                                 criterion="cspd" if name == "cspd" else "exact", draft_len=draft_len,
+                                 num_tokens=num_tokens or target.cfg.max_seq_len - 1, temperature=temperature,
+                                 seed=[seed + b for b in range(len(class_ids))], progress=progress)
+    return MethodRun(name, "continuous", out.latents, out.stats, sum(s.wall_time for s in out.stats))
 
 
 def label_grid(rows: list[tuple[str, torch.Tensor]], path: str, scale: int = 2, columns=None) -> None:

@@ -3,6 +3,11 @@ same classes and seeds, and write a labelled PNG grid plus a JSON of the statist
 
     python -m cascade_lab.demo [--classes 0 1 2 3] [--methods ar exact cascade ...] [--tree eagle]
                                [--cfg 3.0] [--seed 0] [--device cpu] [--out demo_out]
+                               [--continuous-methods ar exact cspd] [--draft-len 4]
+
+A second, short section runs the continuous-token stack (VAE latents, mixture-head target and drafter,
+``ck.generate_continuous``): AR, exact chain speculative decoding and the CSpD criterion on the same
+classes and seeds, α, interleaved batch-1 wall clock and ``continuous_grid.png``.
 """
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import torch
 
 import cascade_kernels as ck
 
-from .compare import METHODS, TREES, fmt_speedup, interleaved_walls, label_grid, run_method, tree_arg
+from .compare import (CONTINUOUS_METHODS, METHODS, TREES, fmt_speedup, interleaved, interleaved_walls, label_grid,
+                      run_continuous, run_method, tree_arg)
 from .data import CLASS_NAMES
-from .loaders import load_drafter, load_target, load_vq
+from .loaders import load_cdrafter, load_ctarget, load_cvae, load_drafter, load_target, load_vq
 from .weights import WEIGHTS_DIR
 
 
@@ -52,7 +58,14 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: this small model's ops are too short to split, and a "
                          "busy second core would stall a 2-thread team at every barrier)")
+    ap.add_argument("--continuous-methods", nargs="*", default=CONTINUOUS_METHODS, choices=CONTINUOUS_METHODS,
+                    help="methods of the continuous-token section (none: skip it)")
+    ap.add_argument("--draft-len", type=int, default=4, help="drafted chain length of continuous speculative decoding")
+    ap.add_argument("--continuous-timing-rounds", type=int, default=4,
+                    help="batch-1 timing rounds of the continuous section, methods interleaved in rotated order")
     args = ap.parse_args(argv)
+    if args.draft_len < 1 or args.continuous_timing_rounds < 0:
+        ap.error("--draft-len must be >= 1 and --continuous-timing-rounds >= 0")
     side = int(round(args.num_tokens ** 0.5))
     if args.num_tokens < 1 or side * side != args.num_tokens:
         ap.error(f"--num-tokens must be a square number of tokens (the VQ grid, e.g. 256 = 16x16), got {args.num_tokens}")
@@ -127,10 +140,42 @@ def main(argv=None) -> dict:
         "methods": summaries,
         "grid": grid_path,
     }
+    if args.continuous_methods:
+        result["continuous"] = continuous_section(args, dev)
     with open(os.path.join(args.out, "stats.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {grid_path} and {os.path.join(args.out, 'stats.json')}", file=sys.stderr)
     return result
+
+
+def continuous_section(args, dev) -> dict:
+    """AR / exact chain SD / CSpD on the continuous-token stack: α, interleaved batch-1 wall clock, a grid."""
+    cvae, target = load_cvae(args.weights, device=dev), load_ctarget(args.weights, device=dev)
+    drafter = load_cdrafter(args.weights, device=dev)
+    names = list(args.continuous_methods)
+    ids = torch.tensor(args.classes, device=dev)
+    kw = dict(draft_len=args.draft_len, temperature=args.temperature, seed=args.seed)
+    runs = {n: run_continuous(target, drafter, n, ids, **kw) for n in names}
+    walls = interleaved(lambda n: run_continuous(target, drafter, n, ids[:1], **kw), names,
+                        args.continuous_timing_rounds)
+    median = {n: sorted(w)[len(w) // 2] for n, w in walls.items() if w}
+    rows, summaries = [], []
+    for n in names:
+        summary = {k: v for k, v in runs[n].summary().items() if "tvd" not in k and k != "residual"}
+        summary["batch1_wall_s"] = walls.get(n)
+        summary["speedup"] = median["ar"] / median[n] if "ar" in median and n in median else None
+        summaries.append(summary)
+        rows.append((f"{n}\nalpha={summary['alpha']:.2f}\nspeedup={fmt_speedup(summary['speedup'])}",
+                     cvae.decode(runs[n].tokens)))
+        print(f"  continuous {n:<6} alpha={summary['alpha']:.2f} speedup={fmt_speedup(summary['speedup'])}",
+              file=sys.stderr)
+    grid = os.path.join(args.out, "continuous_grid.png")
+    label_grid(rows, grid, columns=[CLASS_NAMES[c] for c in args.classes])
+    return {"methods": summaries, "grid": grid, "draft_len": args.draft_len,
+            "cspd": {"inner_temperature": ck.ops.verify_continuous.INNER_TEMPERATURE,
+                     "prefill_len": ck.cspd_prefill_len(target.cfg.max_seq_len - 1)},
+            "speedup_note": (f"median batch-1 wall clock of AR / the method's, {args.continuous_timing_rounds} rounds "
+                             f"with the methods interleaved in rotated order, {target.cfg.max_seq_len - 1} tokens")}
 
 
 def cli() -> None:

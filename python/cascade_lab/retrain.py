@@ -1,6 +1,6 @@
 """Retrain every shipped component, in order, with the settings the shipped weights were made with.
 
-    python -m cascade_lab.retrain [--only vq target classifier drafter_eagle drafter_eq4 evaluate] [--dry-run]
+    python -m cascade_lab.retrain [--only vq target classifier drafter_eagle drafter_eq4 evaluate cvae ctarget cdrafter] [--dry-run]
 
 Each step is one training script (they share ``train_loop.run_training``) and is resumable: its run dir
 (``runs/<component>``, git-ignored) keeps a checkpoint, so an interrupted retrain picks up where it
@@ -29,6 +29,10 @@ STEPS = {
     "drafter_eq4": ("train_drafter", ["--loss", "eq4", "--steps", "900", "--time-budget", "900", "--n-train", "12288",
                                       "--run-dir", os.path.join(DEFAULT_RUN_DIR, "drafter_eq4_4096")]),
     "evaluate": ("evaluate", ["--per-class", "16"]),
+    # the continuous-token stack (about 25 minutes of one core in all, the 6144 training images rendered once)
+    "cvae": ("train_cvae", ["--steps", "1500", "--time-budget", "480"]),
+    "ctarget": ("train_ctarget", ["--steps", "3000", "--time-budget", "720"]),
+    "cdrafter": ("train_cdrafter", ["--steps", "1500", "--time-budget", "300"]),
 }
 
 

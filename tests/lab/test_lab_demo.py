@@ -5,6 +5,8 @@ import os
 import pytest
 import torch
 
+from cascade_lab.ctarget import ContinuousDrafter, ContinuousTargetConfig, ContinuousTransformer
+from cascade_lab.cvae import ContinuousVAE
 from cascade_lab.drafter import Drafter
 from cascade_lab.quality import Classifier
 from cascade_lab.model import TargetConfig, Transformer
@@ -24,6 +26,14 @@ def tiny_weights(tmp_path_factory):
     save_weights("target.pt", target.state_dict(), tcfg.to_dict(), d)
     drafter = Drafter.from_target(target)
     save_weights("drafter_eagle.pt", drafter.state_dict(), drafter.cfg.to_dict(), d)
+    cvae_cfg = dict(latent_dim=3, ch=4)
+    save_weights("cvae.pt", ContinuousVAE(**cvae_cfg).state_dict(), cvae_cfg, d)
+    ccfg = ContinuousTargetConfig(num_classes=3, dim=32, n_layers=1, n_heads=2, mlp_hidden=64, max_seq_len=17,
+                                  latent_dim=3, mixture_components=2)
+    ctarget = ContinuousTransformer(ccfg)
+    save_weights("ctarget.pt", ctarget.state_dict(), ccfg.to_dict(), d)
+    cdrafter = ContinuousDrafter.from_target(ctarget)
+    save_weights("cdrafter.pt", cdrafter.state_dict(), cdrafter.cfg.to_dict(), d)
     clf_cfg = dict(num_classes=3, ch=4, feat_dim=8)
     save_weights("classifier.pt", Classifier(**clf_cfg).state_dict(), clf_cfg, d)
     return d
@@ -48,6 +58,12 @@ def test_demo_writes_png_and_json(tiny_weights, tmp_path):
     assert ar["alpha"] == pytest.approx(1.0) and ar["speedup"] == pytest.approx(1.0)
     assert exact["alpha"] >= 1.0 and exact["target_forwards"] <= 256
     assert all(t >= 0 for m in stats["methods"] for t in m["tvd_per_image"])
+    cont = stats["continuous"]
+    assert [m["method"] for m in cont["methods"]] == ["ar", "exact", "cspd"]
+    assert cont["methods"][0]["alpha"] == pytest.approx(1.0) and all(m["alpha"] >= 1.0 for m in cont["methods"])
+    assert all(len(m["batch1_wall_s"]) == 4 for m in cont["methods"])
+    with Image.open(cont["grid"]) as im:
+        im.verify()
 
 
 def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
@@ -73,3 +89,23 @@ def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
         assert list(m["accept_by_depth"]) == sorted(m["accept_by_depth"], reverse=True)
     text = open(os.path.join(tmp_path, "e2e_cpu.md")).read()
     assert "CASCADE α / Exact α =" in text and "| cascade |" in text
+
+
+def test_e2e_continuous_benchmark_writes_its_table(tiny_weights, tmp_path):
+    """benchmarks/e2e_continuous.py: AR, exact and CSpD rows with intervals, the reference rows and the machine."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "e2e_continuous.py")
+    spec = importlib.util.spec_from_file_location("e2e_continuous_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--weights", tiny_weights, "--out", str(tmp_path), "--images-per-class", "2",
+                         "--speed-images", "2", "--batch", "4", "--draft-len", "3"])
+    assert [m["method"] for m in result["methods"]] == ["ar", "exact", "cspd"]
+    for m in result["methods"]:
+        assert m["images"] == 6 and m["alpha"] >= 1.0 and m["alpha_ci95"] >= 0.0
+        assert m["fid_boot_lo"] <= m["fid_boot_hi"] and 0.0 <= m["class_fidelity"] <= 1.0
+        assert m["speedup_b1"] > 0
+    assert result["methods"][0]["alpha"] == 1.0 and result["machine"]["threads"] == 1
+    text = open(os.path.join(tmp_path, "e2e_continuous_cpu.md")).read()
+    assert "| cspd |" in text and "Reference: VAE reconstructions" in text
