@@ -110,6 +110,9 @@ class ContinuousDrafter(Drafter):
     projection and mixture head as frozen copies): ``forward(latents [B, T, D], feats [B, T, dim]) ->
     (GaussianMixture [B, T], predicted features [B, T, dim])``."""
 
+    def __init__(self, cfg: ContinuousDrafterConfig | None = None, **kw):
+        super().__init__(cfg or ContinuousDrafterConfig(**kw))
+
     @staticmethod
     def _frozen_copies(cfg) -> tuple[nn.Module, nn.Module]:
         return (ContinuousTransformer._token_embedding(cfg),
