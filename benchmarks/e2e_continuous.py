@@ -11,7 +11,8 @@ The shipped VAE / mixture-head target / drafter (``cascade_lab.ctarget``), ``ck.
   reconstructions (the tokenizer's floor) and the real images' class fidelity.
 * Speed run: ``speed_images`` images at batch 1, the methods interleaved in rotated order (``compare.interleaved``);
   the speedup is AR's median wall clock over the method's.
-Writes ``e2e_continuous_<device>.json`` and ``.md``.
+Writes ``e2e_continuous_<device>.json``, ``.md`` and ``e2e_continuous_grid_<device>.png`` (the first image
+of every class, one row per method).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def main(argv=None):
     args = parse_args(argv)
     import cascade_kernels as ck
     from cascade_lab import data
-    from cascade_lab.compare import CONTINUOUS_METHODS, interleaved, run_continuous
+    from cascade_lab.compare import CONTINUOUS_METHODS, interleaved, label_grid, run_continuous
     from cascade_lab.loaders import load_continuous
     from cascade_lab.quality import classify
     from cascade_lab.weights import WEIGHTS_DIR
@@ -138,6 +139,10 @@ def main(argv=None):
         json.dump(result, f, indent=2)
     with open(os.path.join(args.out, f"e2e_continuous_{tag}.md"), "w") as f:
         f.write(markdown(result))
+    first = torch.arange(C) * args.images_per_class  # the first image of every class
+    label_grid([(f"{row['method']}\nalpha={row['alpha']:.2f}\nFID={row['fid']:.1f}", grids[row["method"]][first])
+                for row in rows], os.path.join(args.out, f"e2e_continuous_grid_{tag}.png"),
+               columns=[data.CLASS_NAMES[c] for c in range(C)])
     print(markdown(result))
     return result
 

@@ -129,9 +129,14 @@ def mixture_nll(dist: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     return -dist.log_prob(x).mean()
 
 
-def drafter_loss(pred_feat, pred_dist: GaussianMixture, target_feat, next_latents, w_nll: float = 0.1):
-    """EAGLE-1's loss with the mixture head: smooth-L1 on features (1.0) + NLL of the true next latent
-    under the drafter's mixture (``w_nll``, in place of the soft cross-entropy). Returns (loss, parts)."""
+def drafter_loss(pred_feat, pred_dist: GaussianMixture, target_feat, target_dist: GaussianMixture, seed,
+                 w_ce: float = 0.1):
+    """EAGLE-1's loss with mixture heads: smooth-L1 on features (1.0) + the cross-entropy of the drafter's
+    mixture to the target's, ``-E_{x~q} log p(x)`` (``w_ce``; EAGLE's soft cross-entropy to the target
+    distribution), estimated with Philox draws from q: ``seed`` is an int64 tensor ``[draws, *batch]``, one
+    draw per seed. Returns (loss, parts)."""
     fl = F.smooth_l1_loss(pred_feat, target_feat)
-    nll = mixture_nll(pred_dist, next_latents)
-    return fl + w_nll * nll, {"feat_smooth_l1": float(fl.detach()), "nll": float(nll.detach())}
+    with torch.no_grad():
+        x = torch.stack([target_dist.sample(s) for s in seed])  # [draws, *batch, D]
+    ce = -pred_dist.log_prob(x).mean()
+    return fl + w_ce * ce, {"feat_smooth_l1": float(fl.detach()), "ce": float(ce.detach())}

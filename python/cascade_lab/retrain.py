@@ -32,7 +32,7 @@ STEPS = {
     # the continuous-token stack (about 25 minutes of one core in all, the 6144 training images rendered once)
     "cvae": ("train_cvae", ["--steps", "1500", "--time-budget", "480"]),
     "ctarget": ("train_ctarget", ["--steps", "3000", "--time-budget", "720"]),
-    "cdrafter": ("train_cdrafter", ["--steps", "1500", "--time-budget", "300"]),
+    "cdrafter": ("train_cdrafter", ["--steps", "3000", "--time-budget", "300"]),
 }
 
 

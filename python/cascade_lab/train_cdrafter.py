@@ -44,6 +44,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--n-train", type=int, default=6144)
+    ap.add_argument("--draws", type=int, default=4, help="draws from the target's mixture per position (the loss's "
+                    "cross-entropy term)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-budget", type=float, default=0)
@@ -65,9 +67,10 @@ def main(argv=None):
 
     def step_loss(step):
         idx = torch.randint(0, len(lat), (a.batch,), generator=gen)
-        tok, f, ft, nxt, _ = batch_io(target, lat[idx], cls[idx])
+        tok, f, ft, _, q = batch_io(target, lat[idx], cls[idx])
         dist, fd = drafter(tok, f)
-        return drafter_loss(fd, dist, ft, nxt)
+        seed = torch.randint(-2**62, 2**62, (a.draws, *q.batch_shape), generator=gen)
+        return drafter_loss(fd, dist, ft, q, seed)
 
     res = run_training(drafter, opt, step_loss, steps=a.steps, lr=a.lr, run_dir=a.run_dir, generator=gen,
                        desc="cdrafter", warmup=a.warmup, time_budget=a.time_budget)
@@ -78,7 +81,7 @@ def main(argv=None):
     if not a.no_export:
         save_weights("cdrafter.pt", drafter.state_dict(), drafter.cfg.to_dict())
         record_training("cdrafter", dict(steps_done=res.steps_done, steps_planned=a.steps, batch=a.batch, lr=a.lr,
-                                         seed=a.seed, wall_time_s=res.wall_time_s, final_loss_parts=res.parts,
+                                         seed=a.seed, draws=a.draws, wall_time_s=res.wall_time_s, final_loss_parts=res.parts,
                                          loss_history=res.history, **ev))
 
 

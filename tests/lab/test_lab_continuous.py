@@ -86,8 +86,9 @@ def test_drafter_shapes_loss_and_frozen_copies(tiny):
     _, h = t(torch.tensor([0, 1]), x[:, :-1])
     dist, f = d(x[:, :-1], h[:, :-1])
     assert dist.batch_shape == (2, 5) and f.shape == (2, 5, 32)
-    loss, parts = drafter_loss(f, dist, h[:, 1:], x[:, 1:])
-    assert math.isfinite(float(loss.detach())) and set(parts) == {"feat_smooth_l1", "nll"}
+    q, _ = t(torch.tensor([0, 1]), x[:, :-1])
+    loss, parts = drafter_loss(f, dist, h[:, 1:], q[:, 1:], torch.arange(20).view(2, 2, 5))
+    assert math.isfinite(float(loss.detach())) and set(parts) == {"feat_smooth_l1", "ce"}
     cache = d.new_cache(2, 16)
     dt, ft = d.forward_tree(cache, x[:, :-1], h[:, :-1], chain_mask(2, 5), torch.arange(5).expand(2, 5))
     torch.testing.assert_close(dt.means, dist.means, atol=1e-5, rtol=1e-5)

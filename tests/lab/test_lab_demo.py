@@ -109,3 +109,7 @@ def test_e2e_continuous_benchmark_writes_its_table(tiny_weights, tmp_path):
     assert result["methods"][0]["alpha"] == 1.0 and result["machine"]["threads"] == 1
     text = open(os.path.join(tmp_path, "e2e_continuous_cpu.md")).read()
     assert "| cspd |" in text and "Reference: VAE reconstructions" in text
+    from PIL import Image
+
+    with Image.open(os.path.join(tmp_path, "e2e_continuous_grid_cpu.png")) as im:
+        im.verify()
