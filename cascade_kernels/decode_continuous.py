@@ -26,9 +26,10 @@ from typing import List
 
 import torch
 
-from .decode import SequenceStats, _append, _base_seeds, _catch_up, _progress, _seeds_at, step_seed
+from .decode import SequenceStats, _append, _base_seeds, _catch_up, _progress, step_seed
 from .ops.verify_continuous import INNER_TEMPERATURE, PREFILL_FRACTION, GaussianMixture, cspd_prefill_len
 from .ops.verify_continuous import verify_continuous
+from .ops.verify_continuous.mixture import sample_uniforms
 from .validation import check_number
 
 __all__ = ["generate_continuous", "ContinuousGenerateOutput", "CRITERIA"]
@@ -40,6 +41,11 @@ CRITERIA = ("exact", "cspd")
 class ContinuousGenerateOutput:
     latents: torch.Tensor  # [B, num_tokens, D] float32
     stats: List[SequenceStats]  # per sequence: tokens, accept_lengths, target_forwards, alpha, wall_time
+
+
+def _seed_grid(seeds, cols, device) -> torch.Tensor:
+    """int64 [len(seeds), len(cols)]: step_seed(seeds[r], cols[c])."""
+    return torch.tensor([[step_seed(s, c) for c in cols] for s in seeds], dtype=torch.int64, device=device)
 
 
 def _chain_mask(B: int, n: int, device) -> torch.Tensor:
@@ -95,7 +101,9 @@ def generate_continuous(target, class_ids: torch.Tensor, *, drafter=None, num_to
 
     max_len = num_tokens + draft_len + 2
     tcache, dist, hidden = target.prefill(class_ids, max_len)
-    x = dist.with_temperature(temperature).sample(_seeds_at(bases, 0, dev))  # [B, D]
+    # the AR draws' uniforms, all in one Philox evaluation: step t draws with seed s_t
+    uc, u1, u2 = sample_uniforms(_seed_grid(bases, range(n_ar), dev), dist.D)
+    x = dist.with_temperature(temperature).sample(uniforms=(uc[:, 0], u1[:, 0], u2[:, 0]))  # [B, D]
     out = torch.zeros(B, num_tokens, x.shape[-1], dtype=torch.float32, device=dev)
     count = torch.zeros(B, dtype=torch.int64, device=dev)
     feats = [hidden]  # target features of the committed positions whose densities drew the tokens
@@ -106,7 +114,7 @@ def generate_continuous(target, class_ids: torch.Tensor, *, drafter=None, num_to
     while int(count[0]) < n_ar:  # AR steps (every row in lockstep)
         dist, hidden = target.forward_tree(tcache, x.unsqueeze(1), ones, tcache.lengths.unsqueeze(1))
         tcache.commit(torch.zeros(B, 1, dtype=torch.int64, device=dev))
-        x = dist[:, 0].with_temperature(temperature).sample(_seeds_at(bases, step, dev))
+        x = dist[:, 0].with_temperature(temperature).sample(uniforms=(uc[:, step], u1[:, step], u2[:, step]))
         feats.append(hidden[:, 0])
         _append(out, count, x.unsqueeze(1), zero, bar)
         step, forwards = step + 1, forwards + 1
@@ -140,15 +148,21 @@ def _speculate(target, drafter, tcache, out, count, root, ctx_feats, bases, step
                                      False)
     chain = _chain_mask(B, L + 1, dev)
     steps = torch.arange(L + 1, device=dev)
-    while bool((count < num_tokens).any()):
-        s_t = [step_seed(b, step) for b in bases]
-        seeds = torch.tensor(s_t, dtype=torch.int64, device=dev)
+    # every step emits a token, so at most num_tokens - count[0] more steps: their verify seeds s_t and the
+    # drafting uniforms (seeds step_seed(s_t, 1 + i)) in one Philox evaluation
+    n_steps = num_tokens - int(count.min())
+    verify_seeds = _seed_grid(bases, range(step, step + n_steps), dev)  # [B, n_steps]
+    uc, u1, u2 = sample_uniforms(torch.stack([_seed_grid(row, range(1, L + 1), dev) for row in verify_seeds.tolist()]),
+                                 root.shape[-1])  # [B, n_steps, L(, D)]
+    for k in range(n_steps):
+        if not bool((count < num_tokens).any()):
+            break
         pos0 = tcache.lengths.clone()
         drafts, dists, dfeats = [], [], [root_feat]
         d_dist = root_dist
         for i in range(L):
             p_i = d_dist.with_temperature(temperature)
-            drafts.append(p_i.sample(torch.tensor([step_seed(s, 1 + i) for s in s_t], dtype=torch.int64, device=dev)))
+            drafts.append(p_i.sample(uniforms=(uc[:, k, i], u1[:, k, i], u2[:, k, i])))
             dists.append(p_i)
             if i + 1 < L:  # the drafter's density of chain token i + 1, from the drafted entries 0..i
                 dd, ff = drafter.forward_tree(dcache, torch.stack(drafts, 1), torch.stack(dfeats, 1),
@@ -158,7 +172,8 @@ def _speculate(target, drafter, tcache, out, count, root, ctx_feats, bases, step
         draft = torch.stack(drafts, 1)  # [B, L, D]
         tokens = torch.cat([root.unsqueeze(1), draft], 1)  # [B, L + 1, D]
         q, hidden = target.forward_tree(tcache, tokens, chain, pos0.unsqueeze(1) + steps)
-        res = verify_continuous(draft, GaussianMixture.stack(dists, 1), q.with_temperature(temperature), seed=seeds,
+        res = verify_continuous(draft, GaussianMixture.stack(dists, 1), q.with_temperature(temperature),
+                                seed=verify_seeds[:, k].contiguous(),
                                 max_proposals=max_proposals, accept_temperature=accept_temperature, backend=backend)
         active = count < num_tokens
         n_acc = res.accept_len.long()
@@ -174,4 +189,3 @@ def _speculate(target, drafter, tcache, out, count, root, ctx_feats, bases, step
         root_dist, root_feat = _catch_up(drafter, dcache, emitted, hidden, pos0, False,
                                          torch.where(active, n_acc + 1, 0))
         root = res.next
-        step += 1

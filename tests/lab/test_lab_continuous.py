@@ -145,6 +145,11 @@ def test_mixture_sample_index_stack():
     g = ck.GaussianMixture(torch.randn(2, 3, 4), torch.randn(2, 3, 4, 2), torch.randn(2, 3, 4, 2))
     s = g.sample(torch.arange(6).view(2, 3))
     assert s.shape == (2, 3, 2) and torch.equal(s[1, 2], g[1, 2].sample(5))
+    from cascade_kernels.ops.verify_continuous.mixture import sample_uniforms
+
+    assert torch.equal(g.sample(uniforms=sample_uniforms(torch.arange(6).view(2, 3), 2)), s)
+    with pytest.raises(ValueError, match="exactly one"):
+        g.sample()
     assert ck.GaussianMixture.stack([g[:, 0], g[:, 1]], 1).batch_shape == (2, 2)
     torch.testing.assert_close(g.with_temperature(3.0).log_scales, g.log_scales + math.log(3.0))
     with pytest.raises(IndexError):

@@ -17,7 +17,7 @@ from ...codes import CONT_STATUS
 from ...validation import check_number, check_seed
 
 __all__ = ["GaussianMixture", "ContinuousVerifyOutput", "STATUS_NONFINITE", "STATUS_PROPOSALS_EXHAUSTED",
-           "mixture_log_prob", "params_finite", "choose_component", "box_muller"]
+           "mixture_log_prob", "params_finite", "choose_component", "box_muller", "sample_uniforms"]
 
 STATUS_NONFINITE = CONT_STATUS["NONFINITE"]  # a non-finite draft / parameter met by the walk, or non-finite output
 STATUS_PROPOSALS_EXHAUSTED = CONT_STATUS["PROPOSALS_EXHAUSTED"]  # max_proposals proposals, none kept
@@ -127,26 +127,32 @@ class GaussianMixture:
             return self
         return GaussianMixture(self.logits, self.means, self.log_scales + math.log(temperature), check_finite=False)
 
-    def sample(self, seed) -> torch.Tensor:
+    def sample(self, seed=None, *, uniforms=None) -> torch.Tensor:
         """One draw per batch element, ``[*batch, D]`` float32, from Philox: element ``b`` (flattened
         batch index) uses ``seed[b]`` and the uniforms of proposal ``n = 0`` (docs/CONTINUOUS.md,
         "Randomness": component from stream ``CONT_COMPONENT``, Box-Muller from ``CONT_NORMAL``), i.e. the
         draw ``verify_continuous`` makes at position 0 with that seed. ``seed``: int or int64 tensor of
-        the batch shape (or one element). Different draws need different seeds."""
-        shape = self.batch_shape
-        n = math.prod(shape)
-        if isinstance(seed, torch.Tensor) and seed.dim() > 1:
-            if tuple(seed.shape) != shape:
-                raise ValueError(f"seed must be an int or an int64 tensor of the batch shape {shape}, "
-                                 f"got shape {tuple(seed.shape)}")
-            seed = seed.reshape(-1)
-        seed = check_seed(seed, n, self.logits.device)
+        the batch shape (or one element). Different draws need different seeds. Or pass ``uniforms``,
+        the output of ``sample_uniforms(seed, D)`` (the same draw; a decode loop makes many in one call)."""
+        shape, n = self.batch_shape, math.prod(self.batch_shape)
+        if (seed is None) == (uniforms is None):
+            raise ValueError("GaussianMixture.sample: pass exactly one of seed and uniforms")
+        if uniforms is None:
+            if isinstance(seed, torch.Tensor) and seed.dim() > 1:
+                if tuple(seed.shape) != shape:
+                    raise ValueError(f"seed must be an int or an int64 tensor of the batch shape {shape}, "
+                                     f"got shape {tuple(seed.shape)}")
+                seed = seed.reshape(-1)
+            uniforms = sample_uniforms(check_seed(seed, n, self.logits.device).view(shape), self.D)
+        uc, u1, u2 = uniforms
+        if tuple(uc.shape) != shape or tuple(u1.shape) != shape + (self.D,) or u2.shape != u1.shape:
+            raise ValueError(f"uniforms must have shapes {shape}, {shape + (self.D,)} and {shape + (self.D,)}, got "
+                             f"{tuple(uc.shape)}, {tuple(u1.shape)} and {tuple(u2.shape)}")
         g = self.float32()
-        logits, means, log_scales = g.logits.view(n, self.K), g.means.view(n, self.K, self.D), g.log_scales.view(n, self.K, self.D)
-        uc, u1, u2, _ = draw_uniforms(seed, torch.zeros(n, 1, dtype=torch.int64, device=seed.device), self.D)
-        k = choose_component(logits, uc[:, 0])
-        rows = torch.arange(n, device=seed.device)
-        y = means[rows, k] + torch.exp(log_scales[rows, k]) * box_muller(u1[:, 0], u2[:, 0])
+        means, log_scales = g.means.view(n, self.K, self.D), g.log_scales.view(n, self.K, self.D)
+        k = choose_component(g.logits.view(n, self.K), uc.reshape(n))
+        rows = torch.arange(n, device=means.device)
+        y = means[rows, k] + torch.exp(log_scales[rows, k]) * box_muller(u1.reshape(n, self.D), u2.reshape(n, self.D))
         return y.view(*shape, self.D)
 
     @classmethod
@@ -211,6 +217,14 @@ def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
     """Standard normals ``sqrt(-2 log max(u1, 2**-32)) * cos(2 pi u2)`` (float32)."""
     u1 = torch.clamp(u1, min=U_MIN)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(TWO_PI * u2)
+
+
+def sample_uniforms(seed: torch.Tensor, D: int):
+    """The uniforms of ``GaussianMixture.sample`` for int64 seeds of any shape ``S``: (component u [*S],
+    Box-Muller u1 [*S, D], u2 [*S, D]), proposal ``n = 0`` of each seed, in one Philox evaluation."""
+    flat = seed.reshape(-1)
+    uc, u1, u2, _ = draw_uniforms(flat, torch.zeros(flat.shape[0], 1, dtype=torch.int64, device=flat.device), D)
+    return uc.view(seed.shape), u1.view(*seed.shape, D), u2.view(*seed.shape, D)
 
 
 def draw_uniforms(seed: torch.Tensor, n: torch.Tensor, D: int):
