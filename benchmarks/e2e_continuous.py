@@ -70,13 +70,16 @@ def main(argv=None):
 
     def quality_row(name):
         t0 = time.perf_counter()
-        lat, stats = [], []
+        stats, logits, feats, firsts = [], [], [], []
         for i in range(0, len(class_ids), args.batch):
             run = run_continuous(m.target, m.drafter, name, class_ids[i:i + args.batch], seed=i, **kw)
-            lat.append(run.tokens)
             stats += run.stats
-        images = torch.cat([m.cvae.decode(x) for x in lat])
-        logits, feats = classify(m.classifier, images)
+            images = m.cvae.decode(run.tokens)
+            lo, fe = classify(m.classifier, images)
+            logits.append(lo)
+            feats.append(fe)
+            firsts += [images[j - i] for j in range(i, i + len(images)) if j % args.images_per_class == 0]
+        logits, feats = torch.cat(logits), torch.cat(feats)
         correct = (logits.argmax(-1) == class_ids).float()
         row = dict(method=name, images=len(class_ids), **mean_ci("alpha", [s.alpha for s in stats]),
                    **fid_ci(feats.cpu(), real_feats.cpu()), **mean_ci("class_fidelity", correct.tolist()),
@@ -85,13 +88,12 @@ def main(argv=None):
         print(f"  {name:<6} alpha={row['alpha']:.2f}±{row['alpha_ci95']:.2f} fid={row['fid']:.2f} "
               f"[{row['fid_boot_lo']:.2f}, {row['fid_boot_hi']:.2f}] fidelity={row['class_fidelity']:.3f}"
               f"±{row['class_fidelity_ci95']:.3f} ({row['quality_wall_s']}s)", file=sys.stderr, flush=True)
-        return row, images
+        return row, torch.stack(firsts)
 
     rows, grids = [], {}
     for name in args.methods:
-        row, images = quality_row(name)
+        row, grids[name] = quality_row(name)  # grids: the first image of every class
         rows.append(row)
-        grids[name] = images
     recon = torch.cat([m.cvae.decode(m.cvae.encode(real[i:i + 100].to(dev))) for i in range(0, len(real), 100)])
     rl, rf = classify(m.classifier, recon)
     reference = {"vae_reconstructions": dict(images=len(real), **fid_ci(rf.cpu(), real_feats.cpu()),
@@ -139,8 +141,7 @@ def main(argv=None):
         json.dump(result, f, indent=2)
     with open(os.path.join(args.out, f"e2e_continuous_{tag}.md"), "w") as f:
         f.write(markdown(result))
-    first = torch.arange(C) * args.images_per_class  # the first image of every class
-    label_grid([(f"{row['method']}\nalpha={row['alpha']:.2f}\nFID={row['fid']:.1f}", grids[row["method"]][first])
+    label_grid([(f"{row['method']}\nalpha={row['alpha']:.2f}\nFID={row['fid']:.1f}", grids[row["method"]])
                 for row in rows], os.path.join(args.out, f"e2e_continuous_grid_{tag}.png"),
                columns=[data.CLASS_NAMES[c] for c in range(C)])
     print(markdown(result))
