@@ -175,18 +175,6 @@ class KVCache:
     def discard(self) -> None:
         self.pending_k = self.pending_v = None
 
-    def select(self, batch_index: torch.Tensor) -> "KVCache":
-        """New cache with the given batch rows (copies)."""
-        c = KVCache.__new__(KVCache)
-        c.k, c.v = self.k[:, batch_index].clone(), self.v[:, batch_index].clone()
-        c.lengths, c.max_len = self.lengths[batch_index].clone(), self.max_len
-        c.class_ids = None if self.class_ids is None else self.class_ids[batch_index].clone()
-        c.pending_k = c.pending_v = None
-        return c
-
-    def clone(self) -> "KVCache":
-        return self.select(torch.arange(self.batch_size, device=self.k.device))
-
 
 def run_blocks(blocks, x, position_ids, rope_base, cache: KVCache | None = None, tree_mask=None, causal=False):
     """Shared core: x [B,N,D] through blocks.  With a cache, node i attends to the valid cache
