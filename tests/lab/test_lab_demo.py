@@ -65,7 +65,9 @@ def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
     e2e.main(common + ["--methods", "cascade", "--part-name", "b"])
     speed = e2e.main(common[:-1] + ["speed", "--methods", "exact", "cascade", "--part-name", "s", "--speed-images", "2"])
     assert [set(m) for m in speed["methods"]] == [{"method", "residual", "median_s_per_image_b1", "speedup_b1"}] * 3
-    result = e2e.main(["--out", str(tmp_path), "--merge", "a", "b", "s"])
+    e2e.main(common[:-1] + ["extras", "--part-name", "x", "--sweep", "0.9:0.7:0.25"])
+    result = e2e.main(["--out", str(tmp_path), "--merge", "a", "b", "s", "x"])
+    assert [(m["tau_pos"], m["tau_seq"], m["eps"]) for m in result["cascade_sweep"]] == [(0.9, 0.7, 0.25)]
     assert [m["method"] for m in result["methods"]] == ["ar", "exact", "cascade"]
     assert [m["speedup_b1"] for m in result["methods"]] == [m["speedup_b1"] for m in speed["methods"]]
     assert "--part speed" in result["command"]
@@ -77,3 +79,4 @@ def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
         assert list(m["accept_by_depth"]) == sorted(m["accept_by_depth"], reverse=True)
     text = open(os.path.join(tmp_path, "e2e_cpu.md")).read()
     assert "CASCADE α / Exact α =" in text and "| cascade |" in text
+    assert "| 0.9 | 0.7 | 0.25 |" in text
