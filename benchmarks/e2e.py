@@ -56,16 +56,19 @@ def parse_args(argv=None):
     ap.add_argument("--residuals", nargs="+", default=["transport"], choices=["transport", "standard", "peer"])
     ap.add_argument("--methods", nargs="+", default=["exact", "lantern", "lantern++", "gsd", "cool", "cascade",
                                                      "cascade-I", "cascade-C"])
-    ap.add_argument("--sweep", default="0.85:0.625,0.85:0.5,0.8:0.5,0.7:0.4")
+    ap.add_argument("--sweep", default="0.85:0.625,0.85:0.5,0.8:0.5,0.7:0.4",
+                    help="CASCADE settings tau_pos:tau_seq[:eps], comma-separated (eps: the TVD budget, default 0.5)")
     ap.add_argument("--drafters", nargs="+", default=["drafter_eagle.pt", "drafter_eq4.pt"])
     ap.add_argument("--weights", default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--num-tokens", type=int, default=256)
-    ap.add_argument("--part", choices=["all", "methods", "extras"], default="all",
-                    help="methods = main table (AR + --methods) + speed run, extras = sweep + drafters; run parts "
-                         "in parallel (one thread each, --part-name to tell them apart), then --merge")
+    ap.add_argument("--part", choices=["all", "methods", "extras", "speed"], default="all",
+                    help="methods = main table (AR + --methods) + speed run, extras = sweep + drafters, speed = the "
+                         "speed run alone (its speedups replace the methods parts' at --merge, e.g. after a change to "
+                         "the decode loop that leaves the tokens as they were); run parts in parallel (one thread "
+                         "each, --part-name to tell them apart), then --merge")
     ap.add_argument("--part-name", default=None, help="file tag of this part (default: --part)")
     ap.add_argument("--extras-images-per-class", type=int, default=None,
                     help="images per class of the sweep and drafter rows (default: --images-per-class)")
@@ -79,13 +82,18 @@ def main(argv=None):
     tag = "cpu" if args.device == "cpu" else "gpu"
     if args.merge:
         parts = [json.load(open(os.path.join(args.out, f"e2e_{tag}_{p}.json"))) for p in args.merge]
+        command = " ; ".join([p["command"] for p in parts] + ["python benchmarks/e2e.py --merge " + " ".join(args.merge)])
+        speed = {(m["method"], m["residual"]): m for part in parts if part["settings"]["part"] == "speed"
+                 for m in part["methods"]}
+        parts = [part for part in parts if part["settings"]["part"] != "speed"]
         methods = [m for part in parts for m in part["methods"] if m["method"] != "ar"]
         ar = next(m for part in parts for m in part["methods"] if m["method"] == "ar")
+        for m in [ar, *methods]:
+            m.update(speed.get((m["method"], m["residual"]), {}))
         result = dict(parts[0], methods=[ar, *methods],
                       cascade_sweep=[m for part in parts for m in part["cascade_sweep"]],
                       drafters=[m for part in parts for m in part["drafters"]],
-                      command=" ; ".join([p["command"] for p in parts]
-                                         + ["python benchmarks/e2e.py --merge " + " ".join(args.merge)]))
+                      command=command)
         return finish(result, args.out, tag)
     torch.set_num_threads(args.threads)
     import cascade_kernels as ck
@@ -145,7 +153,7 @@ def main(argv=None):
             **mean_ci("class_fidelity", correct.tolist()),
             "images": len(ids), "quality_run_s": time.perf_counter() - t0,
         }
-        row.update({k: v for k, v in kw.items() if k in ("tau_pos", "tau_seq")})
+        row.update({k: v for k, v in kw.items() if k in ("tau_pos", "tau_seq", "eps")})
         print(f"  {name:<10} {residual:<9} alpha={row['alpha']:.2f}±{row['alpha_ci95']:.2f} fid={row['fid']:.2f} "
               f"fidelity={row['class_fidelity']:.3f} tvd/img={row['tvd_per_image']:.3f} "
               f"({row['quality_run_s']:.0f}s)", file=sys.stderr)
@@ -165,12 +173,14 @@ def main(argv=None):
     print(f"e2e: {len(class_ids)} images per method, classes {C}, tree {args.tree}, part {args.part}, backends "
           f"{ck.available_backends()}", file=sys.stderr)
     rows, sweep, drafter_rows = [], [], []
-    if args.part in ("all", "methods"):
-        rows = [quality_run("ar")]
+    if args.part in ("all", "methods", "speed"):
+        quality_or_speed = quality_run if args.part != "speed" else lambda name, residual="transport": \
+            {"method": name, "residual": residual}
+        rows = [quality_or_speed("ar")]
         configs = {("ar", "-"): ("ar", "transport", {})}
         for name in args.methods:
             for residual in args.residuals[:1] if name == "exact" else args.residuals:
-                rows.append(quality_run(name, residual))
+                rows.append(quality_or_speed(name, residual))
                 configs[(name, residual)] = (name, residual, {})
         print("speed run (batch 1) ...", file=sys.stderr)
         medians = speed_run(configs)
@@ -180,9 +190,9 @@ def main(argv=None):
             row["median_s_per_image_b1"] = medians[key]
             row["speedup_b1"] = ar_time / medians[key]
     if args.part in ("all", "extras"):
-        for pair in filter(None, args.sweep.split(",")):
-            tp, ts = (float(x) for x in pair.split(":"))
-            sweep.append(quality_run("cascade", ids=extras_ids, tau_pos=tp, tau_seq=ts))
+        for setting in filter(None, args.sweep.split(",")):
+            tp, ts, eps = ([float(x) for x in setting.split(":")] + [None])[:3]
+            sweep.append(quality_run("cascade", ids=extras_ids, tau_pos=tp, tau_seq=ts, eps=eps))
         if len(drafters) > 1:
             for dname, d in drafters.items():
                 for name in ("exact", "cascade"):
@@ -297,11 +307,22 @@ def markdown(r) -> str:
     if r.get("regime"):
         lines += ["", "Regime of the shipped model: " + ", ".join(f"{k} {v}" for k, v in r["regime"].items())]
     if r["cascade_sweep"]:
-        lines += ["", f"CASCADE threshold sweep (TVD budget 0.5, {r['cascade_sweep'][0]['images']} images each):", "",
-                  "| tau_pos | tau_seq | α | TVD / image | our FID | class fidelity |", "|---|---|---|---|---|---|"]
+        # FID grows as the image count falls, so a sweep row is compared with lossless Exact decoding on the
+        # same classes and seeds (the drafter rows' Exact run with the main drafter), not with the main table
+        ref = next((m for m in r["drafters"] if m["method"] == "exact" and m["drafter"] == r["drafter"]
+                    and m["images"] == r["cascade_sweep"][0]["images"]), None)
+        exact_alpha = next((m["alpha"] for m in r["methods"] if m["method"] == "exact"), None)
+        lines += ["", f"CASCADE threshold and budget sweep ({r['cascade_sweep'][0]['images']} images each; FID vs the "
+                  "lossless Exact run on the same images and seeds"
+                  + (f", FID {ref['fid']:.2f}" if ref else ": not run") + "):", "",
+                  "| tau_pos | tau_seq | TVD budget | α | α / Exact α | TVD / image | our FID | FID vs Exact | class fidelity |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for m in r["cascade_sweep"]:
-            lines.append(f"| {m['tau_pos']} | {m['tau_seq']} | {m['alpha']:.2f} ± {m['alpha_ci95']:.2f} | "
-                         f"{m['tvd_per_image']:.2f} | {m['fid']:.2f} | {m['class_fidelity']:.3f} |")
+            vs_exact = f"{100 * (m['fid'] / ref['fid'] - 1):+.1f}%" if ref else "—"
+            ratio = f"{m['alpha'] / exact_alpha:.2f}" if exact_alpha else "—"
+            lines.append(f"| {m['tau_pos']} | {m['tau_seq']} | {m.get('eps') or 0.5} | {m['alpha']:.2f} ± "
+                         f"{m['alpha_ci95']:.2f} | {ratio} | {m['tvd_per_image']:.2f} | {m['fid']:.2f} | {vs_exact} | "
+                         f"{m['class_fidelity']:.3f} |")
     if r["drafters"]:
         lines += ["", f"Drafters (standard EAGLE loss vs CASCADE Eq. 4, {r['drafters'][0]['images']} images each):", "",
                   "| drafter | method | α | our FID | class fidelity |", "|---|---|---|---|---|"]

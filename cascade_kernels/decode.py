@@ -11,7 +11,10 @@ Protocol (``cascade_lab`` implements it; ``R`` = rows = B, or 2B with CFG: condi
   and drops the rest; ``cache.lengths [R]`` are the committed lengths.
 * ``drafter.new_cache(R, max_len)`` and ``drafter.forward_tree(cache, tokens, feats, mask, position_ids)
   -> (logits, feats)`` (EAGLE-1: the entry made of ``(feature of position p, token at p + 1)`` sits
-  at drafter position p).
+  at drafter position p). Optional: when ``drafter.forward_tree`` takes an ``extend`` keyword, a static
+  tree is drafted level by level with ``extend=True`` (the nodes of the earlier levels stay pending and
+  come first, ``mask [R, n, P + n]``), so each drafted node costs one drafter forward; otherwise every
+  level re-runs the drafter over all nodes drafted so far.
 * ``target.null_class``: the class id of the unconditional half (CFG).
 
 Seeds (CONTRACT §6 asks the loop to document them): sequence ``b`` has the base seed ``seed + b`` (or
@@ -19,6 +22,7 @@ Seeds (CONTRACT §6 asks the loop to document them): sequence ``b`` has the base
 ``step_seed(base, t) = splitmix64(base + t * 0x9E3779B97F4A7C15)`` as the ``ck.verify`` seed, and
 sampled drafting draws node ``i``'s token with ``philox.uniform(step_seed, DRAFT, i)``.
 """
+import inspect
 import math
 import numbers
 import time
@@ -142,6 +146,7 @@ class _TreeDrafter:
     def __init__(self, drafter, sampling: _Sampling, tree, sampled: bool, cfg: bool, without_replacement=False):
         self.drafter, self.sampling, self.sampled, self.cfg = drafter, sampling, sampled, cfg
         self.without_replacement = without_replacement
+        self.extends = "extend" in inspect.signature(drafter.forward_tree).parameters
         self.dynamic = tree if isinstance(tree, DynamicTree) else None
         if self.dynamic is None:
             choices = _choices(tree)
@@ -180,6 +185,18 @@ class _TreeDrafter:
         positions = _rows(pos0.unsqueeze(1) + depth - 1, self.cfg)
         return self.drafter.forward_tree(dcache, _rows(tokens[:, 1:upto], self.cfg), in_feats,
                                          _rows(mask, self.cfg), positions)
+
+    def _expand_level(self, dcache, tokens, feats, pos0, level, upto, B, extend):
+        """Drafter forward over one level's nodes only -> (logits, feats) [R, n_level, *]. Levels are
+        contiguous in node order, so the mask rows of the level over nodes 1..upto-1 cover exactly the
+        earlier levels' pending nodes (``extend``) and the level itself (the first level: nothing else)."""
+        mask, depth = self._static_forest(upto, B)
+        rows = level - 1  # drafted node i sits at index i - 1 of the forest of nodes 1..upto-1
+        par = self.parents[level].long().to(tokens.device)
+        in_feats = feats[:, par]
+        positions = _rows(pos0.unsqueeze(1) + depth[:, rows] - 1, self.cfg)
+        return self.drafter.forward_tree(dcache, _rows(tokens[:, level], self.cfg), in_feats,
+                                         _rows(mask[:, rows], self.cfg), positions, extend=extend)
 
     def _static_forest(self, upto, B):
         if upto not in self.forest:
@@ -228,10 +245,14 @@ class _TreeDrafter:
             if d == len(self.levels):
                 break
             upto = int(level[-1]) + 1
-            logits, out_feats = self._expand(dcache, tokens, parents, feats, pos0, upto,
-                                             self._static_forest(upto, B))
-            feats[:, level] = out_feats[:, level - 1]
-            guided[:, level] = self.sampling.guided(logits[:, level - 1])
+            if self.extends:
+                logits, feats[:, level] = self._expand_level(dcache, tokens, feats, pos0, level, upto, B, d > 1)
+                guided[:, level] = self.sampling.guided(logits)
+            else:
+                logits, out_feats = self._expand(dcache, tokens, parents, feats, pos0, upto,
+                                                 self._static_forest(upto, B))
+                feats[:, level] = out_feats[:, level - 1]
+                guided[:, level] = self.sampling.guided(logits[:, level - 1])
         return tokens, self.tree, guided
 
     def tree_buffers(self, parents, pos0):

@@ -27,17 +27,11 @@ _SCALE = 4.6566127342e-10  # tl.rand's int32 -> [0, 1) scale
 
 
 def _mulhilo(a: int, b: torch.Tensor):
-    """(hi, lo) 32-bit halves of the 64-bit product a*b, for a 32-bit constant a and uint32 b."""
-    a_hi, a_lo = a >> 16, a & 0xFFFF
-    b_hi, b_lo = b >> 16, b & 0xFFFF
-    lo_lo = a_lo * b_lo
-    mid1 = a_hi * b_lo
-    mid2 = a_lo * b_hi
-    hi_hi = a_hi * b_hi
-    cross = (lo_lo >> 16) + (mid1 & 0xFFFF) + (mid2 & 0xFFFF)
-    hi = hi_hi + (mid1 >> 16) + (mid2 >> 16) + (cross >> 16)
-    lo = ((cross & 0xFFFF) << 16) | (lo_lo & 0xFFFF)
-    return hi & _MASK32, lo & _MASK32
+    """(hi, lo) 32-bit halves of the 64-bit product a*b, for a 32-bit constant a and uint32 b. The int64
+    product wraps modulo 2**64 (two's complement), which keeps all 64 bits of the unsigned product: the
+    masks read them back (checked against a 16-bit-limb product in tests/test_philox.py)."""
+    prod = b * a
+    return (prod >> 32) & _MASK32, prod & _MASK32
 
 
 def philox_uint32(seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:

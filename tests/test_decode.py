@@ -103,3 +103,49 @@ def test_step_seed_documented_formula():
     assert ck.decode.step_seed(0, 0) == 0xE220A8397B1DCDAF - 2**64  # as a signed int64
     assert ck.decode.step_seed(0, 1) != ck.decode.step_seed(0, 0)
     assert -(2**63) <= ck.decode.step_seed(2**62, 10**6) < 2**63
+
+
+class _RecomputingDrafter:
+    """The same drafter without the optional ``extend`` keyword: the loop re-runs every drafted node per level."""
+
+    def __init__(self, drafter):
+        self.inner = drafter
+
+    def new_cache(self, *a, **kw):
+        return self.inner.new_cache(*a, **kw)
+
+    def forward_tree(self, cache, tokens, feats, mask, position_ids):
+        return self.inner.forward_tree(cache, tokens, feats, mask, position_ids)
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["det", "sampled"])
+def test_level_by_level_drafting_equals_recomputing(models, sampled):
+    """Drafting with ``extend`` (each node drafted once) gives the tokens and draft logits of re-running
+    the drafter over all drafted nodes at every level, and the decode loop the same tokens."""
+    from cascade_kernels.decode import _Sampling, _TreeDrafter
+
+    target, drafter = models
+    gen = torch.Generator().manual_seed(4)
+    B, D = 2, target.cfg.dim
+    R = 2 * B  # CFG rows
+    sampling = _Sampling(1.0, 0, 1.0, 2.0)
+    root_tok = torch.randint(0, V, (B,), generator=gen)
+    root_feat, root_logits = torch.randn(R, D, generator=gen), 3 * torch.randn(R, V, generator=gen)
+    pos0, seeds = torch.tensor([3, 3]), torch.tensor([7, 8])
+    drafted = []
+    for d in (drafter, _RecomputingDrafter(drafter)):
+        dcache = d.new_cache(R, 64)
+        context = torch.randint(0, V, (R, 3), generator=torch.Generator().manual_seed(5))
+        d.forward_tree(dcache, context, torch.randn(R, 3, D, generator=torch.Generator().manual_seed(6)),
+                       torch.ones(3, 3, dtype=torch.bool).tril().expand(R, 3, 3), torch.arange(3).expand(R, 3))
+        dcache.commit_all()
+        td = _TreeDrafter(d, sampling, "eagle", sampled, cfg=True)
+        assert td.extends == (d is drafter)
+        drafted.append(td.draft(dcache, root_tok, root_feat, root_logits, pos0, seeds))
+    (tok_a, _, guided_a), (tok_b, _, guided_b) = drafted
+    assert torch.equal(tok_a, tok_b)
+    torch.testing.assert_close(guided_a, guided_b, rtol=1e-5, atol=1e-5)
+    kw = dict(num_tokens=14, cfg_scale=2.0, sampled_drafting=sampled, tree="eagle", seed=5, method=ck.Cascade(tau_pos=0.5))
+    fast = ck.generate(target, torch.tensor([0, 1, 2]), drafter=drafter, **kw)
+    slow = ck.generate(target, torch.tensor([0, 1, 2]), drafter=_RecomputingDrafter(drafter), **kw)
+    assert torch.equal(fast.tokens, slow.tokens)

@@ -47,3 +47,17 @@ def test_matches_triton_tl_rand(seed, stream):
         rand_kernel[(1,)](torch.tensor([seed], device=device), out, start, stream, BLOCK=64)
         ref = philox.uniform(torch.tensor(seed), stream, torch.arange(start, start + 64))
         assert torch.equal(out.cpu(), ref)
+
+
+def test_mulhilo_matches_limb_product():
+    """The wrapped int64 product gives the exact 64-bit product's halves, extremes included."""
+    b = torch.cat([torch.randint(0, 2**32, (20000,), generator=torch.Generator().manual_seed(0), dtype=torch.int64),
+                   torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 1])])
+    for a in (philox._ROUND_A, philox._ROUND_B, 1, 2**32 - 1):
+        a_hi, a_lo, b_hi, b_lo = a >> 16, a & 0xFFFF, b >> 16, b & 0xFFFF  # 16-bit limbs: no overflow
+        cross = ((a_lo * b_lo) >> 16) + ((a_hi * b_lo) & 0xFFFF) + ((a_lo * b_hi) & 0xFFFF)
+        hi = (a_hi * b_hi + ((a_hi * b_lo) >> 16) + ((a_lo * b_hi) >> 16) + (cross >> 16)) & 0xFFFFFFFF
+        lo = (((cross & 0xFFFF) << 16) | ((a_lo * b_lo) & 0xFFFF)) & 0xFFFFFFFF
+        got_hi, got_lo = philox._mulhilo(a, b)
+        assert torch.equal(got_hi, hi) and torch.equal(got_lo, lo), a
+        assert int(got_hi[-1]) * 2**32 + int(got_lo[-1]) == a * (2**32 - 1)

@@ -85,12 +85,15 @@ class Drafter(nn.Module):
 
     @torch.no_grad()
     def forward_tree(self, cache: KVCache, tokens: torch.Tensor, feats: torch.Tensor,
-                     mask: torch.Tensor, position_ids: torch.Tensor):
+                     mask: torch.Tensor, position_ids: torch.Tensor, extend: bool = False):
         """tokens [B,N] (x_{p+1} of each node), feats [B,N,D] (parent feature f_p: the target's
         feature for committed context, or the drafter's own predicted feature for drafted
         nodes), mask [B,N,N] bool tree mask, position_ids [B,N] = p ->
-        (logits [B,N,V], predicted features [B,N,D]).  K/V stay pending until cache.commit."""
-        h = run_blocks(self.layers, self._inp(tokens, feats), position_ids, self.cfg.rope_base, cache, mask)
+        (logits [B,N,V], predicted features [B,N,D]).  K/V stay pending until cache.commit.
+        ``extend``: the nodes continue the tree of the previous forward_tree call (its P nodes stay
+        pending and come first), mask is [B,N,P+N]; drafting a tree level by level then costs each
+        node once."""
+        h = run_blocks(self.layers, self._inp(tokens, feats), position_ids, self.cfg.rope_base, cache, mask, extend=extend)
         return self.head(h), h
 
 

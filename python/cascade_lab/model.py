@@ -135,13 +135,12 @@ class KVCache:
         valid = torch.arange(s, device=self.k.device)[None] < self.lengths[:, None]
         return self.k[layer, :, :, :s], self.v[layer, :, :, :s], valid
 
-    def set_pending(self, layer: int, k, v):
-        if layer == 0:
-            n_layers, (b, h, n, hd) = self.k.shape[0], k.shape
-            self.pending_k = k.new_empty(n_layers, b, h, n, hd)
-            self.pending_v = v.new_empty(n_layers, b, h, n, hd)
-        self.pending_k[layer] = k
-        self.pending_v[layer] = v
+    def set_pending(self, k: torch.Tensor, v: torch.Tensor, extend: bool = False) -> None:
+        """k, v [n_layers, B, H, N, head_dim]: the K/V of the last forward's nodes; ``extend`` appends
+        them to the pending nodes of the forward before (node indices continue) instead of replacing them."""
+        if extend:
+            k, v = torch.cat([self.pending_k, k], 3), torch.cat([self.pending_v, v], 3)
+        self.pending_k, self.pending_v = k, v
 
     @torch.no_grad()
     def commit(self, node_indices: torch.Tensor) -> None:
@@ -175,35 +174,33 @@ class KVCache:
     def discard(self) -> None:
         self.pending_k = self.pending_v = None
 
-    def select(self, batch_index: torch.Tensor) -> "KVCache":
-        """New cache with the given batch rows (copies)."""
-        c = KVCache.__new__(KVCache)
-        c.k, c.v = self.k[:, batch_index].clone(), self.v[:, batch_index].clone()
-        c.lengths, c.max_len = self.lengths[batch_index].clone(), self.max_len
-        c.class_ids = None if self.class_ids is None else self.class_ids[batch_index].clone()
-        c.pending_k = c.pending_v = None
-        return c
 
-    def clone(self) -> "KVCache":
-        return self.select(torch.arange(self.batch_size, device=self.k.device))
-
-
-def run_blocks(blocks, x, position_ids, rope_base, cache: KVCache | None = None, tree_mask=None, causal=False):
+def run_blocks(blocks, x, position_ids, rope_base, cache: KVCache | None = None, tree_mask=None, causal=False,
+               extend: bool = False):
     """Shared core: x [B,N,D] through blocks.  With a cache, node i attends to the valid cache
-    slots plus the nodes j with tree_mask[b,i,j]; new K/V are stored as pending."""
+    slots plus the nodes j with tree_mask[b,i,j]; new K/V are stored as pending.  With ``extend`` the
+    pending nodes of the previous forward (P of them) come first in the tree: tree_mask is [B,N,P+N]
+    and the new nodes are appended to the pending ones."""
     head_dim = blocks[0].attn.head_dim
     cos, sin = rope_cos_sin(position_ids, head_dim, rope_base, x.dtype)
     if cache is None:
         for blk in blocks:
             x, _ = blk(x, cos, sin, causal=causal)
         return x
+    if extend and cache.pending_k is None:
+        raise RuntimeError("run_blocks(extend=True): no pending tree nodes to extend")
+    new_k, new_v = [], []
     for i, blk in enumerate(blocks):
         pk, pv, valid = cache.view(i)
+        if extend:
+            pk, pv = torch.cat([pk, cache.pending_k[i]], 2), torch.cat([pv, cache.pending_v[i]], 2)
         if i == 0:
             n = x.shape[1]
             mask = torch.cat([valid[:, None, :].expand(-1, n, -1), tree_mask.bool()], -1)[:, None]
         x, (k, v) = blk(x, cos, sin, past=(pk, pv), attn_mask=mask)
-        cache.set_pending(i, k, v)
+        new_k.append(k)
+        new_v.append(v)
+    cache.set_pending(torch.stack(new_k), torch.stack(new_v), extend)
     return x
 
 

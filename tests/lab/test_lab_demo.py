@@ -67,8 +67,8 @@ def test_demo_writes_png_and_json(tiny_weights, tmp_path):
 
 
 def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
-    """benchmarks/e2e.py in two parts plus --merge: one table with AR first, confidence intervals,
-    acceptance by depth and the goal verdict."""
+    """benchmarks/e2e.py in two parts, a speed-only part and --merge: one table with AR first, confidence
+    intervals, acceptance by depth, the goal verdict, and the speed part's speedups."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "e2e.py")
@@ -79,8 +79,14 @@ def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
               "--num-tokens", "16", "--batch", "4", "--drafters", "drafter_eagle.pt", "--part", "methods"]
     e2e.main(common + ["--methods", "exact", "--part-name", "a"])
     e2e.main(common + ["--methods", "cascade", "--part-name", "b"])
-    result = e2e.main(["--out", str(tmp_path), "--merge", "a", "b"])
+    speed = e2e.main(common[:-1] + ["speed", "--methods", "exact", "cascade", "--part-name", "s", "--speed-images", "2"])
+    assert [set(m) for m in speed["methods"]] == [{"method", "residual", "median_s_per_image_b1", "speedup_b1"}] * 3
+    e2e.main(common[:-1] + ["extras", "--part-name", "x", "--sweep", "0.9:0.7:0.25"])
+    result = e2e.main(["--out", str(tmp_path), "--merge", "a", "b", "s", "x"])
+    assert [(m["tau_pos"], m["tau_seq"], m["eps"]) for m in result["cascade_sweep"]] == [(0.9, 0.7, 0.25)]
     assert [m["method"] for m in result["methods"]] == ["ar", "exact", "cascade"]
+    assert [m["speedup_b1"] for m in result["methods"]] == [m["speedup_b1"] for m in speed["methods"]]
+    assert "--part speed" in result["command"]
     assert result["settings"]["top_k"] == max(1, round(2000 * 16 / 16384))  # the papers' top-k, scaled
     for m in result["methods"]:
         assert m["images"] == 6 and m["alpha"] >= 1.0 and m["alpha_ci95"] >= 0.0
@@ -89,6 +95,7 @@ def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
         assert list(m["accept_by_depth"]) == sorted(m["accept_by_depth"], reverse=True)
     text = open(os.path.join(tmp_path, "e2e_cpu.md")).read()
     assert "CASCADE α / Exact α =" in text and "| cascade |" in text
+    assert "| 0.9 | 0.7 | 0.25 |" in text
 
 
 def test_e2e_continuous_benchmark_writes_its_table(tiny_weights, tmp_path):

@@ -41,16 +41,39 @@ def path(parents_row, i):
     return p[::-1]
 
 
-@pytest.fixture
-def tiny():
+TINY = dict(vocab_size=16, num_classes=3, dim=32, n_layers=2, n_heads=4, mlp_hidden=64, max_seq_len=40)
+
+
+@pytest.fixture(params=[False, True], ids=["prefix-class", "class-bias+abs-pos"])
+def tiny(request):
     torch.manual_seed(0)
-    m = Transformer(TargetConfig(vocab_size=16, num_classes=3, dim=32, n_layers=2, n_heads=4,
-                                 mlp_hidden=64, max_seq_len=40)).double().eval()
-    # make the weights less tiny so differences would show
+    m = Transformer(TargetConfig(**TINY, class_bias=request.param, abs_pos_emb=request.param)).double().eval()
+    # make the weights less tiny so differences would show (and the zero-initialised paths non-zero)
     with torch.no_grad():
-        for p in m.parameters():
+        for n, p in m.named_parameters():
+            if n.startswith(("cls_bias", "pos_emb")):
+                p.normal_(0.0, 0.5)
             p.mul_(5.0 if p.dim() > 1 else 1.0)
     return m
+
+
+def test_optional_input_paths_start_as_identity():
+    """A prefix-class model's weights loaded into one with class_bias and abs_pos_emb compute the same."""
+    torch.manual_seed(0)
+    plain = Transformer(TargetConfig(**TINY)).eval()
+    aided = Transformer(TargetConfig(**TINY, class_bias=True, abs_pos_emb=True)).eval()
+    missing, unexpected = aided.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["cls_bias.weight", "pos_emb.weight"] and not unexpected
+    cls, toks = torch.tensor([0, 3]), torch.randint(0, 16, (2, 9))
+    torch.testing.assert_close(aided(cls, toks), plain(cls, toks))
+
+
+def test_class_bias_needs_the_cache_class_ids(tiny):
+    if not tiny.cfg.class_bias:
+        pytest.skip("prefix-class model reads no class ids after prefill")
+    cache = tiny.new_cache(1)
+    with pytest.raises(ValueError, match="class_ids"):
+        tiny.forward_tree(cache, torch.zeros(1, 1, dtype=torch.long), chain_mask(1, 1), torch.zeros(1, 1, dtype=torch.long))
 
 
 PARENTS = torch.tensor([[-1, 0, 0, 1, 1, 2, 5], [-1, 0, 1, 0, 3, 3, 2]])
