@@ -159,12 +159,12 @@ def continuous_section(args, dev) -> dict:
     runs = {n: run_continuous(target, drafter, n, ids, **kw) for n in names}
     walls = interleaved(lambda n: run_continuous(target, drafter, n, ids[:1], **kw), names,
                         args.continuous_timing_rounds)
-    median = {n: sorted(w)[len(w) // 2] for n, w in walls.items() if w}
+    best = {n: min(w) for n, w in walls.items() if w}  # best of the rounds, as the discrete section
     rows, summaries = [], []
     for n in names:
         summary = {k: v for k, v in runs[n].summary().items() if "tvd" not in k and k != "residual"}
         summary["batch1_wall_s"] = walls.get(n)
-        summary["speedup"] = median["ar"] / median[n] if "ar" in median and n in median else None
+        summary["speedup"] = best["ar"] / best[n] if "ar" in best and n in best else None
         summaries.append(summary)
         rows.append((f"{n}\nalpha={summary['alpha']:.2f}\nspeedup={fmt_speedup(summary['speedup'])}",
                      cvae.decode(runs[n].tokens)))
@@ -175,7 +175,7 @@ def continuous_section(args, dev) -> dict:
     return {"methods": summaries, "grid": grid, "draft_len": args.draft_len,
             "cspd": {"inner_temperature": ck.ops.verify_continuous.INNER_TEMPERATURE,
                      "prefill_len": ck.cspd_prefill_len(target.cfg.max_seq_len - 1)},
-            "speedup_note": (f"median batch-1 wall clock of AR / the method's, {args.continuous_timing_rounds} rounds "
+            "speedup_note": (f"best-of-rounds batch-1 wall clock of AR / the method's, {args.continuous_timing_rounds} rounds "
                              f"with the methods interleaved in rotated order, {target.cfg.max_seq_len - 1} tokens")}
 
 
