@@ -53,7 +53,7 @@ def main(argv=None):
         x = images[torch.randint(0, len(images), (a.batch,), generator=gen)]
         rec, kl = model(x, gen)
         mse = (rec - x).pow(2).mean()
-        return mse + a.kl_weight * kl, dict(mse=float(mse), kl=float(kl))
+        return mse + a.kl_weight * kl, dict(mse=float(mse.detach()), kl=float(kl.detach()))
 
     res = run_training(model, opt, step_loss, steps=a.steps, lr=a.lr, run_dir=a.run_dir, generator=gen,
                        desc="cvae", warmup=20, time_budget=a.time_budget)

@@ -239,3 +239,21 @@ def test_shipped_exact_sd_matches_ar_statistically():
     for pos in (0, 9, 20, 39):
         for j in range(t.cfg.latent_dim):
             assert ks_2samp(ar[:, pos, j].numpy(), sd[:, pos, j].numpy()).pvalue > 0.01 / 32, (pos, j)
+
+
+def test_training_scripts_run_and_retrain_lists_them(tmp_path, monkeypatch, capsys):
+    """train_cvae / train_ctarget / train_cdrafter run 2 steps each on 64 images (shipped VAE and target
+    where a script loads them; nothing exported), and ``retrain`` lists the three steps."""
+    from cascade_lab import retrain, train_cdrafter, train_ctarget, train_cvae
+
+    for mod in (train_cvae, train_ctarget, train_cdrafter):
+        monkeypatch.setattr(mod, "DEFAULT_RUN_DIR", str(tmp_path))
+    common = ["--n-train", "64", "--steps", "2", "--batch", "4", "--no-export"]
+    train_cvae.main(common + ["--run-dir", str(tmp_path / "cvae")])
+    train_ctarget.main(common + ["--run-dir", str(tmp_path / "ctarget"), "--dim", "32", "--layers", "1"])
+    train_cdrafter.main(common + ["--run-dir", str(tmp_path / "cdrafter")])
+    out = capsys.readouterr().out
+    assert "held-out PSNR" in out and "held-out NLL" in out and "expected acceptance" in out
+    retrain.main(["--only", "cvae", "ctarget", "cdrafter", "--dry-run"])
+    out = capsys.readouterr().out
+    assert all(f"python -m cascade_lab.train_{c}" in out for c in ("cvae", "ctarget", "cdrafter"))
