@@ -66,5 +66,15 @@ PYBIND11_MODULE(_C, m) {
     m.def("running_sum", [](uintptr_t v, int64_t n) { return ck::running_sum(as_ptr<const float>(v), n); },
           "The float32 running sum of n floats at address v as the inverse CDF takes it (tests: it must equal "
           "a serial loop bit for bit).");
+    m.def("kth_largest",
+          [](uintptr_t v, int64_t n, int64_t k) { return ck::kth_largest(as_ptr<const float>(v), n, k); },
+          "The k-th largest of n floats (no NaN) at address v, as the top-k select takes it (tests).");
+    m.def("exp_sums", [](uintptr_t v, int64_t n) {
+              const ck::ExpSums e = ck::exp_sums(as_ptr<const float>(v), n);
+              return py::make_tuple(e.fused_sum, e.sum, e.fused_wsum, e.wsum, e.same_weights);
+          },
+          "(float32 sum, float64 sum) of the weights exp(x - max) of n floats at v, with the float64 sum taken in "
+          "the weights' pass and without: (fused, plain, fused float64, sum_f64 of the weights, same weights) "
+          "(tests: they must agree bit for bit).");
     register_continuous(m);
 }
