@@ -24,10 +24,10 @@ from ...codes import DTYPES, METHODS
 from ...methods import Method, reference_only_reason
 from ...trees import Tree
 from ...types import VerifyArgs, VerifyOutput
-from ...validation import DRAFT_SAMPLINGS, check_seed
+from ...validation import DRAFT_SAMPLINGS, FLOAT_DTYPES, check_seed
 
 _DTYPE_CODE = {getattr(torch, name): code for name, code in DTYPES.items()}
-_LOGITS_CODE = {d: _DTYPE_CODE[d] for d in (torch.float32, torch.bfloat16, torch.float16)}  # FLOAT_DTYPES
+_LOGITS_CODE = {d: _DTYPE_CODE[d] for d in FLOAT_DTYPES}  # the dtypes check_verify_inputs takes
 _HIDDEN_CODE = {**_LOGITS_CODE, torch.float64: _DTYPE_CODE[torch.float64]}
 _TRANSPORT = {"transport": True, "standard": False}  # residual="peer" is reference-only
 _CASCADE = METHODS["cascade"]
