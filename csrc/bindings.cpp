@@ -4,6 +4,8 @@
 // The Python wrapper (cascade_kernels/ops/verify/cpu.py) passes every tensor as its address
 // (tensor.data_ptr()) with shapes and a dtype code (codes.h); the outputs are allocated by the caller,
 // so tensors are read and written in place, zero-copy. The GIL is released while the batch is verified.
+// verify_call, the common case's whole-call entry, takes the tensors as Python objects and reads them
+// through DLPack's C exchange API instead (below).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -218,7 +220,8 @@ PYBIND11_MODULE(_C, m) {
     m.doc() = "cascade_kernels C++ CPU backend (raw data pointers; see cascade_kernels/ops/verify/cpu.py)";
     m.def("verify", &verify_py, "Verify a batch of draft trees into caller-allocated outputs (docs/CONTRACT.md).");
     m.def("set_exchange_api", &set_exchange_api,
-          "Register torch's DLPack C exchange API capsule and the torch.Tensor type for verify_call; False if unusable.");
+          "Register torch's DLPack C exchange API capsule and the torch.Tensor type for verify_call; False if "
+          "unusable.");
     m.def("verify_call", &verify_call_py,
           "ck.verify's common case with the tensors as objects (cpu.py:verify_call); False when not in that form.");
     m.def("uniform", [](int64_t seed, uint32_t stream, int64_t index) { return ck::uniform(seed, stream, index); },
