@@ -235,9 +235,9 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 // token: storing them costs less than recomputing them); with top-k it compacts the candidates, and only
 // the <= k survivors get exponentials (SPARSE, in cand / cidx). Top-p writes the kept probabilities into
 // `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try (deterministic
-// drafting), or -1: when that child will surely be rejected (probe_u >= its weight exp(x - max), which
-// bounds q(x) since the row's sum is >= 1, plus what a relaxation may add, eps), the float64 sum of the
-// weights that the rejection needs is taken in the same pass.
+// drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
+// exp(x - max), which bounds q(x) since the row's sum is >= 1), the float64 sum of the weights that the
+// rejection needs is taken in the same pass (a guess: either way the results are the same).
 bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
                          Dist& out, int64_t probe, double probe_u) {
     const float s = static_cast<float>(P_.cfg_scale);
@@ -255,9 +255,8 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
         S_total = K_->exp_sum(cand, r.shift, nk);  // in place: the survivors' weights
         out = Dist::sparse(cand, cidx, nk, S_total, wsum);
     } else {
-        const double slack = P_.method == M_EXACT ? 0.0 : P_.eps;
         const bool rejects = probe >= 0 && P_.top_p >= 1.0 &&
-                             probe_u >= std::exp(static_cast<double>(K_->row_scaled_at(r, probe) - r.shift)) + slack;
+                             probe_u >= std::exp(static_cast<double>(K_->row_scaled_at(r, probe) - r.shift));
         S_total = K_->row_exp_sum(r, V_, dense, rejects ? &wsum : nullptr);
         out = Dist(dense, S_total, wsum);
     }
