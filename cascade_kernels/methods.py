@@ -16,6 +16,21 @@ from . import codes
 from .types import Method
 
 
+class HostParams(NamedTuple):
+    """The parameter slots as host arrays (int64, float64) that the C++ backend reads by address: made
+    once with the packed method, which keeps them alive (a call reads no tensor for them)."""
+
+    ints: np.ndarray
+    floats: np.ndarray
+    ints_ptr: int
+    floats_ptr: int
+
+
+def host_params(iparams, fparams) -> HostParams:
+    ints, floats = np.array(iparams, dtype=np.int64), np.array(fparams, dtype=np.float64)
+    return HostParams(ints, floats, ints.ctypes.data, floats.ctypes.data)
+
+
 class PackedMethod(NamedTuple):
     """A method as the backends read it (``codes.INT_PARAMS`` / ``codes.FLOAT_PARAMS`` slots)."""
 
@@ -23,8 +38,7 @@ class PackedMethod(NamedTuple):
     iparams: Tuple[int, ...]
     fparams: Tuple[float, ...]
     neighbors: Optional[torch.Tensor]  # LANTERN's [V, n_neighbors] int64 table, else None
-    iparams_cpu: torch.Tensor  # the same slots as CPU tensors (int64, float64), made once
-    fparams_cpu: torch.Tensor
+    host: HostParams  # the same slots for the C++ backend
     # Reference-only extras (docs/METHODS.md): LANTERN's [V, min(K, n_neighbors + 1)] table (its released code
     # zeroes the first k + 1 neighbours in the residual) and GSD's codebook embeddings [V, D] for group="peer".
     peer_neighbors: Optional[torch.Tensor] = None
@@ -62,9 +76,8 @@ def _pack(method: Method, neighbors=None, peer_neighbors=None, embeddings=None, 
     assert not unknown, unknown
     ip = tuple(int(slots.get(k, 0)) for k in codes.INT_PARAMS)
     fp = tuple(float(slots.get(k, 0.0)) for k in codes.FLOAT_PARAMS)
-    return PackedMethod(codes.METHODS[method.name], ip, fp, neighbors,
-                        torch.tensor(ip, dtype=torch.int64), torch.tensor(fp, dtype=torch.float64),
-                        peer_neighbors, embeddings)
+    return PackedMethod(codes.METHODS[method.name], ip, fp, neighbors, host_params(ip, fp), peer_neighbors,
+                        embeddings)
 
 
 def reference_only_reason(m: PackedMethod) -> Optional[str]:

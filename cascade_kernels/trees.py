@@ -130,8 +130,10 @@ class Tree:
     ``depth [T, N]`` int64 (padding nodes 0), ``first_child`` / ``next_sibling`` ``[T, N]`` int32 (-1 = none),
     ``child_start [T, N+1]`` / ``child_list [T, N]`` int32 (CSR: children of u are
     ``child_list[child_start[u]:child_start[u+1]]``, in increasing node index = sibling order),
-    ``max_depth`` (int). ``mask``, ``packed_mask`` and ``retrieve`` (see ``ck.TreeBuffers``) are made on
-    first use (by the reference ``tree_buffers`` op). Build it with :func:`prepare_tree`.
+    ``max_depth`` (int), ``host_parents_ptr`` (the address of the int32 parents in host memory, which the C++
+    backend reads; on the CPU ``parents`` is that memory). ``mask``, ``packed_mask`` and ``retrieve`` (see
+    ``ck.TreeBuffers``) are made on first use (by the reference ``tree_buffers`` op). Build it with
+    :func:`prepare_tree`.
     """
 
     def __init__(self, parents_np: np.ndarray, device: torch.device):
@@ -161,7 +163,10 @@ class Tree:
         self.max_depth = int(depth.max())
         self._np_parents = parents_np
         to = functools.partial(torch.as_tensor, device=device)
-        self.parents = to(parents_np.astype(np.int32))
+        host = np.ascontiguousarray(parents_np, dtype=np.int32)
+        self._host_parents = host  # what the C++ backend reads, by address (kept alive here)
+        self.host_parents_ptr = host.ctypes.data
+        self.parents = to(host)
         self.depth = to(depth)
         self.first_child = to(first)
         self.next_sibling = to(nxt)

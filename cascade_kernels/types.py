@@ -22,6 +22,15 @@ class VerifyOutput(NamedTuple):
     status: torch.Tensor  # [B] int32, bit-or of the STATUS_* flags
     backend: str = "reference"
 
+    @classmethod
+    def empty(cls, B: int, L: int, device, backend: str) -> "VerifyOutput":
+        """Fresh outputs for B sequences (every backend writes every output whole)."""
+        return cls(torch.empty(B, dtype=torch.int32, device=device),
+                   torch.empty((B, L), dtype=torch.int32, device=device),
+                   torch.empty(B, dtype=torch.int64, device=device),
+                   torch.empty(B, dtype=torch.float32, device=device),
+                   torch.empty(B, dtype=torch.int32, device=device), backend)
+
 
 class VerifyArgs(NamedTuple):
     """``ck.verify``'s arguments after the boundary checks: what every backend's ``verify(args, out)`` reads."""

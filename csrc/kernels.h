@@ -30,12 +30,15 @@ struct RowSrc {
 struct Kernels {
     // max and NaN flag of the guided row (read only).
     RowStats (*row_max)(const void* c, const void* u, int dtype, float s, int64_t V);
-    // dst[i] = the weight, over [0, V); returns their sum (float32 lanes, reduced in lane order).
-    float (*row_exp_sum)(const RowSrc& r, int64_t V, float* dst);
+    // dst[i] = the weight, over [0, V); returns their sum (float32 lanes, reduced in lane order). With wsum, also
+    // *wsum = sum_f64(dst, V), bit for bit.
+    float (*row_exp_sum)(const RowSrc& r, int64_t V, float* dst, double* wsum);
     // Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count.
     int64_t (*row_compact_ge)(const RowSrc& r, float t, int64_t V, float* vals, int32_t* idx);
     // The scaled logit of one entry.
     float (*row_scaled_at)(const RowSrc& r, int64_t i);
+    // out[j] = the scaled logit of entry j * stride + (j * 7) % stride, j in [0, ns) (a strided sample).
+    void (*row_sample)(const RowSrc& r, int64_t ns, int64_t stride, float* out);
     // a[i] = exp(a[i] - m); returns the sum (lane order).
     float (*exp_sum)(float* a, float m, int64_t n);
     // dst[i] = src[i] / d over [lo, hi); returns the sum of dst.
@@ -62,6 +65,8 @@ struct Kernels {
     double (*sum_f64)(const float* a, int64_t n);
     // sum of a[i] * b[i] in float64 (lane order).
     double (*dot_f64)(const float* a, const float* b, int64_t n);
+    // The k-th largest (1 <= k <= n) of v[0..n) (no NaN), exactly; v is overwritten.
+    float (*kth_largest)(float* v, int64_t n, int64_t k);
     const char* isa;
 };
 

@@ -195,9 +195,27 @@ static RowStats k_row_max(const void* c, const void* u, int dtype, float s, int6
 
 template <int DT, bool CFG, bool T1>
 struct KRowExpSum {
-    static float run(const RowSrc& r, int64_t n, float* dst) {
+    static float run(const RowSrc& r, int64_t n, float* dst, double* wsum) {
         k_v8f acc = k_bc(0.0f);
         int64_t i = 0;
+        if (wsum) {  // k_sum_f64 of the weights too, in its order: pairs of vectors on two lane accumulators
+            k_v8d d0 = k_v8d{} + 0.0, d1 = d0;
+            for (; i + 2 * K_LANES <= n; i += 2 * K_LANES) {
+                const k_v8f e0 = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
+                const k_v8f e1 = k_exp8(k_scaledv<DT, CFG, T1>(r, i + K_LANES) - r.shift);
+                __builtin_memcpy(dst + i, &e0, sizeof(e0));
+                __builtin_memcpy(dst + i + K_LANES, &e1, sizeof(e1));
+                acc += e0;
+                acc += e1;
+                d0 += __builtin_convertvector(e0, k_v8d);
+                d1 += __builtin_convertvector(e1, k_v8d);
+            }
+            d0 += d1;
+            double ds = 0.0;
+            for (int l = 0; l < K_LANES; ++l) ds += d0[l];
+            *wsum = ds;  // + the entries from i on, serially, below
+        }
+        const int64_t serial = i;
         for (; i + K_LANES <= n; i += K_LANES) {
             const k_v8f e = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
             __builtin_memcpy(dst + i, &e, sizeof(e));
@@ -210,12 +228,16 @@ struct KRowExpSum {
             dst[i] = e;
             s += e;
         }
+        if (wsum)
+            for (int64_t j = serial; j < n; ++j) *wsum += dst[j];
         return s;
     }
 };
 
 // The weights into dst and their sum, in the same lane order as k_exp_sum on a row of scaled logits.
-static float k_row_exp_sum(const RowSrc& r, int64_t n, float* dst) { return k_dispatch<KRowExpSum>(r, n, dst); }
+static float k_row_exp_sum(const RowSrc& r, int64_t n, float* dst, double* wsum) {
+    return k_dispatch<KRowExpSum>(r, n, dst, wsum);
+}
 
 template <int DT, bool CFG, bool T1>
 struct KRowCompactGe {
@@ -265,6 +287,28 @@ static int64_t k_row_compact_ge(const RowSrc& r, float t, int64_t n, float* vals
     return k_dispatch<KRowCompactGe>(r, t, n, vals, idx);
 }
 
+template <int DT, bool CFG, bool T1>
+struct KRowSample {
+    static int run(const RowSrc& r, int64_t ns, int64_t stride, float* out) {
+        int64_t off = 0;  // (j * 7) % stride, kept incrementally (no integer division per entry)
+        for (int64_t j = 0; j < ns; ++j, off += 7) {
+            while (off >= stride) off -= stride;
+            const int64_t i = j * stride + off;
+            float g = k_load<DT>(r.c, i);
+            if (CFG) {
+                const float un = k_load<DT>(r.u, i);
+                g = un + r.s * (g - un);
+            }
+            out[j] = T1 ? g : (g - r.m) / r.T;  // k_row_scaled_at
+        }
+        return 0;
+    }
+};
+
+static void k_row_sample(const RowSrc& r, int64_t ns, int64_t stride, float* out) {
+    k_dispatch<KRowSample>(r, ns, stride, out);
+}
+
 static float k_exp_sum(float* a, float m, int64_t n) {
     k_v8f acc = k_bc(0.0f);
     int64_t i = 0;
@@ -294,54 +338,100 @@ static float k_serial_sum(const float* v, int64_t lo, int64_t hi, float s) {
 // The same running sum, bit for bit, without the serial chain of float additions, when it can be proven
 // equal: while s stays in the binade [2^E, 2^(E+1)), every float32 sum is a multiple of u = 2^(E-23), so
 // s + v[i] rounds to s + u * rint(v[i] / u) (v[i] / u is exact: a power-of-two scale), the ties (a
-// fraction of exactly 1/2, where round-half-even depends on s) excepted. The block's sums are then
+// fraction of exactly 1/2, where round-half-even depends on s) excepted. A block's sums are then
 // s + u * (integer prefix sums), all in the binade iff the last one is below 2^24 u. Otherwise (a tie, a
 // negative / non-finite / huge entry, s zero or tiny, or the binade left) the block is summed serially.
-static float k_block_sum(const float* v, int64_t lo, int64_t hi, float s) {
-    if (!(s >= 0x1p-100f && s < 0x1p100f) || (hi - lo) % K_LANES != 0) return k_serial_sum(v, lo, hi, s);
-    const int E = static_cast<int>(k_float_to_bits(s) >> 23) - 127;
-    const float inv = k_bits_to_float(static_cast<uint32_t>(23 - E + 127) << 23);  // 1 / u
-    const float u = k_bits_to_float(static_cast<uint32_t>(E - 23 + 127) << 23);
-    k_v8i acc = k_v8i{}, bad = k_v8i{};
+//
+// k_block_units: the integer sum of rint(v[i] * inv) over one full block (a multiple of K_LANES entries),
+// and whether the block must be summed serially instead (a tie, or an entry outside [0, 2^23) units). For
+// 0 <= t < 2^23, (t + 2^23) - 2^23 is t rounded to the nearest integer (ties to even, but a tie is flagged),
+// and the lane sums of those integers stay exact in float32 while the block's total is below 2^24.
+static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, float inv, int* bad_out) {
+    k_v8f acc = k_bc(0.0f);
+    k_v8i bad = k_v8i{};
     for (int64_t i = lo; i < hi; i += K_LANES) {
         k_v8f x;
         __builtin_memcpy(&x, v + i, sizeof(x));
         const k_v8f t = x * inv;
-        const k_v8i ok = (t >= 0.0f) & (t < 0x1p24f);  // false for NaN
-        const k_v8f tc = ok ? t : k_bc(0.0f);
-        const k_v8i ti = __builtin_convertvector(tc, k_v8i);  // truncation = floor (tc >= 0)
-        const k_v8f fr = tc - __builtin_convertvector(ti, k_v8f);
-        acc += ti - (fr > 0.5f);  // a true comparison is -1
-        bad |= ~ok | (fr == 0.5f);
+        const k_v8u tb = reinterpret_cast<k_v8u>(t);
+        const k_v8f r = (t + 0x1p23f) - 0x1p23f;
+        const k_v8f d = t - r;
+        acc += r;
+        bad |= (tb >= 0x4b000000u) | (d == 0.5f) | (d == -0.5f);  // t < 0 (sign bit), >= 2^23 or NaN; a tie
     }
-    int64_t total = static_cast<int64_t>(s * inv);  // an integer in [2^23, 2^24)
+    float total = 0.0f;
     int any = 0;
     for (int l = 0; l < K_LANES; ++l) {
         total += acc[l];
         any |= bad[l];
     }
-    if (any || total >= (int64_t{1} << 24)) return k_serial_sum(v, lo, hi, s);
-    return static_cast<float>(total) * u;  // exact
+    *bad_out = any || !(total < 0x1p24f);
+    return static_cast<int64_t>(total);
 }
 
-static float k_prefix_blocks(const float* v, int64_t n, float* starts) {
-    float s = 0.0f;
-    for (int64_t b = 0, lo = 0; lo < n; ++b, lo += K_PREFIX_BLOCK) {
-        starts[b] = s;
-        s = k_block_sum(v, lo, lo + K_PREFIX_BLOCK < n ? lo + K_PREFIX_BLOCK : n, s);
+constexpr int64_t K_PREFIX_CHUNK = 8;  // blocks whose integer sums are taken before any is used
+
+// starts[j] = the running sum before block j of v[0..len) (len <= K_PREFIX_CHUNK blocks), from s; returns the
+// sum after. The blocks' integer sums in the current binade are independent of each other, so they are all
+// taken first (their reductions overlap) and then added in order; at the first block that leaves the binade
+// or holds a tie, that block is summed serially and the rest of the chunk is redone in the new binade.
+static float k_prefix_chunk(const float* v, int64_t len, float s, float* starts) {
+    const int64_t nb = (len + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
+    int64_t units[K_PREFIX_CHUNK];
+    int bad[K_PREFIX_CHUNK];
+    int64_t j = 0;
+    while (j < nb) {
+        if (!(s >= 0x1p-100f && s < 0x1p100f)) {
+            starts[j] = s;
+            s = k_serial_sum(v, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
+            ++j;
+            continue;
+        }
+        const int E = static_cast<int>(k_float_to_bits(s) >> 23) - 127;
+        const float inv = k_bits_to_float(static_cast<uint32_t>(23 - E + 127) << 23);  // 1 / u
+        const float u = k_bits_to_float(static_cast<uint32_t>(E - 23 + 127) << 23);
+        for (int64_t b = j; b < nb; ++b) {
+            const int64_t lo = b * K_PREFIX_BLOCK, hi = b + 1 < nb ? lo + K_PREFIX_BLOCK : len;
+            if ((hi - lo) % K_LANES != 0) {
+                bad[b] = 1;
+                units[b] = 0;
+            } else {
+                units[b] = k_block_units(v, lo, hi, inv, &bad[b]);
+            }
+        }
+        int64_t total = static_cast<int64_t>(s * inv);  // an integer in [2^23, 2^24)
+        for (; j < nb && !bad[j] && total + units[j] < (int64_t{1} << 24); ++j) {
+            starts[j] = s;
+            total += units[j];
+            s = static_cast<float>(total) * u;  // exact
+        }
+        if (j < nb) {  // a tie, or the binade is left: this block serially
+            starts[j] = s;
+            s = k_serial_sum(v, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
+            ++j;
+        }
     }
     return s;
 }
 
+static float k_prefix_blocks(const float* v, int64_t n, float* starts) {
+    float s = 0.0f;
+    const int64_t chunk = K_PREFIX_CHUNK * K_PREFIX_BLOCK;
+    for (int64_t lo = 0; lo < n; lo += chunk)
+        s = k_prefix_chunk(v + lo, lo + chunk < n ? chunk : n - lo, s, starts + lo / K_PREFIX_BLOCK);
+    return s;
+}
+
 // k_prefix_blocks of the values v[i] = (((w[i] / divs[0]) / divs[1]) ...), zero at the ascending ids
-// zero[0..nzero), computed block by block in a small buffer: the row of values is never written.
+// zero[0..nzero), computed chunk by chunk in a small buffer: the row of values is never written.
 static float k_chain_prefix(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
                             int64_t n, float* starts) {
-    float blk[K_PREFIX_BLOCK];
+    const int64_t chunk = K_PREFIX_CHUNK * K_PREFIX_BLOCK;
+    float blk[K_PREFIX_CHUNK * K_PREFIX_BLOCK];
     float s = 0.0f;
     int64_t z = 0;
-    for (int64_t b = 0, lo = 0; lo < n; ++b, lo += K_PREFIX_BLOCK) {
-        const int64_t len = lo + K_PREFIX_BLOCK < n ? K_PREFIX_BLOCK : n - lo;
+    for (int64_t lo = 0; lo < n; lo += chunk) {
+        const int64_t len = lo + chunk < n ? chunk : n - lo;
         int64_t i = 0;
         for (; i + K_LANES <= len; i += K_LANES) {
             k_v8f x;
@@ -355,8 +445,7 @@ static float k_chain_prefix(const float* w, const float* divs, int ndiv, const i
             blk[i] = x;
         }
         for (; z < nzero && zero[z] < lo + len; ++z) blk[zero[z] - lo] = 0.0f;
-        starts[b] = s;
-        s = k_block_sum(blk, 0, len, s);
+        s = k_prefix_chunk(blk, len, s, starts + lo / K_PREFIX_BLOCK);
     }
     return s;
 }
@@ -494,7 +583,61 @@ static float k_keep_ge_sum(const float* src, float t, float* dst, int64_t n) {
     return s;
 }
 
-static const Kernels k_table = {k_row_max, k_row_exp_sum, k_row_compact_ge, k_row_scaled_at, k_exp_sum,
-                                k_div_sum, k_sub_sum,     k_cool_sum,       k_max_div,       k_keep_ge_sum,
-                                k_chain_div, k_prefix_blocks, k_chain_prefix, k_sum_f64, k_dot_f64,
-                                K_ISA_NAME};
+static inline uint32_t k_f2key(float f) {  // order-preserving unsigned key of a non-NaN float
+    uint32_t b;
+    __builtin_memcpy(&b, &f, 4);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+static inline float k_key2f(uint32_t k) {
+    const uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
+    float f;
+    __builtin_memcpy(&f, &b, 4);
+    return f;
+}
+
+// k-th largest (1 <= k <= n) of v[0..n) (no NaN) by radix select on the order-preserving keys, 8 bits per
+// pass taken from the top of the keys' actual range [min, max] (one pass finds it), so the first pass
+// already spreads the entries over the bins however narrow their range; v is overwritten (keys, filtered in
+// place). Every loop is branch-free over the entries: whether an entry stays is data-dependent.
+typedef uint32_t k_u32_alias __attribute__((may_alias));
+
+static float k_kth_largest(float* v, int64_t n, int64_t k) {
+    k_u32_alias* key = reinterpret_cast<k_u32_alias*>(v);
+    uint32_t lo = 0xffffffffu, hi = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const uint32_t x = k_f2key(v[i]);
+        key[i] = x;
+        lo = x < lo ? x : lo;
+        hi = x > hi ? x : hi;
+    }
+    uint32_t cnt[256];
+    while (hi != lo) {  // the k-th largest key is in [lo, hi]; every entry left is too
+        const int sh = 24 - __builtin_clz(hi - lo) > 0 ? 24 - __builtin_clz(hi - lo) : 0;  // (hi - lo) >> sh < 256
+        const uint32_t nb = ((hi - lo) >> sh) + 1;
+        __builtin_memset(cnt, 0, sizeof(uint32_t) * nb);
+        for (int64_t i = 0; i < n; ++i) cnt[(key[i] - lo) >> sh]++;
+        uint32_t bin = nb - 1;
+        while (static_cast<int64_t>(cnt[bin]) < k) {  // walk down from the top bin
+            k -= cnt[bin];
+            --bin;
+        }
+        int64_t m = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            const uint32_t x = key[i];
+            key[m] = x;
+            m += ((x - lo) >> sh) == bin ? 1 : 0;
+        }
+        n = m;
+        const uint32_t base = lo + (bin << sh);
+        const uint32_t top = base + ((1u << sh) - 1u);
+        hi = top < hi ? top : hi;
+        lo = base;
+    }
+    return k_key2f(lo);
+}
+
+static const Kernels k_table = {k_row_max,   k_row_exp_sum,   k_row_compact_ge, k_row_scaled_at, k_row_sample,
+                                k_exp_sum,   k_div_sum,       k_sub_sum,        k_cool_sum,      k_max_div,
+                                k_keep_ge_sum, k_chain_div,   k_prefix_blocks,  k_chain_prefix,  k_sum_f64,
+                                k_dot_f64,   k_kth_largest,   K_ISA_NAME};

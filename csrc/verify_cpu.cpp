@@ -7,8 +7,9 @@
 //      then one pass that writes the weights exp(x - max) into a scratch row and sums them (float32
 //      lanes), or, with top-k, finds the k-th largest without sorting: a threshold from a strided sample,
 //      one vectorised compaction of the entries above it straight from the logits, a radix select
-//      (11/11/10 bits of the order-preserving key) over those candidates, exponentials only for the
-//      <= k survivors (kept as a sparse list); no probability row is written;
+//      (8 bits of the order-preserving key per pass, from the top of the candidates' key range) over
+//      them, exponentials only for the <= k survivors (kept as a sparse list); no probability row is
+//      written;
 //   2. q(x) of each drafted child from those statistics;
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
 //      (of the <= k survivors when top-k is on); the kept row is written once.
@@ -144,50 +145,6 @@ Work& thread_work(int64_t V) {
     return *w;
 }
 
-inline uint32_t f2key(float f) {  // order-preserving unsigned key of a non-NaN float
-    uint32_t b;
-    std::memcpy(&b, &f, 4);
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
-inline float key2f(uint32_t k) {
-    const uint32_t b = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
-    float f;
-    std::memcpy(&f, &b, 4);
-    return f;
-}
-
-// k-th largest (1 <= k <= n) of v[0..n) (no NaN) by radix select on the order-preserving keys, 11 + 11 + 10
-// bits; v is reordered (filtered in place).
-float radix_kth_largest(float* v, int64_t n, int64_t k) {
-    uint32_t prefix = 0;
-    const int shifts[3] = {21, 10, 0};
-    const uint32_t widths[3] = {11, 11, 10};
-    uint32_t cnt[2048];
-    for (int pass = 0; pass < 3; ++pass) {
-        const int sh = shifts[pass];
-        const uint32_t nb = 1u << widths[pass];
-        std::memset(cnt, 0, sizeof(uint32_t) * nb);
-        for (int64_t i = 0; i < n; ++i) cnt[(f2key(v[i]) >> sh) & (nb - 1)]++;
-        uint32_t bin = nb - 1;
-        while (true) {  // walk down from the top bin
-            if (static_cast<int64_t>(cnt[bin]) >= k) break;
-            k -= cnt[bin];
-            --bin;
-        }
-        prefix |= bin << sh;
-        if (pass == 2) break;
-        const uint32_t hi_mask = ~((1u << sh) - 1u);  // bits fixed so far
-        int64_t m = 0;
-        for (int64_t i = 0; i < n; ++i) {  // branch-free: whether an entry stays is data-dependent
-            v[m] = v[i];
-            m += (f2key(v[i]) & hi_mask) == prefix ? 1 : 0;
-        }
-        n = m;
-    }
-    return key2f(prefix);
-}
-
 struct Relaxation {
     double r = 0.0;
     double charge = 0.0;
@@ -214,7 +171,7 @@ class Walker {
     int32_t cos_n_ = 0;
 
     bool process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
-                     Dist& out);
+                     Dist& out, int64_t probe = -1, double probe_u = 0.0);
     int64_t topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx);
     void densify(Dist& q, float* buf);
     int64_t nan_safe_argmax_target(int64_t node);
@@ -252,15 +209,15 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
         auto& smp = wk_.sample;
         smp.resize(static_cast<size_t>(ns));
         const int64_t stride = V_ / ns;
-        for (int64_t j = 0; j < ns; ++j) smp[j] = K_->row_scaled_at(r, j * stride + (j * 7) % stride);
+        K_->row_sample(r, ns, stride, smp.data());
         // radix select, branch-free: a comparison sort's branches on random data mispredict about half
         // the time (which a benchmark repeating one input hides: the predictor learns it)
-        c = K_->row_compact_ge(r, radix_kth_largest(smp.data(), ns, rk), V_, cand, cidx);
+        c = K_->row_compact_ge(r, K_->kth_largest(smp.data(), ns, rk), V_, cand, cidx);
         if (c < k) c = -1;
     }
     if (c < 0) c = K_->row_compact_ge(r, -F_INF, V_, cand, cidx);  // every entry
     std::memcpy(tmp, cand, sizeof(float) * static_cast<size_t>(c));
-    const float kth = radix_kth_largest(tmp, c, k);
+    const float kth = K_->kth_largest(tmp, c, k);
     int64_t m = 0;
     for (int64_t j = 0; j < c; ++j) {  // branch-free
         const float x = cand[j];
@@ -277,9 +234,12 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 // writes the weights exp(x - max) into `dense` and sums them (one exponential per entry, reused by the final
 // token: storing them costs less than recomputing them); with top-k it compacts the candidates, and only
 // the <= k survivors get exponentials (SPARSE, in cand / cidx). Top-p writes the kept probabilities into
-// `dense`.
+// `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try (deterministic
+// drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
+// exp(x - max), which bounds q(x) since the row's sum is >= 1), the float64 sum of the weights that the
+// rejection needs is taken in the same pass (a guess: either way the results are the same).
 bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
-                         Dist& out) {
+                         Dist& out, int64_t probe, double probe_u) {
     const float s = static_cast<float>(P_.cfg_scale);
     const RowStats st = K_->row_max(c, u, dtype, s, V_);
     // Validity is judged on the whole row, before top-k masks anything (docs/CONTRACT.md).
@@ -289,13 +249,15 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
     int64_t nk = 0;  // top-k survivors in cand / cidx (index order)
     // the float64 sum of the weights only if a child is rejected (lazy_reject): a walk that accepts at once
     // skips it
-    const double wsum = std::numeric_limits<double>::quiet_NaN();
+    double wsum = std::numeric_limits<double>::quiet_NaN();
     if (P_.top_k > 0) {
         nk = topk_survivors(r, std::min<int64_t>(P_.top_k, V_), cand, cidx);
         S_total = K_->exp_sum(cand, r.shift, nk);  // in place: the survivors' weights
         out = Dist::sparse(cand, cidx, nk, S_total, wsum);
     } else {
-        S_total = K_->row_exp_sum(r, V_, dense);
+        const bool rejects = probe >= 0 && P_.top_p >= 1.0 &&
+                             probe_u >= std::exp(static_cast<double>(K_->row_scaled_at(r, probe) - r.shift));
+        S_total = K_->row_exp_sum(r, V_, dense, rejects ? &wsum : nullptr);
         out = Dist(dense, S_total, wsum);
     }
     if (P_.top_p < 1.0) {
@@ -413,8 +375,10 @@ const float* Walker::values(const Dist& q) {
     if (q.kind == Dist::DENSE) {
         K_->chain_div(q.w, divs, q.ndiv + 1, S, 0, V_);
     } else {
+        float* v = wk_.R.get();  // the survivors' values (R: at least V entries)
+        K_->chain_div(q.sw, divs, q.ndiv + 1, v, 0, q.n);
         std::memset(S, 0, sizeof(float) * static_cast<size_t>(V_));
-        for (int64_t j = 0; j < q.n; ++j) S[q.sidx[j]] = q.chain(q.sw[j]);
+        for (int64_t j = 0; j < q.n; ++j) S[q.sidx[j]] = v[j];
     }
     for (int64_t r : q.removed) S[r] = 0.0f;
     return S;
@@ -488,7 +452,10 @@ int64_t Walker::first_above(const float* v, int64_t n, float u) {
 int64_t Walker::inverse_cdf_sparse(const Dist& q, float u) {
     float* v = wk_.S.get();
     const int64_t n = q.n;
-    for (int64_t j = 0; j < n; ++j) v[j] = q.chain(q.sw[j]);
+    float divs[MAX_CHAIN + 1];
+    divs[0] = q.d;
+    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
+    K_->chain_div(q.sw, divs, q.ndiv + 1, v, 0, n);  // q.chain on every survivor, vectorised
     for (int64_t r : q.removed) {
         const int32_t* e = std::lower_bound(q.sidx, q.sidx + n, static_cast<int32_t>(r));
         if (e != q.sidx + n && *e == r) v[e - q.sidx] = 0.0f;
@@ -857,8 +824,17 @@ void Walker::run(int64_t b) {
         const int64_t row = b * N + u;
         const void* c = row_ptr(P_.target, P_.target_dtype, row, V_);
         const void* un = P_.cfg ? row_ptr(P_.target, P_.target_dtype, row + P_.B * N, V_) : nullptr;
+        int64_t probe = -1;  // the first child's token, when its acceptance is U < r(x) (process_row)
+        double probe_u = 0.0;
+        if (!sampled && !greedy && ks[u] < ks[u + 1]) {
+            const int32_t ch = kl[ks[u]];
+            if (tok_[ch] >= 0 && tok_[ch] < V_) {
+                probe = tok_[ch];
+                probe_u = uniform(seed, STREAM_ACCEPT, ch);
+            }
+        }
         Dist qu;
-        if (!process_row(c, un, P_.target_dtype, T, A, wk_.C.get(), wk_.CI.get(), qu)) {
+        if (!process_row(c, un, P_.target_dtype, T, A, wk_.C.get(), wk_.CI.get(), qu, probe, probe_u)) {
             next = nan_safe_argmax_target(u);
             status |= STATUS_NONFINITE_TARGET;
             break;
@@ -1034,6 +1010,24 @@ const char* kernels_isa() { return select_kernels()->isa; }
 float running_sum(const float* v, int64_t n) {
     std::vector<float> starts(static_cast<size_t>(n / K_PREFIX_BLOCK + 1));
     return select_kernels()->prefix_blocks(v, n, starts.data());
+}
+
+float kth_largest(const float* v, int64_t n, int64_t k) {
+    std::vector<float> copy(v, v + n);
+    return select_kernels()->kth_largest(copy.data(), n, k);
+}
+
+ExpSums exp_sums(const float* row, int64_t n) {
+    const Kernels* K = select_kernels();
+    const RowStats st = K->row_max(row, nullptr, DT_F32, 0.0f, n);
+    const RowSrc r{row, nullptr, DT_F32, 0.0f, 1.0f, st.max, st.max};
+    std::vector<float> w(static_cast<size_t>(n)), w2(static_cast<size_t>(n));
+    ExpSums out;
+    out.fused_sum = K->row_exp_sum(r, n, w.data(), &out.fused_wsum);
+    out.sum = K->row_exp_sum(r, n, w2.data(), nullptr);
+    out.wsum = K->sum_f64(w2.data(), n);
+    out.same_weights = std::memcmp(w.data(), w2.data(), sizeof(float) * static_cast<size_t>(n)) == 0;
+    return out;
 }
 
 void verify_cpu(const VerifyParams& P) {

@@ -49,4 +49,16 @@ const char* kernels_isa();
 // Kernels::prefix_blocks' total of v[0..n) (the float32 running sum in index order).
 float running_sum(const float* v, int64_t n);
 
+// Tests: Kernels::kth_largest on a copy of v[0..n).
+float kth_largest(const float* v, int64_t n, int64_t k);
+
+// Tests: the weights of a float32 row by Kernels::row_exp_sum with and without its float64 sum, against
+// Kernels::sum_f64 of the weights written.
+struct ExpSums {
+    float fused_sum = 0.0f, sum = 0.0f;
+    double fused_wsum = 0.0, wsum = 0.0;
+    bool same_weights = false;
+};
+ExpSums exp_sums(const float* row, int64_t n);
+
 }  // namespace ck

@@ -1,6 +1,8 @@
 """The call path: prepared trees and their cache, no host synchronisation, torch.compile, out=, codes."""
 import sys
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,3 +192,106 @@ def test_seed_tensor_forms_agree(backend):
         ck.verify(tokens, tree, logits, seed=torch.tensor([1, 2], dtype=torch.int64), backend=backend)
     with pytest.raises(ValueError, match="tokens"):
         ck.verify(tokens.to("meta"), tree, logits, backend=backend)
+
+
+def _fast_path_cases(rng, B, V):
+    """Random ck.verify argument sets around a valid CPU call: each argument is either its common form or
+    one of its unusual forms (valid or not)."""
+    N = EAGLE.shape[0]
+    g = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    logits = torch.randn(B, N, V, generator=g)
+    logits[:, 0, tokens[:, 1]] += 4.0
+    hidden = torch.randn(B, N, 8, generator=g)
+    tree = ck.prepare_tree(EAGLE)
+    nb = ck.lantern_neighbors(torch.randn(V, 3, generator=g), 4)
+    L = tree.max_depth + 1
+
+    def outs(**over):
+        t = dict(accept_len=torch.zeros(B, dtype=torch.int32), accepted_nodes=torch.zeros(B, L, dtype=torch.int32),
+                 next_token=torch.zeros(B, dtype=torch.int64), tvd=torch.zeros(B),
+                 status=torch.zeros(B, dtype=torch.int32))
+        t.update(over)
+        return ck.VerifyOutput(**t)
+
+    options = dict(
+        tokens=[tokens, tokens.to(torch.int32), tokens.t().contiguous().t(), tokens[0], tokens.float(),
+                tokens.tolist(), tokens[:, :-1]],
+        parents=[tree, EAGLE, ck.prepare_tree(EAGLE.expand(B, -1).contiguous()), ck.prepare_tree(EAGLE[:-1]), "eagle"],
+        target_logits=[logits, logits.to(torch.bfloat16), logits.half(), logits.double(),
+                       logits.transpose(0, 1).contiguous().transpose(0, 1), logits[..., :-1], logits[0],
+                       logits.clone().requires_grad_(), torch.nn.Parameter(logits.clone()), torch.cat([logits, logits]),
+                       logits.to("meta")],
+        method=[ck.Exact(), ck.Cascade(tau_pos=0.1, tau_seq=0.1), ck.Lantern(nb),
+                ck.Lantern(ck.lantern_neighbors(torch.randn(V - 1, 3, generator=g), 4)), ck.Cool(), ck.Cool(w_min=0.5),
+                ck.GSD(G=3), "exact", None],
+        hidden=[None, hidden, hidden.double(), hidden.half(), hidden[:, :-1], hidden[..., :0],
+                hidden.transpose(1, 2).contiguous().transpose(1, 2), hidden.int()],
+        residual=["transport", "standard", "peer", "bogus", 1],
+        eps=[None, 0.0, 0.3, float("inf"), -1.0, float("nan"), 1, np.float32(0.2)],
+        temperature=[1.0, 0.0, 0.7, 1, -1.0, float("nan"), float("inf"), np.float64(1.0)],
+        top_k=[0, 5, V, V + 1, -1, 5.0, np.int64(5), True],
+        top_p=[1.0, 0.9, 0.0, 1.5, 1],
+        cfg_scale=[None, 2.0],
+        seed=[0, 7, -1, 2**63, -(2**63), True, torch.arange(B), torch.arange(1), torch.arange(B, dtype=torch.int32),
+              torch.arange(2 * B)[::2], torch.tensor(3), 1.5],
+        backend=["auto", "cpu", "reference", "bogus", None],
+        out=[None, outs(), outs(tvd=torch.zeros(B, dtype=torch.float64)),
+             outs(accepted_nodes=torch.zeros(B, L + 1, dtype=torch.int32)),
+             outs(status=torch.zeros(2 * B, dtype=torch.int32)[::2]), tuple(outs()),
+             outs()._replace(backend="reference")],
+        draft_sampling=["iid", "without_replacement", "bogus", None],
+        draft_logits=[None, torch.randn(B, N, V, generator=g)],
+    )
+    while True:
+        kw = {k: (v[0] if rng.random() < 0.92 else v[int(rng.integers(len(v)))]) for k, v in options.items()}
+        if isinstance(kw["method"], ck.Cascade) and kw["hidden"] is None and rng.random() < 0.8:
+            kw["hidden"] = hidden
+        yield kw
+
+
+def _outcome(kw):
+    """(the outputs, or the exception's type and message), from fresh copies of the mutable arguments."""
+    kw = dict(kw)
+    if isinstance(kw["out"], ck.VerifyOutput):
+        kw["out"] = kw["out"]._replace(**{f: t.clone() for f, t in kw["out"]._asdict().items()
+                                          if isinstance(t, torch.Tensor)})
+    args = (kw.pop("tokens"), kw.pop("parents"), kw.pop("target_logits"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = ck.verify(*args, **kw)
+    except Exception as exc:  # noqa: BLE001 - the two paths must fail alike
+        return type(exc), str(exc)
+    return tuple(t.clone() if t.device.type != "meta" else None for t in res[:5]) + (res.backend,)
+
+
+@pytest.mark.skipif("cpu" not in ck.available_backends(), reason="C++ extension not built")
+@pytest.mark.parametrize("B", [1, 3])
+def test_cpu_fast_entry_agrees_with_the_general_path(monkeypatch, B):
+    """ops/verify/cpu.py:verify_call (the whole call for the common case) against the general path on random
+    argument sets: the same outputs (and backend name), or the same exception; it is taken often enough."""
+    from cascade_kernels.ops.verify import cpu
+
+    taken = []
+
+    def counting(*a):
+        res = cpu.verify_call(*a)
+        taken.append(res is not None)
+        return res
+
+    rng = np.random.default_rng(B)
+    cases = _fast_path_cases(rng, B, V=37)
+    ck.verify(torch.zeros(1, 26, dtype=torch.int64), EAGLE, torch.zeros(1, 26, 37), backend="cpu")  # resolve
+    ck.verify(torch.zeros(1, 26, dtype=torch.int64), EAGLE, torch.zeros(1, 26, 37))
+    for _ in range(250):
+        kw = next(cases)
+        monkeypatch.setattr(cpu.verify, "call", counting)
+        fast = _outcome(kw)
+        monkeypatch.setattr(cpu.verify, "call", lambda *a: None)
+        general = _outcome(kw)
+        assert len(fast) == len(general), (kw, fast, general)
+        for a, b in zip(fast, general):
+            same = torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+            assert (a is b is None) or same, (kw, fast, general)
+    assert 50 < sum(taken) < len(taken), (sum(taken), len(taken))

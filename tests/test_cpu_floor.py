@@ -258,3 +258,46 @@ def test_topk_sample_guess_short_falls_back():
     for k in (1500, 2000, 5000):
         same(inputs, top_k=k)
         same(inputs, top_k=k, temperature=0.5)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "narrow", "signs-zeros-inf", "sizes"])
+def test_kth_largest_is_exact(kind):
+    """The top-k select (8-bit radix passes from the top of the keys' range) equals the k-th largest by
+    sorting: ties, -0.0 / +0.0, +-inf, values within a few ulps of each other, both signs, odd sizes."""
+    import numpy as np
+
+    from cascade_kernels import _C
+    g = torch.Generator().manual_seed(len(kind))
+    for trial in range(60):
+        n = int(torch.randint(1, 5000, (1,), generator=g)) if kind == "sizes" else 2500
+        if kind == "normal":
+            v = torch.randn(n, generator=g) * (1 + trial)
+        elif kind == "ties":
+            v = torch.randint(-3, 4, (n,), generator=g).float()
+        elif kind == "narrow":  # a handful of adjacent floats
+            v = 1.5 + torch.randint(0, 5, (n,), generator=g).float() * 2.0 ** -23
+        elif kind == "signs-zeros-inf":
+            v = torch.randn(n, generator=g)
+            pick = torch.randint(0, 6, (n,), generator=g)
+            v[pick == 0] = 0.0
+            v[pick == 1] = -0.0
+            v[pick == 2] = float("inf") if trial % 2 else -float("inf")
+        else:
+            v = torch.rand(n, generator=g) ** 3 - 0.2
+        v = v.float().contiguous()
+        srt = np.sort(v.numpy())[::-1]
+        for k in {1, 2, n // 3 + 1, n // 2 + 1, n - 1 if n > 1 else 1, n}:
+            got = _C.kth_largest(v.data_ptr(), n, k)
+            assert got == srt[k - 1], (kind, trial, n, k, got, srt[k - 1])
+
+
+@pytest.mark.parametrize("V", [1, 7, 31, 32, 33, 64, 1000, 16384, 16411])
+def test_fused_weight_sum_is_sum_f64(V):
+    """row_exp_sum's float64 sum taken in its pass (when the first child will be rejected) equals the
+    separate sum_f64 over the written weights bit for bit, and nothing else changes."""
+    from cascade_kernels import _C
+    g = torch.Generator().manual_seed(V)
+    for scale in (0.1, 1.0, 8.0, 40.0):
+        row = (torch.randn(V, generator=g) * scale).contiguous()
+        fused, plain, fused64, want64, same_w = _C.exp_sums(row.data_ptr(), V)
+        assert same_w and fused == plain and fused64 == want64, (V, scale, fused, plain, fused64, want64)

@@ -4,19 +4,22 @@ Backends (``reference.py``, ``cpu.py``, ``triton.py`` beside this file) expose `
 ``args`` is a :class:`~cascade_kernels.types.VerifyArgs`, ``out`` a :class:`VerifyOutput` of
 caller-visible tensors that they fill in place. Under ``torch.compile`` the call goes through the
 ``cascade_kernels::verify`` custom op (``torch.library``), whose fake implementation gives the output
-shapes, so a compiled decode step has no graph break.
+shapes, so a compiled decode step has no graph break. Once the C++ backend serves CPU tensors, an eager
+call first tries its whole-call entry (``cpu.verify_call``): it takes arguments already in the normal form
+that the checks below produce and hands anything else back to them.
 """
 from typing import List, Optional, Tuple
 
 import torch
 
 from ... import _backend
-from ...methods import Exact, PackedMethod
+from ...methods import Exact, PackedMethod, host_params
 from ...trees import Tree, prepare_tree
 from ...types import VerifyArgs, VerifyOutput
 from ...validation import check_verify_inputs, check_verify_values, needs_reference
 
 CHECKS = ("fast", "full")
+_is_compiling = torch.compiler.is_compiling  # bound once (a decode step reaches it with cold caches)
 
 
 def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None, hidden=None,
@@ -39,9 +42,16 @@ def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None,
     Returns accept_len [B], accepted_nodes [B, L] (root first, -1 padded), next_token [B], tvd [B],
     status [B] (``ck.STATUS_*`` bits) and the backend used.
     """
+    if check == "fast" and backend.__class__ is str and not _is_compiling():
+        hit = _backend._resolved.get(("verify", backend, "cpu"))
+        if hit is not None and hit[0] == "cpu":  # the C++ backend serves CPU tensors: its whole-call entry
+            res = hit[1].call(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
+                              temperature, top_k, top_p, cfg_scale, seed, out, draft_sampling)
+            if res is not None:
+                return res
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         if out is not None or check == "full":
             raise ValueError("under torch.compile, out= and check='full' are not available (the custom op "
                              "returns fresh outputs; a value check would synchronise)")
@@ -62,11 +72,7 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput], backend: str = "refe
     L = args.tree.max_depth + 1
     dev = args.target_logits.device
     if out is None:  # every backend writes every output whole (accepted_nodes: -1 after the path)
-        return VerifyOutput(torch.empty(B, dtype=torch.int32, device=dev),
-                            torch.empty((B, L), dtype=torch.int32, device=dev),
-                            torch.empty(B, dtype=torch.int64, device=dev),
-                            torch.empty(B, dtype=torch.float32, device=dev),
-                            torch.empty(B, dtype=torch.int32, device=dev), backend)
+        return VerifyOutput.empty(B, L, dev, backend)
     _check_out(out.accept_len, "accept_len", (B,), torch.int32, dev)
     _check_out(out.accepted_nodes, "accepted_nodes", (B, L), torch.int32, dev)
     _check_out(out.next_token, "next_token", (B,), torch.int64, dev)
@@ -95,8 +101,7 @@ def _verify_op(tokens: torch.Tensor, parents: torch.Tensor, target_logits: torch
                                                             torch.Tensor]:
     tree = prepare_tree(parents, device=target_logits.device)
     ip, fp = tuple(iparams), tuple(fparams)
-    packed = PackedMethod(method_code, ip, fp, neighbors, torch.tensor(ip, dtype=torch.int64),
-                          torch.tensor(fp, dtype=torch.float64), peer_neighbors, embeddings)
+    packed = PackedMethod(method_code, ip, fp, neighbors, host_params(ip, fp), peer_neighbors, embeddings)
     args = VerifyArgs(tokens, tree, target_logits, draft_logits, hidden, packed, transport, eps, temperature, top_k,
                       top_p, cfg_scale, seed, residual, draft_sampling)
     _, impl = _backend.resolve("verify", backend, target_logits.device, needs_reference(args))
