@@ -36,8 +36,8 @@ if [ -n "$DRY" ]; then
   echo "(dry run: parity suite skipped; it is the interpreter lane of the normal test suite)"
   echo "dry run: parity suite skipped" > "$OUT.pytest.log"
 elif [ "$LEFT" -gt 30 ]; then
-  timeout "$LEFT" $PY -m pytest -q -p no:cacheprovider tests/test_verify_parity.py -k triton \
-      tests/test_triton_kernels.py 2>&1 | tee "$OUT.pytest.log" | tail -15
+  timeout "$LEFT" $PY -m pytest -q -p no:cacheprovider tests/test_verify_parity.py \
+      tests/test_triton_kernels.py tests/test_continuous.py -k "triton or (test_continuous and parity)" 2>&1 | tee "$OUT.pytest.log" | tail -15
 else
   echo "no time left for the parity suite" | tee "$OUT.pytest.log"
 fi

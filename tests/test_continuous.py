@@ -208,6 +208,15 @@ def _parity_backends():
     return names
 
 
+def _verify_on(name, draft, p, q, seed, **kw):
+    """verify_continuous on backend ``name``; the compiled Triton lane (a CUDA GPU, as in
+    benchmarks/gpu_check.sh) gets the inputs on the GPU, the interpreter lane keeps them on the CPU."""
+    if name == "triton" and torch.cuda.is_available():
+        draft, seed = draft.cuda(), seed.cuda()
+        p, q = (GaussianMixture(g.logits.cuda(), g.means.cuda(), g.log_scales.cuda()) for g in (p, q))
+    return verify_continuous(draft, p, q, seed=seed, backend=name, **kw)
+
+
 def _assert_same(outs):
     ref = outs[0][1]
     for name, o in outs[1:]:
@@ -227,8 +236,7 @@ def test_backend_parity(B, L, K, D):
         pytest.skip("only the reference backend is available")
     draft, p, q = _random_case(B, L, K, 4 - K, D, seed=B * 1000 + L * 100 + K * 10 + D)
     for M in (64, 2):
-        outs = [(n, verify_continuous(draft, p, q, seed=torch.arange(B) + 11 * M, max_proposals=M, backend=n))
-                for n in names]
+        outs = [(n, _verify_on(n, draft, p, q, torch.arange(B) + 11 * M, max_proposals=M)) for n in names]
         _assert_same(outs)
         o = outs[0][1]
         _coverage["reject"] += int((o.accept_len < L).sum())
@@ -251,8 +259,8 @@ def test_backend_parity_accept_temperature(T):
     if len(names) < 2:
         pytest.skip("only the reference backend is available")
     draft, p, q = _random_case(3, 4, 2, 3, 2, seed=31)
-    outs = [(n, verify_continuous(draft, p, q, seed=torch.arange(3) + 5, max_proposals=8, accept_temperature=T,
-                                  backend=n)) for n in names]
+    outs = [(n, _verify_on(n, draft, p, q, torch.arange(3) + 5, max_proposals=8, accept_temperature=T))
+            for n in names]
     _assert_same(outs)
 
 
