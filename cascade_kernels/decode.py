@@ -434,12 +434,7 @@ def generate(target, class_ids: torch.Tensor, *, drafter=None, num_tokens: int =
             root_logits, root_feat = _catch_up(drafter, dcache, emitted, path_feats, pos0, cfg, lengths)
             root = res.next_token
             step += 1
-    wall = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
-    for s in stats:
-        s.wall_time = wall / B
-        s.tokens = num_tokens
+    _finish(stats, bar, t0, num_tokens)
     return GenerateOutput(out, stats)
 
 
@@ -475,6 +470,16 @@ def _append(out, count, emitted, last_index, bar, active=None):
         count[b] += n
         if bar is not None:
             bar.update(n)
+
+
+def _finish(stats: List[SequenceStats], bar, t0: float, num_tokens: int) -> None:
+    """End of a decode: close the progress bar; each sequence gets the batch's wall time / B and its tokens."""
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    for s in stats:
+        s.wall_time = wall / len(stats)
+        s.tokens = num_tokens
 
 
 def _progress(total, enabled):

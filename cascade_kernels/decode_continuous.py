@@ -26,7 +26,7 @@ from typing import List
 
 import torch
 
-from .decode import SequenceStats, _append, _base_seeds, _catch_up, _progress, step_seed
+from .decode import SequenceStats, _append, _base_seeds, _catch_up, _finish, _progress, step_seed
 from .ops.verify_continuous import INNER_TEMPERATURE, PREFILL_FRACTION, GaussianMixture, cspd_prefill_len
 from .ops.verify_continuous import verify_continuous
 from .ops.verify_continuous.mixture import sample_uniforms
@@ -125,12 +125,7 @@ def generate_continuous(target, class_ids: torch.Tensor, *, drafter=None, num_to
         _speculate(target, drafter, tcache, out, count, x, torch.stack(feats, 1), bases, step, stats, bar,
                    draft_len=draft_len, temperature=temperature, max_proposals=max_proposals, backend=backend,
                    accept_temperature=inner_temperature if cspd else 1.0)
-    wall = time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
-    for s in stats:
-        s.wall_time = wall / B
-        s.tokens = num_tokens
+    _finish(stats, bar, t0, num_tokens)
     return ContinuousGenerateOutput(out, stats)
 
 
