@@ -50,6 +50,7 @@ def main(argv=None):
     args = parse_args(argv)
     import cascade_kernels as ck
     from cascade_lab import data
+    from cascade_lab.cvae import SCENE_STYLE
     from cascade_lab.compare import CONTINUOUS_METHODS, interleaved, label_grid, run_continuous
     from cascade_lab.loaders import load_continuous
     from cascade_lab.quality import classify
@@ -64,7 +65,7 @@ def main(argv=None):
     m = load_continuous(args.weights or WEIGHTS_DIR, device=dev)
     C = m.target.cfg.num_classes
     class_ids = torch.arange(C, device=dev).repeat_interleave(args.images_per_class)
-    real, real_cls = data.heldout_crops()
+    real, real_cls = data.heldout_crops(SCENE_STYLE)
     real_logits, real_feats = classify(m.classifier, real.to(dev))
     kw = dict(draft_len=args.draft_len, temperature=args.temperature)
 

@@ -13,6 +13,8 @@ import torch.nn as nn
 
 from .vq import ResBlock
 
+SCENE_STYLE = "photo"  # the scenes (data.STYLES) the shipped continuous stack was trained and is evaluated on
+
 
 class ContinuousVAE(nn.Module):
     def __init__(self, latent_dim: int = 8, ch: int = 32):

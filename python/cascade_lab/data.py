@@ -2,12 +2,17 @@
 
 Every image is generated, so the model cannot memorise a handful of photos:
   * the object: a class template (shapes drawn with PIL; glyphs rendered in ``len(GLYPH_FONTS)``
-    fonts that ship with matplotlib) placed by a random affine map (scale 0.42-0.80 of the image,
+    fonts that ship with matplotlib) placed by a random affine map (scale drawn from the style's range,
     rotation, aspect, shear, position), filled with a random colour chosen to contrast with the
     background under it, with a soft shading gradient;
-  * the background: with probability ``PHOTO_BG`` a random crop of a scikit-image sample photo
+  * the background: with the style's probability a random crop of a scikit-image sample photo
     (random zoom, flip, colour/brightness jitter, partial desaturation), otherwise a two-colour
     linear gradient with low-frequency noise.
+
+Two styles (``STYLES``): ``"object"`` (the default; the discrete stack's data) draws large objects on
+mostly plain backgrounds, so the object, hence the class, is most of what an AR model must predict;
+``"photo"`` (the first data of the lab; the continuous stack's) puts smaller objects on photos 60 % of the
+time, where the photos' texture dominates an AR model's loss and a short training run ignores the class.
 
 Split (documented, deterministic): photos are resized to short side ``SHORT_SIDE`` (=192) pixels;
 training backgrounds come only from columns ``[0, W - HELDOUT_W)`` of each photo, held-out
@@ -22,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,10 +36,20 @@ import torch.nn.functional as F
 SHORT_SIDE = 192
 HELDOUT_W = 80
 CROP = 64
-PHOTO_BG = 0.6
 HELDOUT_SEED = 987_654_321
 HELDOUT_PER_CLASS = 50
 TEMPLATE = 128  # template resolution (pixels)
+
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    photo_bg: float  # probability of a photo background (else a gradient)
+    scale: tuple[float, float]  # object size range, as a fraction of the image side
+
+
+STYLES = {"object": SceneStyle(photo_bg=0.15, scale=(0.55, 0.90)), "photo": SceneStyle(photo_bg=0.6, scale=(0.42, 0.80))}
+DEFAULT_STYLE = "object"
 
 SHAPES = ["circle", "square", "triangle", "star", "ring", "plus"]
 GLYPHS = ["A", "G", "K", "7"]
@@ -175,13 +191,21 @@ def _gradient_backgrounds(n: int, generator: torch.Generator) -> torch.Tensor:
     return (c0 + (c1 - c0) * t[:, None] + 0.12 * noise).clamp(-1, 1)
 
 
-def render(class_ids: torch.Tensor, generator: torch.Generator, heldout: bool = False) -> torch.Tensor:
+def scene_style(style: str) -> SceneStyle:
+    if style not in STYLES:
+        raise ValueError(f"style: unknown scene style {style!r}; known: {sorted(STYLES)}")
+    return STYLES[style]
+
+
+def render(class_ids: torch.Tensor, generator: torch.Generator, heldout: bool = False,
+           style: str = DEFAULT_STYLE) -> torch.Tensor:
     """One random scene per class id -> images [n, 3, 64, 64] in [-1, 1]."""
+    st = scene_style(style)
     n = len(class_ids)
     masks, first, count = templates()
     variant = first[class_ids] + (torch.rand(n, generator=generator) * count[class_ids]).long()
     # object affine map (output coords -> template coords), in normalised [-1, 1] units
-    scale = _rand(n, generator, 0.42, 0.80)
+    scale = _rand(n, generator, *st.scale)
     aspect = _rand(n, generator, 0.85, 1.15)
     is_glyph = class_ids >= len(SHAPES)
     rot = _rand(n, generator, -1, 1) * torch.where(is_glyph, 0.35, math.pi)
@@ -197,7 +221,7 @@ def render(class_ids: torch.Tensor, generator: torch.Generator, heldout: bool = 
     theta = torch.cat([inv, -(inv @ torch.stack([cx, cy], -1)[..., None])], -1)
     grid = F.affine_grid(theta, (n, 1, CROP, CROP), align_corners=False)
     m = F.grid_sample(masks[variant], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    photo = torch.rand(n, generator=generator) < PHOTO_BG
+    photo = torch.rand(n, generator=generator) < st.photo_bg
     bg = _gradient_backgrounds(n, generator)
     k = int(photo.sum())
     if k:
@@ -214,20 +238,21 @@ def render(class_ids: torch.Tensor, generator: torch.Generator, heldout: bool = 
     return bg * (1 - m) + fg_img * m
 
 
-def random_crops(n: int, generator: torch.Generator, class_ids: torch.Tensor | None = None):
+def random_crops(n: int, generator: torch.Generator, class_ids: torch.Tensor | None = None,
+                 style: str = DEFAULT_STYLE):
     """n random training images. Returns (images [n,3,64,64] float32, class_ids [n] int64)."""
     if class_ids is None:
         class_ids = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
     class_ids = class_ids.long()
-    return render(class_ids, generator), class_ids
+    return render(class_ids, generator, style=style), class_ids
 
 
-@functools.lru_cache(maxsize=1)
-def heldout_crops() -> tuple[torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=len(STYLES))
+def heldout_crops(style: str = DEFAULT_STYLE) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic held-out images (HELDOUT_PER_CLASS per class, backgrounds from the held-out
     photo strips, seed HELDOUT_SEED). Returns (images [M,3,64,64], class_ids [M])."""
     cls = torch.arange(NUM_CLASSES).repeat_interleave(HELDOUT_PER_CLASS)
-    return render(cls, torch.Generator().manual_seed(HELDOUT_SEED), heldout=True), cls
+    return render(cls, torch.Generator().manual_seed(HELDOUT_SEED), heldout=True, style=style), cls
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from .cvae import SCENE_STYLE
 from .ctarget import ContinuousDrafter, drafter_loss, mixture_nll
 from .loaders import load_ctarget, load_cvae
 from .tokens import heldout_tokens
@@ -59,7 +60,7 @@ def main(argv=None):
     cvae, target = load_cvae(wd), load_ctarget(wd)
     target.requires_grad_(False)
     lat, cls = training_latents(cvae, a.n_train, a.seed)
-    vlat, vcls = heldout_tokens(cvae)
+    vlat, vcls = heldout_tokens(cvae, SCENE_STYLE)
     drafter = ContinuousDrafter.from_target(target)
     opt = torch.optim.AdamW([p for p in drafter.parameters() if p.requires_grad], lr=a.lr, betas=(0.9, 0.95),
                             weight_decay=0.0)

@@ -9,6 +9,7 @@ import torch
 
 from . import data
 from .ctarget import ContinuousTargetConfig, ContinuousTransformer, mixture_nll
+from .cvae import SCENE_STYLE
 from .loaders import load_cvae
 from .tokens import encode_batches, heldout_tokens, train_images
 from .train_loop import run_training
@@ -17,7 +18,7 @@ from .weights import DEFAULT_RUN_DIR, WEIGHTS_DIR, record_training, save_weights
 
 def training_latents(cvae, n: int, seed: int):
     """The VAE's latents [n, 64, D] of the n cached training images (``tokens.train_images``) and classes."""
-    images, cls = train_images(n, seed, os.path.join(DEFAULT_RUN_DIR, "images"))
+    images, cls = train_images(n, seed, os.path.join(DEFAULT_RUN_DIR, "images"), SCENE_STYLE)
     return encode_batches(cvae, images), cls
 
 
@@ -60,7 +61,7 @@ def main(argv=None):
     torch.manual_seed(a.seed)
     cvae = load_cvae(a.weights or WEIGHTS_DIR)
     lat, cls = training_latents(cvae, a.n_train, a.seed)
-    vlat, vcls = heldout_tokens(cvae)
+    vlat, vcls = heldout_tokens(cvae, SCENE_STYLE)
     cfg = ContinuousTargetConfig(num_classes=data.NUM_CLASSES, dim=a.dim, n_layers=a.layers, n_heads=a.heads,
                                  mlp_hidden=int(round(a.dim * 8 / 3 / 16)) * 16, max_seq_len=lat.shape[1] + 1,
                                  latent_dim=lat.shape[2], mixture_components=a.components)

@@ -8,7 +8,7 @@ import os
 import torch
 
 from . import data
-from .cvae import ContinuousVAE
+from .cvae import SCENE_STYLE, ContinuousVAE
 from .tokens import train_images
 from .train_loop import run_training
 from .vq import psnr
@@ -19,7 +19,7 @@ from .weights import DEFAULT_RUN_DIR, record_training, save_weights
 def eval_psnr(model: ContinuousVAE) -> float:
     """Held-out PSNR of decode(encode(x)) (the posterior means, as the AR model sees them)."""
     model.eval()
-    x, _ = data.heldout_crops()
+    x, _ = data.heldout_crops(SCENE_STYLE)
     rec = torch.cat([model.decode(model.encode(x[i:i + 100])) for i in range(0, len(x), 100)])
     return psnr(rec, x)
 
@@ -47,7 +47,7 @@ def main(argv=None):
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     gen = torch.Generator().manual_seed(a.seed)
 
-    images, _ = train_images(a.n_train, a.seed, os.path.join(DEFAULT_RUN_DIR, "images"))
+    images, _ = train_images(a.n_train, a.seed, os.path.join(DEFAULT_RUN_DIR, "images"), SCENE_STYLE)
 
     def step_loss(step):
         x = images[torch.randint(0, len(images), (a.batch,), generator=gen)]

@@ -18,6 +18,18 @@ from .weights import DEFAULT_RUN_DIR, record_training, save_weights
 
 
 @torch.no_grad()
+def codebook_init(model: Transformer, codebook: torch.Tensor, generator: torch.Generator) -> None:
+    """Start the token embedding and the LM head as one random projection of the standardised VQ codebook,
+    at the default init's scale: codes that decode alike start alike, so what the model learns about a
+    code carries over to its near-synonyms from the first step (a 4096-code book holds many of them)."""
+    cb = codebook.float()
+    cb = (cb - cb.mean(0)) / cb.std(0).clamp_min(1e-6)
+    e = cb @ torch.randn(cb.shape[1], model.cfg.dim, generator=generator) / math.sqrt(cb.shape[1])
+    for w in (model.tok_emb.weight, model.head.weight):
+        w.copy_(e * (w.std() / e.std()))
+
+
+@torch.no_grad()
 def evaluate(model: Transformer, ids: torch.Tensor, cls: torch.Tensor, bs: int = 64):
     """Val loss with true class and with the null class, per-position entropy [256] and mean top-1
     probability (class-conditional, CFG 1, T 1)."""
@@ -53,6 +65,9 @@ def main(argv=None):
     ap.add_argument("--class-bias", action="store_true", help="add the class embedding to every position's input "
                     "(default: class as a prefix token only, LlamaGen's layout)")
     ap.add_argument("--abs-pos-emb", action="store_true", help="add a learned absolute position embedding (default: RoPE only)")
+    ap.add_argument("--codebook-init", action="store_true", help="start the token embedding and LM head from the "
+                    "VQ codebook (codebook_init) instead of random")
+    ap.add_argument("--style", default=data.DEFAULT_STYLE, choices=sorted(data.STYLES), help="training scenes")
     ap.add_argument("--time-budget", type=float, default=0, help="wall-time budget in seconds: LR schedule follows "
                     "max(step, time) progress and training stops when spent (0=off)")
     ap.add_argument("--run-dir", default=os.path.join(DEFAULT_RUN_DIR, "target"))
@@ -63,12 +78,14 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     vq = load_vq()
-    ids, cls = train_tokens(vq, a.n_train, a.seed, os.path.join(DEFAULT_RUN_DIR, "tokens"))
-    vids, vcls = heldout_tokens(vq)
+    ids, cls = train_tokens(vq, a.n_train, a.seed, os.path.join(DEFAULT_RUN_DIR, "tokens"), a.style)
+    vids, vcls = heldout_tokens(vq, a.style)
     cfg = TargetConfig(vocab_size=vq.num_codes, num_classes=data.NUM_CLASSES, dim=a.dim, n_layers=a.layers, n_heads=a.heads,
                        mlp_hidden=int(round(a.dim * 8 / 3 / 16)) * 16, class_bias=a.class_bias,
                        abs_pos_emb=a.abs_pos_emb)
     model = Transformer(cfg)
+    if a.codebook_init and not a.init_from:
+        codebook_init(model, vq.embedding, torch.Generator().manual_seed(a.seed + 2))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     nodecay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": nodecay, "weight_decay": 0.0}],
@@ -104,7 +121,8 @@ def main(argv=None):
     if not a.no_export:
         save_weights("target.pt", model.state_dict(), cfg.to_dict())
         record_training("target", dict(init_from=a.init_from, steps_done=res.steps_done, steps_planned=a.steps, batch=a.batch, lr=a.lr,
-                                       n_train_images=a.n_train, seed=a.seed,
+                                       n_train_images=a.n_train, seed=a.seed, style=a.style,
+                                       codebook_init=a.codebook_init,
                                        params=sum(p.numel() for p in model.parameters()), config=cfg.to_dict(),
                                        wall_time_s=res.wall_time_s, final_train_loss_ema=res.loss_ema,
                                        val_loss=ev["val_loss"], val_ppl=ev["val_ppl"],

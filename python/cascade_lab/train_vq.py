@@ -14,9 +14,9 @@ from .weights import DEFAULT_RUN_DIR, record_training, save_weights
 
 
 @torch.no_grad()
-def eval_psnr(model: VQVAE) -> tuple[float, float]:
+def eval_psnr(model: VQVAE, style: str = data.DEFAULT_STYLE) -> tuple[float, float]:
     model.eval()
-    x, _ = data.heldout_crops()
+    x, _ = data.heldout_crops(style)
     recs, used = [], set()
     for i in range(0, len(x), 64):
         ids = model.encode(x[i:i + 64])
@@ -42,6 +42,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--codes", type=int, default=4096)
+    ap.add_argument("--style", default=data.DEFAULT_STYLE, choices=sorted(data.STYLES), help="training scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--time-budget", type=float, default=0)
@@ -66,7 +67,7 @@ def main(argv=None):
     refresh = {int(s) for s in a.kmeans_refresh.split(",") if s}
 
     def fit_codebook():
-        x, _ = data.random_crops(a.kmeans_crops, gen)
+        x, _ = data.random_crops(a.kmeans_crops, gen, style=a.style)
         with torch.no_grad():
             z = torch.cat([model._flat(model.enc(x[i:i + 128])) for i in range(0, len(x), 128)])
         model.codebook.kmeans_init(z[torch.randperm(len(z), generator=gen)[:65536]], iters=10, generator=gen)
@@ -79,21 +80,21 @@ def main(argv=None):
     def step_loss(step):
         if step in refresh:
             fit_codebook()
-            psnr_db, usage = eval_psnr(model)
+            psnr_db, usage = eval_psnr(model, a.style)
             print(f"step {step}: codebook re-fitted by k-means: held-out PSNR {psnr_db:.2f} dB, usage {usage:.1%}")
             model.train()
-        x, _ = data.random_crops(a.batch, gen)
+        x, _ = data.random_crops(a.batch, gen, style=a.style)
         rec, _, commit = model(x)
         mse = (rec - x).pow(2).mean()
         return mse + 0.25 * commit, dict(mse=float(mse), commit=float(commit))
 
     res = run_training(model, opt, step_loss, steps=a.steps, lr=a.lr, run_dir=a.run_dir, generator=gen,
                        desc="vq", time_budget=a.time_budget, fresh_start=fresh_start)
-    p, usage = eval_psnr(model)
+    p, usage = eval_psnr(model, a.style)
     print(f"held-out PSNR {p:.2f} dB, codebook usage {usage:.2%}, wall {res.wall_time_s:.0f}s")
     if not a.no_export:
         save_weights("vq.pt", model.state_dict(), cfg)
-        record_training("vq", dict(steps_done=res.steps_done, steps_planned=a.steps, batch=a.batch, lr=a.lr,
+        record_training("vq", dict(style=a.style, steps_done=res.steps_done, steps_planned=a.steps, batch=a.batch, lr=a.lr,
                                    seed=a.seed, codes=a.codes, init_from=a.init_from, wall_time_s=res.wall_time_s,
                                    final_parts=res.parts, loss_history=res.history,
                                    heldout_psnr_db=round(p, 3), codebook_usage=round(usage, 4)))

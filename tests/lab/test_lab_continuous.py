@@ -201,11 +201,12 @@ def test_shipped_continuous_weights_verify_and_load(tmp_path):
 
 def test_shipped_vae_roundtrip_psnr():
     from cascade_lab import data
+    from cascade_lab.cvae import SCENE_STYLE
     from cascade_lab.loaders import load_cvae
     from cascade_lab.vq import psnr
 
     v = load_cvae()
-    x, _ = data.heldout_crops()
+    x, _ = data.heldout_crops(SCENE_STYLE)
     x = x[::5]
     z = v.encode(x)
     assert z.shape == (len(x), 64, v.latent_dim)

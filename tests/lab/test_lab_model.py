@@ -201,3 +201,19 @@ def test_eq4_hook_matches_eagle_at_c1():
     l1, _ = eq4_loss(pf, pl, tf, tl, c=1.0)
     l2, _ = eagle_loss(pf, pl, tf, tl)
     torch.testing.assert_close(l1.float(), l2.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_codebook_init_makes_synonym_codes_start_alike():
+    """Codes close in the VQ codebook get close token embeddings and LM-head rows, at the default scale."""
+    from cascade_lab.train_target import codebook_init
+
+    torch.manual_seed(0)
+    m = Transformer(TargetConfig(vocab_size=64, num_classes=2, dim=32, n_layers=1, n_heads=2, mlp_hidden=32))
+    default_std = float(m.tok_emb.weight.detach().std())
+    cb = torch.randn(64, 8)
+    cb[1] = cb[0] + 0.01 * torch.randn(8)  # a near-synonym of code 0
+    codebook_init(m, cb, torch.Generator().manual_seed(1))
+    for w in (m.tok_emb.weight, m.head.weight):
+        cos = torch.nn.functional.cosine_similarity(w[0:1], w, dim=-1)
+        assert float(cos[1]) > 0.99 and float(cos[2:].abs().max()) < 0.99
+        assert abs(float(w.std()) - default_std) < 0.2 * default_std

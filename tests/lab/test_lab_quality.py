@@ -76,3 +76,18 @@ def test_every_class_template_is_a_visible_object():
     for c in range(data.NUM_CLASSES):
         for m in masks[first[c]:first[c] + count[c]]:
             assert 0.05 < float(m.mean()) < 0.8  # something drawn, not a filled square
+
+
+def test_scene_styles_are_distinct_deterministic_and_named():
+    cls = torch.arange(data.NUM_CLASSES)
+    obj = data.render(cls, torch.Generator().manual_seed(3), style="object")
+    again = data.render(cls, torch.Generator().manual_seed(3), style="object")
+    photo = data.render(cls, torch.Generator().manual_seed(3), style="photo")
+    assert torch.equal(obj, again) and not torch.equal(obj, photo)
+    assert data.DEFAULT_STYLE == "object" and torch.equal(data.heldout_crops()[0], data.heldout_crops("object")[0])
+    try:
+        data.render(cls, torch.Generator().manual_seed(3), style="photos")
+    except ValueError as e:
+        assert "style" in str(e) and "photos" in str(e)
+    else:  # pragma: no cover
+        raise AssertionError("an unknown style must be rejected by name")
