@@ -295,7 +295,7 @@ def thread_scaling(B=64, N=26, V=16384):
             try:
                 fns = {"1t": with_threads(1), "2t": with_threads(2)}
                 times = {k: [] for k in fns}
-                for _ in range(12):
+                for _ in range(40):
                     for k, f in fns.items():
                         times[k].append(f() / 5)
                 med = {k: statistics.median(v) for k, v in times.items()}

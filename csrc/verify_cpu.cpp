@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
@@ -932,8 +933,10 @@ void Walker::run(int64_t b) {
 
 // A small persistent pool of std::threads for the batch loop. Idle workers sleep on a condition
 // variable (no spinning, so a busy peer core never stalls a call); the calling thread works too and, when
-// it runs out of sequences, waits only for those a worker has actually claimed. A worker that wakes late
-// finds the job closed and goes back to sleep. One call uses the pool at a time; a concurrent call (another
+// it runs out of sequences, waits only for those a worker has actually claimed: for at most
+// END_SPIN_US it polls (a worker finishing its last sequence is about one sequence away; a caller put to
+// sleep on the condition variable wakes tens of microseconds after the worker's notify), then sleeps. A
+// worker that wakes late finds the job closed and goes back to sleep. One call uses the pool at a time; a concurrent call (another
 // Python thread) runs on its own thread.
 class Pool {
    public:
@@ -961,6 +964,9 @@ class Pool {
         }
         cv_.notify_all();
         drain();
+        const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(END_SPIN_US);
+        while (running_.load(std::memory_order_acquire) > 0 && std::chrono::steady_clock::now() < until) {
+        }
         std::unique_lock<std::mutex> lk(m_);
         open_ = false;  // late wakers do nothing
         done_cv_.wait(lk, [this] { return active_ == 0; });
@@ -968,7 +974,9 @@ class Pool {
     }
 
    private:
+    static constexpr int END_SPIN_US = 50;
     std::mutex busy_, m_;
+    std::atomic<int> running_{0};  // workers inside drain() (a lock-free mirror of active_ for the poll)
     std::condition_variable cv_, done_cv_;
     std::vector<std::thread> workers_;
     const std::function<void(int64_t)>* fn_ = nullptr;
@@ -995,8 +1003,10 @@ class Pool {
             if (!open_ || want_ <= 0) continue;
             --want_;
             ++active_;
+            running_.fetch_add(1, std::memory_order_relaxed);
             lk.unlock();
             drain();
+            running_.fetch_sub(1, std::memory_order_release);
             lk.lock();
             if (--active_ == 0) done_cv_.notify_all();
         }
