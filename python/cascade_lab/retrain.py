@@ -26,10 +26,11 @@ STEPS = {
                                 "--dim", "256", "--batch", "32", "--n-train", "24576", "--codebook-init", "--class-bias",
                                 "--abs-pos-emb", "--run-dir", os.path.join(DEFAULT_RUN_DIR, "target_object")]),
     "classifier": ("train_classifier", ["--steps", "400", "--run-dir", os.path.join(DEFAULT_RUN_DIR, "classifier10")]),
-    "drafter_eagle": ("train_drafter", ["--loss", "eagle", "--steps", "900", "--time-budget", "900", "--n-train", "12288",
-                                        "--run-dir", os.path.join(DEFAULT_RUN_DIR, "drafter_eagle4096")]),
-    "drafter_eq4": ("train_drafter", ["--loss", "eq4", "--steps", "900", "--time-budget", "900", "--n-train", "12288",
-                                      "--run-dir", os.path.join(DEFAULT_RUN_DIR, "drafter_eq4_4096")]),
+    # the drafters read the target's training tokens (same --n-train and seed: one cached encoding)
+    "drafter_eagle": ("train_drafter", ["--loss", "eagle", "--steps", "900", "--time-budget", "900", "--n-train", "24576",
+                                        "--run-dir", os.path.join(DEFAULT_RUN_DIR, "drafter_eagle_object")]),
+    "drafter_eq4": ("train_drafter", ["--loss", "eq4", "--steps", "900", "--time-budget", "900", "--n-train", "24576",
+                                      "--run-dir", os.path.join(DEFAULT_RUN_DIR, "drafter_eq4_object")]),
     "evaluate": ("evaluate", ["--per-class", "16"]),
     # the continuous-token stack (about 25 minutes of one core in all, the 6144 training images rendered once)
     "cvae": ("train_cvae", ["--steps", "1500", "--time-budget", "480"]),
