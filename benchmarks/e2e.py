@@ -131,12 +131,13 @@ def main(argv=None):
     def quality_run(name, residual="transport", drafter_=drafter, ids=class_ids, **kw):
         toks, stats = [], []
         t0 = time.perf_counter()
-        for start in range(0, len(ids), args.batch):
-            part = ids[start:start + args.batch]
-            run = run_method(target, drafter_, vq.embedding, name, part, residual=residual, seed=1000 + start,
-                             **common, **kw)
-            toks.append(run.tokens)
-            stats += run.stats
+        with SiblingSets() as sets:
+            for start in range(0, len(ids), args.batch):
+                part = ids[start:start + args.batch]
+                run = run_method(target, drafter_, vq.embedding, name, part, residual=residual, seed=1000 + start,
+                                 **common, **kw)
+                toks.append(run.tokens)
+                stats += run.stats
         images = vq.decode(torch.cat(toks).clamp(0, V - 1))
         logits, feats = quality.classify(clf, images)
         correct = (logits.argmax(-1).cpu() == ids.cpu()).float()
@@ -152,6 +153,7 @@ def main(argv=None):
             **fid_ci(feats, real_feats),
             **mean_ci("class_fidelity", correct.tolist()),
             "images": len(ids), "quality_run_s": time.perf_counter() - t0,
+            "sibling_sets": sets.summary(),
         }
         row.update({k: v for k, v in kw.items() if k in ("tau_pos", "tau_seq", "eps")})
         print(f"  {name:<10} {residual:<9} alpha={row['alpha']:.2f}±{row['alpha_ci95']:.2f} fid={row['fid']:.2f} "
@@ -218,6 +220,51 @@ def main(argv=None):
             json.dump(result, f, indent=2)
         return result
     return finish(result, args.out, tag)
+
+
+class SiblingSets:
+    """Records, while a CASCADE-family method decodes, what its interchange rule sees at the root of every
+    draft tree: the root's children, how many distinct tokens they are, and the first child's sibling set
+    (itself plus the siblings whose target hidden states have cosine >= tau_pos with it). Wraps the decode
+    loop's ``verify`` for the duration of a ``with`` block; the verify results are untouched."""
+
+    def __init__(self):
+        import cascade_kernels.decode as decode
+
+        self.decode, self.steps = decode, []
+
+    def __enter__(self):
+        inner = self.verify = self.decode.verify
+
+        def recording(tokens, parents, *args, **kw):
+            res = inner(tokens, parents, *args, **kw)
+            method, hidden = kw.get("method"), kw.get("hidden")
+            tau = getattr(method, "tau_pos", None)
+            if hidden is not None and tau is not None and getattr(method, "use_interchange", True):
+                par = (parents.parents if hasattr(parents, "parents") else parents).long()
+                for b in range(tokens.shape[0]):
+                    kids = torch.nonzero(par[min(b, par.shape[0] - 1)] == 0).flatten()
+                    if len(kids) == 0:
+                        continue
+                    h = torch.nn.functional.normalize(hidden[b, kids].float(), dim=-1)
+                    cos = h[1:] @ h[0]
+                    self.steps.append((len(kids), len(set(tokens[b, kids].tolist())), 1 + int((cos >= tau).sum()),
+                                       int(res.accept_len[b])))
+            return res
+
+        self.decode.verify = recording
+        return self
+
+    def __exit__(self, *exc):
+        self.decode.verify = self.verify
+
+    def summary(self) -> dict:
+        if not self.steps:
+            return {}
+        k, distinct, size, acc = (torch.tensor(c, dtype=torch.float64) for c in zip(*self.steps))
+        return {"root_children": float(k.mean()), "root_children_distinct_tokens": float(distinct.mean()),
+                "first_child_set_size": float(size.mean()), "steps_first_set_gt1": float((size > 1).double().mean()),
+                "steps_root_rejected": float((acc == 0).double().mean())}
 
 
 def regime(weights_dir) -> dict:
@@ -304,6 +351,19 @@ def markdown(r) -> str:
                      f"{100 * (m['fid'] / ar['fid'] - 1):+.1f}% | {m['class_fidelity']:.3f} ± "
                      f"{m['class_fidelity_ci95']:.3f} | {depth} |")
     lines += ["", goal_verdict(r)]
+    sets = [m for m in r["methods"] if m.get("sibling_sets")]
+    if sets:
+        lines += ["", "What the interchange rule sees at the root of each draft tree (means over steps): the root's "
+                  "children, their distinct tokens, the first child's sibling set (itself and the siblings with "
+                  "hidden-state cosine ≥ tau_pos), the share of steps whose set holds more than the first child, "
+                  "and the share of steps that accept nothing (the root's children all rejected):", "",
+                  "| method | children | distinct tokens | first child's set | steps with set > 1 | steps accepting 0 |",
+                  "|---|---|---|---|---|---|"]
+        for m in sets:
+            s = m["sibling_sets"]
+            lines.append(f"| {m['method']} | {s['root_children']:.2f} | {s['root_children_distinct_tokens']:.2f} | "
+                         f"{s['first_child_set_size']:.2f} | {s['steps_first_set_gt1']:.2f} | "
+                         f"{s['steps_root_rejected']:.2f} |")
     if r.get("regime"):
         lines += ["", "Regime of the shipped model: " + ", ".join(f"{k} {v}" for k, v in r["regime"].items())]
     if r["cascade_sweep"]:
