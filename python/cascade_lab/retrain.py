@@ -22,7 +22,7 @@ STEPS = {
     # the VQ was trained on the "photo" scenes (data.STYLES) and tokenises the "object" scenes as well
     "vq": ("train_vq", ["--steps", "900", "--time-budget", "1260", "--codes", "4096", "--style", "photo",
                         "--kmeans-refresh", "100,250,450", "--run-dir", os.path.join(DEFAULT_RUN_DIR, "vq4096")]),
-    "target": ("train_target", ["--steps", "3000", "--time-budget", "3600", "--threads", "2", "--layers", "4",
+    "target": ("train_target", ["--steps", "3000", "--time-budget", "4500", "--threads", "2", "--layers", "4",
                                 "--dim", "256", "--batch", "32", "--n-train", "24576", "--codebook-init", "--class-bias",
                                 "--abs-pos-emb", "--run-dir", os.path.join(DEFAULT_RUN_DIR, "target_object")]),
     "classifier": ("train_classifier", ["--steps", "400", "--run-dir", os.path.join(DEFAULT_RUN_DIR, "classifier10")]),

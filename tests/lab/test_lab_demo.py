@@ -93,6 +93,10 @@ def test_e2e_benchmark_writes_its_table(tiny_weights, tmp_path):
         assert m["fid_boot_lo"] <= m["fid_boot_hi"] and 0.0 <= m["class_fidelity"] <= 1.0
         assert all(0.0 <= p <= 1.0 for p in m["accept_by_depth"])
         assert list(m["accept_by_depth"]) == sorted(m["accept_by_depth"], reverse=True)
+    assert [bool(m["sibling_sets"]) for m in result["methods"]] == [False, False, True]  # CASCADE's interchange only
+    sets = result["methods"][2]["sibling_sets"]
+    assert 1.0 <= sets["first_child_set_size"] <= sets["root_children"]
+    assert sets["root_children_distinct_tokens"] <= sets["root_children"] and 0.0 <= sets["steps_root_rejected"] <= 1.0
     text = open(os.path.join(tmp_path, "e2e_cpu.md")).read()
     assert "CASCADE α / Exact α =" in text and "| cascade |" in text
     assert "| 0.9 | 0.7 | 0.25 |" in text
