@@ -72,14 +72,12 @@ def _heldout_losses():
 
 def test_target_shipped_learned_the_tokens():
     loss_c, _, V = _heldout_losses()
-    assert loss_c < 0.6 * torch.log(torch.tensor(float(V)))  # measured 4.48 nats against log(4096) = 8.32
+    assert loss_c < 0.6 * torch.log(torch.tensor(float(V)))  # measured 2.63 nats against log(4096) = 8.32
 
 
-@pytest.mark.xfail(strict=True, reason="known defect of the shipped target (weights/training_log.json notes): "
-                   "40 minutes of training left it ignoring its class token; flip this when it is retrained")
 def test_target_shipped_is_class_conditional():
     loss_c, loss_u, _ = _heldout_losses()
-    assert loss_c < loss_u - 0.01  # the class helps
+    assert loss_c < loss_u - 0.01  # the class helps (measured 2.626 vs 2.669 nats on all 500 held-out images)
 
 
 def test_load_pretrained_drafter_shapes():
