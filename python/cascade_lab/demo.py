@@ -31,7 +31,8 @@ from .weights import WEIGHTS_DIR
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m cascade_lab.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--classes", type=int, nargs="+", default=[0, 3, 6, 9], help="class ids to generate")
+    ap.add_argument("--classes", type=int, nargs="+", default=[0, 4, 9], help="class ids to generate "
+                    "(default: circle, ring, 7)")
     ap.add_argument("--per-class", type=int, default=1, help="images per class")
     ap.add_argument("--methods", nargs="+", default=["ar", "exact", "lantern", "lantern++", "gsd", "cool", "cascade"],
                     choices=METHODS)
