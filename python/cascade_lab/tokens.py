@@ -46,8 +46,7 @@ def train_tokens(vq, n: int, seed: int, run_dir: str, style: str = data.DEFAULT_
 def train_images(n: int, seed: int, run_dir: str, style: str = data.DEFAULT_STYLE):
     """n random training images (seeded, scene style ``style``, rendered once and cached as uint8 in
     run_dir). Returns (images [n,3,64,64] float32 in [-1,1], class_ids [n])."""
-    name = f"train_images_n{n}_s{seed}.pt" if style == "photo" else f"train_images_{style}_n{n}_s{seed}.pt"  # (older caches: photo)
-    path = os.path.join(run_dir, name)
+    path = os.path.join(run_dir, f"train_images_{style}_n{n}_s{seed}.pt")
     if os.path.exists(path):
         d = torch.load(path)
     else:
