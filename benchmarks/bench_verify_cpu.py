@@ -95,16 +95,20 @@ def whole_call(inputs, method, top_k, out):
 
 
 def interleaved(fns, reps=30, budget_s=3.0):
-    """Median seconds per call of each fn, timed round-robin (one call of each per round)."""
+    """Median seconds per call of each fn, timed in rounds (one call of each per round). Each round takes
+    its own seeded random order, so every fn follows every other: a call that runs right after a peer's
+    (which allocates and touches several MB with top-k) starts with colder caches, and a fixed order
+    would charge that to whichever fn comes after the peers."""
     for f in fns.values():
         f()
+    names, rng = list(fns), random.Random(0)
     times = {k: [] for k in fns}
     start = time.perf_counter()
     r = 0
     while r < 5 or (r < reps and time.perf_counter() - start < budget_s):
-        for k, f in fns.items():
+        for k in rng.sample(names, len(names)):
             t0 = time.perf_counter()
-            f()
+            fns[k]()
             times[k].append(time.perf_counter() - t0)
         r += 1
     return {k: statistics.median(v) for k, v in times.items()}
