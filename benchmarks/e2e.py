@@ -309,7 +309,7 @@ def finish(result, out, tag):
         json.dump(result, f, indent=2)
     with open(os.path.join(out, f"e2e_{tag}.md"), "w") as f:
         f.write(markdown(result))
-    plot(result["methods"], result["cascade_sweep"], os.path.join(out, f"e2e_speedup_fid_{tag}.png"))
+    plot(result, os.path.join(out, f"e2e_speedup_fid_{tag}.png"))
     print(markdown(result))
     return result
 
@@ -392,22 +392,45 @@ def markdown(r) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows, sweep, path):
+def plot(r, path):
+    """Left: wall-clock speedup vs our FID per method. Right: α / Exact α vs the FID cost relative to a
+    lossless run on the same images (methods: AR; sweep rows: the drafter comparison's Exact run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = r["methods"]
+    exact_alpha = next((m["alpha"] for m in rows if m["method"] == "exact"), None)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for m in rows:
         marker = "o" if m["residual"] == "transport" or m["method"] == "ar" else "s"
+        label = f"{m['method']}{'' if m['method'] in ('ar', 'exact') else '/' + m['residual'][:5]}"
         ax.scatter(m["fid"], m["speedup_b1"], marker=marker)
-        ax.annotate(f"{m['method']}{'' if m['method'] in ('ar', 'exact') else '/' + m['residual'][:5]}",
-                    (m["fid"], m["speedup_b1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(label, (m["fid"], m["speedup_b1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if exact_alpha:
+            gap = 100 * (m["fid"] / rows[0]["fid"] - 1)
+            ax2.scatter(gap, m["alpha"] / exact_alpha, marker=marker)
+            ax2.annotate(label, (gap, m["alpha"] / exact_alpha), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ref = next((m for m in r["drafters"] if m["method"] == "exact" and m["drafter"] == r["drafter"]
+                and r["cascade_sweep"] and m["images"] == r["cascade_sweep"][0]["images"]), None)
+    if exact_alpha and ref:
+        for m in r["cascade_sweep"]:
+            gap = 100 * (m["fid"] / ref["fid"] - 1)
+            ax2.scatter(gap, m["alpha"] / exact_alpha, marker="x", color="k")
+            ax2.annotate(f"{m['tau_pos']}/{m['tau_seq']}", (gap, m["alpha"] / exact_alpha), fontsize=7,
+                         xytext=(3, -9), textcoords="offset points")
     ax.set_xlabel("our FID (lower is better)")
     ax.set_ylabel("wall-clock speedup vs AR (batch 1)")
     ax.set_title("Speedup vs quality (o transport, s standard residual)")
-    ax.grid(alpha=0.3)
+    ax2.axvline(3, color="g", lw=0.8, ls="--")
+    ax2.axhline(2, color="g", lw=0.8, ls="--")
+    ax2.set_xlabel("FID vs a lossless run on the same images (%)")
+    ax2.set_ylabel("α / Exact α")
+    ax2.set_title("Acceptance vs quality cost (x: CASCADE tau_pos/tau_seq sweep; goal: upper left of the lines)")
+    ax2.title.set_fontsize(9)
+    for a_ in (ax, ax2):
+        a_.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
