@@ -10,9 +10,10 @@ B=1 grid: N in {26 (EAGLE tree ck.MC_SIM_7B_63), 60 (ck.DEEP_CHOICES)}, V in {16
 CASCADE (D=1280), "shallow" (random logits: the walk stops at the root) and "deep" (each node's first
 child's token gets +25, so the walk follows the first-child chain to a leaf), top_k in {0, 2000}. The tree
 is prepared once (``ck.prepare_tree``), as users pass it. Per case, in one process and interleaved
-(medians over rounds, each round in its own seeded random order): the ``cpu`` backend with one thread, one-thread ``torch.softmax`` over only the
-rows the walk visited (gathered beforehand, contiguous: the floor), the peers' ``evaluate_posterior`` on
-the same logits, and (separately, few repetitions) the reference backend.
+(medians over rounds, each round in its own seeded random order): the ``cpu`` backend with one thread,
+one-thread ``torch.softmax`` over only the rows the walk visited (gathered beforehand, contiguous: the
+floor), the peers' ``evaluate_posterior`` on the same logits, and (separately, few repetitions) the
+reference backend.
 
 Peers (benchmark-only, never vendored): set ``CK_PEERS_DIR`` to a folder holding
 ``EAGLE/eagle/model/utils.py`` (github.com/SafeAILab/EAGLE) and ``LANTERN/models/ea_model_llamagen.py``
@@ -400,8 +401,8 @@ def write_markdown(path, info, results, scaling, command, targets, note):
              "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), "",
              note, "",
              "Times are medians in ms over interleaved rounds (cpu, floor, peers: one call each per round, in a "
-             "seeded random order, in one process); one thread (`torch.set_num_threads(1)`). `floor` = torch.softmax over the visited rows "
-             "only (gathered, contiguous). cpu = the whole ck.verify call (prepared tree, preallocated out); "
+             "seeded random order, in one process); one thread (`torch.set_num_threads(1)`). `floor` = "
+             "torch.softmax over the visited rows only (gathered, contiguous). cpu = the whole ck.verify call (prepared tree, preallocated out); "
              "backend = cascade_kernels/ops/verify/cpu.py + C++ on arguments validated once (ck.verify without "
              "its Python checks). eagle = EAGLE main `evaluate_posterior` (sampling branch, "
              "logits_processor = identity or top-k); lantern = LANTERN `EaModel.evaluate_posterior` with "

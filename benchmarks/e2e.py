@@ -327,6 +327,16 @@ def goal_verdict(r) -> str:
             f"({100 * fid_gap:+.1f} %).")
 
 
+def sweep_reference(r):
+    """The lossless run the CASCADE sweep's FID is read against, or None. FID grows as the image count
+    falls, so a sweep row is compared with Exact decoding on the same classes and seeds (the drafter
+    rows' Exact run with the main drafter), not with the main table."""
+    if not r["cascade_sweep"]:
+        return None
+    return next((m for m in r["drafters"] if m["method"] == "exact" and m["drafter"] == r["drafter"]
+                 and m["images"] == r["cascade_sweep"][0]["images"]), None)
+
+
 def markdown(r) -> str:
     ar = r["methods"][0]
     lines = [f"# End-to-end comparison ({r['machine']['device']}, {r['images_per_method']} images per method)", "",
@@ -367,10 +377,7 @@ def markdown(r) -> str:
     if r.get("regime"):
         lines += ["", "Regime of the shipped model: " + ", ".join(f"{k} {v}" for k, v in r["regime"].items())]
     if r["cascade_sweep"]:
-        # FID grows as the image count falls, so a sweep row is compared with lossless Exact decoding on the
-        # same classes and seeds (the drafter rows' Exact run with the main drafter), not with the main table
-        ref = next((m for m in r["drafters"] if m["method"] == "exact" and m["drafter"] == r["drafter"]
-                    and m["images"] == r["cascade_sweep"][0]["images"]), None)
+        ref = sweep_reference(r)
         exact_alpha = next((m["alpha"] for m in r["methods"] if m["method"] == "exact"), None)
         lines += ["", f"CASCADE threshold and budget sweep ({r['cascade_sweep'][0]['images']} images each; FID vs the "
                   "lossless Exact run on the same images and seeds"
@@ -411,9 +418,9 @@ def plot(r, path):
         if exact_alpha:
             gap = 100 * (m["fid"] / rows[0]["fid"] - 1)
             ax2.scatter(gap, m["alpha"] / exact_alpha, marker=marker)
-            ax2.annotate(label, (gap, m["alpha"] / exact_alpha), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ref = next((m for m in r["drafters"] if m["method"] == "exact" and m["drafter"] == r["drafter"]
-                and r["cascade_sweep"] and m["images"] == r["cascade_sweep"][0]["images"]), None)
+            ax2.annotate(label, (gap, m["alpha"] / exact_alpha), fontsize=7, xytext=(3, 3),
+                         textcoords="offset points")
+    ref = sweep_reference(r)
     if exact_alpha and ref:
         for m in r["cascade_sweep"]:
             gap = 100 * (m["fid"] / ref["fid"] - 1)
