@@ -313,8 +313,22 @@ def lantern_neighbors(codebook: torch.Tensor, k: int, chunk: int = 1024) -> torc
     ids = torch.arange(V, device=codebook.device)
     for start in range(0, V, chunk):
         rows = slice(start, min(V, start + chunk))
-        d2 = sq[rows, None] + sq[None, :] - 2.0 * cb[rows] @ cb.T
+        d2 = (sq[rows, None] + sq[None, :]).sub_(cb[rows] @ cb.T, alpha=2.0)
         d2[torch.arange(d2.shape[0]), ids[rows]] = float("inf")
-        order = torch.sort(d2, dim=1, stable=True).indices
-        out[rows] = order[:, :k]
+        out[rows] = _k_smallest_stable(d2, k)
     return out
+
+
+def _k_smallest_stable(d: torch.Tensor, k: int) -> torch.Tensor:
+    """Column ids of the ``k`` smallest entries of each row of ``d`` (no NaN), smallest first, ties toward
+    the lower id: the first ``k`` of a stable ascending sort, without sorting whole rows (a partial
+    selection finds the k-th value; only the ``k`` kept entries are sorted)."""
+    if k == 0:
+        return torch.empty(d.shape[0], 0, dtype=torch.int64, device=d.device)
+    kth = torch.topk(d, k, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
+    keep = d <= kth
+    if bool((keep.sum(1) != k).any()):  # ties at the k-th value: keep the lowest ids among them
+        below, tie = d < kth, d == kth
+        keep = below | (tie & (tie.cumsum(1) <= k - below.sum(1, keepdim=True)))
+    idx = keep.nonzero()[:, 1].view(-1, k)  # ascending ids within each row
+    return idx.gather(1, torch.sort(d.gather(1, idx), dim=1, stable=True).indices)

@@ -187,6 +187,20 @@ def test_lantern_neighbors_rejects_a_nan_codebook():
         ck.lantern_neighbors(cb, 3)
 
 
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lantern_neighbors_equal_a_stable_sort_of_the_distances_ties_included(seed):
+    """The partial selection gives exactly the first k of a stable sort of each row's squared distances (the
+    code itself excluded), on integer codebooks where many distances tie at the k-th value."""
+    g = torch.Generator().manual_seed(seed)
+    V = 9 + 7 * seed
+    cb = torch.randint(-2, 3, (V, 1 + seed % 3), generator=g).double()
+    d2 = ((cb[:, None] - cb[None]) ** 2).sum(-1)  # exact on small integers
+    d2.fill_diagonal_(float("inf"))
+    want = torch.sort(d2, dim=1, stable=True).indices
+    for k in (0, 1, V // 3, V - 1):
+        assert torch.equal(ck.lantern_neighbors(cb.float(), k, chunk=5), want[:, :k]), k
+
 def test_meta_tensors_get_a_named_error():
     tokens, logits = _case(V=30)
     with pytest.raises(ValueError, match="target_logits"):
