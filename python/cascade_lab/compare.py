@@ -18,19 +18,28 @@ PRESET_OF = {"exact": "eagle1_exact", "lantern": "lantern", "lantern++": "lanter
              "cascade-C": "cascade_llamagen"}
 
 
+_BUILT: dict = {}  # (name, id(codebook), tau_pos, tau_seq) -> (codebook, method): methods are immutable
+
+
 def build_method(name: str, codebook: torch.Tensor, tau_pos: float | None = None, tau_seq: float | None = None):
     """The verify method object for a method name (None for plain AR decoding): the thresholds of the
     method's paper preset (``PRESET_OF``); CASCADE-I / -C keep only interchange / convergence, and
-    ``tau_pos`` / ``tau_seq`` override CASCADE's thresholds (the threshold sweep)."""
+    ``tau_pos`` / ``tau_seq`` override CASCADE's thresholds (the threshold sweep). Built once per codebook
+    object and reused (LANTERN's neighbour table of a 4096-code codebook takes about a second; the codebook
+    is not expected to change in place)."""
     if name == "ar":
         return None
     if name not in PRESET_OF:
         raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+    key = (name, id(codebook), tau_pos, tau_seq)
+    if key in _BUILT and _BUILT[key][0] is codebook:
+        return _BUILT[key][1]
     method = ck.presets.get(PRESET_OF[name]).method(codebook.float())
     if name.startswith("cascade"):
         method = dataclasses.replace(method, use_interchange=name != "cascade-C", use_convergence=name != "cascade-I",
                                      tau_pos=method.tau_pos if tau_pos is None else tau_pos,
                                      tau_seq=method.tau_seq if tau_seq is None else tau_seq)
+    _BUILT[key] = (codebook, method)
     return method
 
 

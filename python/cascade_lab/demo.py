@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
-import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import torch
 
 import cascade_kernels as ck
 
-from .compare import (CONTINUOUS_METHODS, METHODS, TREES, fmt_speedup, interleaved, interleaved_walls, label_grid,
-                      run_continuous, run_method, tree_arg)
+from .compare import (CONTINUOUS_METHODS, METHODS, TREES, build_method, fmt_speedup, interleaved, interleaved_walls,
+                      label_grid, run_continuous, run_method, tree_arg)
 from .data import CLASS_NAMES
 from .loaders import load_cdrafter, load_ctarget, load_cvae, load_drafter, load_target, load_vq
 from .weights import WEIGHTS_DIR
@@ -59,6 +60,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (1: this small model's ops are too short to split, and a "
                          "busy second core would stall a 2-thread team at every barrier)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="worker processes for the quality runs (default: as many as the cores allow at --threads "
+                         "each, at most 2); the timed runs always run alone in this process")
     ap.add_argument("--continuous-methods", nargs="*", default=CONTINUOUS_METHODS, choices=CONTINUOUS_METHODS,
                     help="methods of the continuous-token section (none: skip it)")
     ap.add_argument("--draft-len", type=int, default=4, help="drafted chain length of continuous speculative decoding")
@@ -76,6 +80,10 @@ def parse_args(argv=None):
         ap.error("--timing-rounds must be >= 0 and --timing-tokens >= 1")
     if args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs is None:
+        args.jobs = max(1, min(2, (os.cpu_count() or 1) // args.threads))
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
     return args
 
 
@@ -94,15 +102,19 @@ def main(argv=None) -> dict:
     settings = dict(tree=tree_arg(args.tree), cfg_scale=args.cfg or None, temperature=args.temperature,
                     top_k=args.top_k, seed=args.seed, sampled=args.sampled_drafting, tau_pos=args.tau_pos,
                     tau_seq=args.tau_seq, residual=args.residual, num_tokens=args.num_tokens)
+    jobs = min(args.jobs, len(args.methods))
     print(f"cascade_lab demo: {len(class_ids)} images x {len(args.methods)} methods on {dev}, "
-          f"{args.threads} thread(s) (backends: {ck.available_backends()})", file=sys.stderr)
+          f"{args.threads} thread(s) per process, quality runs in {jobs} process(es) "
+          f"(backends: {ck.available_backends()})", file=sys.stderr)
     # 1. quality: every method on the same classes and seeds (acceptance, TVD, images)
-    runs = {}
-    for name in args.methods:
-        t0 = time.perf_counter()
-        runs[name] = run_method(target, drafter, vq.embedding, name, class_ids, progress=True, **settings)
-        print(f"  {name:<10} alpha={runs[name].summary()['alpha']:.2f} ({time.perf_counter() - t0:.1f}s)",
-              file=sys.stderr)
+    if jobs > 1:
+        runs = quality_runs_in_workers(args, settings, class_ids, jobs, prepare=lambda: [
+            build_method(name, vq.embedding, args.tau_pos, args.tau_seq) for name in args.methods])
+    else:
+        runs = {}
+        for name in args.methods:
+            runs[name] = run_method(target, drafter, vq.embedding, name, class_ids, progress=True, **settings)
+            print(f"  {name:<10} alpha={runs[name].summary()['alpha']:.2f} ({runs[name].wall:.1f}s)", file=sys.stderr)
     # 2. speed: batch-1 wall clock, methods interleaved, best of the rounds (one run each would put load
     #    changes between methods into the speedup column; the fastest round is the one least disturbed by
     #    other processes, as timeit reports)
@@ -148,6 +160,43 @@ def main(argv=None) -> dict:
         json.dump(result, f, indent=2)
     print(f"wrote {grid_path} and {os.path.join(args.out, 'stats.json')}", file=sys.stderr)
     return result
+
+
+_WORKER: dict = {}  # a quality worker's models (quality_runs_in_workers)
+
+
+def _worker_init(weights: str, drafter_name: str, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(vq=load_vq(weights, device=device), target=load_target(weights, device=device),
+                   drafter=load_drafter(weights, device=device, name=drafter_name))
+
+
+def _worker_run(name: str, class_ids: torch.Tensor, settings: dict):
+    return run_method(_WORKER["target"], _WORKER["drafter"], _WORKER["vq"].embedding, name, class_ids, **settings)
+
+
+def quality_runs_in_workers(args, settings: dict, class_ids: torch.Tensor, jobs: int, prepare) -> dict:
+    """The quality runs of ``args.methods`` in ``jobs`` spawned processes (each loads the weights and runs
+    ``args.threads`` intra-op threads). Decoding is deterministic given the seeds, so the runs, their α and
+    images are the ones a single process gives; only the wall time of this section changes. ``prepare()``
+    runs here meanwhile (the timed section's method tables). Returns name -> MethodRun in ``args.methods``
+    order."""
+    from tqdm import tqdm
+
+    runs = {}
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process whose torch may hold threads
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(args.weights, args.drafter, args.device, args.threads)) as pool:
+        pending = {pool.submit(_worker_run, name, class_ids, settings): name for name in args.methods}
+        prepare()
+        with tqdm(total=len(pending), unit="method", desc="quality runs", leave=False) as bar:
+            for done in as_completed(pending):
+                name = pending[done]
+                runs[name] = done.result()
+                bar.write(f"  {name:<10} alpha={runs[name].summary()['alpha']:.2f} ({runs[name].wall:.1f}s)",
+                          file=sys.stderr)
+                bar.update(1)
+    return {name: runs[name] for name in args.methods}
 
 
 def continuous_section(args, dev) -> dict:
