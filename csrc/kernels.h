@@ -63,8 +63,8 @@ struct Kernels {
                           int64_t n, float* starts);
     // sum of a[i] in float64 (lane order).
     double (*sum_f64)(const float* a, int64_t n);
-    // sum of a[i] * b[i] in float64 (lane order).
-    double (*dot_f64)(const float* a, const float* b, int64_t n);
+    // sum of a[i] * b[i]: float32 products and lane sums, the lanes added in float64 (k_dot).
+    double (*dot)(const float* a, const float* b, int64_t n);
     // The k-th largest (1 <= k <= n) of v[0..n) (no NaN), exactly; v is overwritten.
     float (*kth_largest)(float* v, int64_t n, int64_t k);
     const char* isa;

@@ -471,9 +471,13 @@ static double k_chain_div(const float* src, const float* divs, int ndiv, float* 
     return ds;
 }
 
-// Four independent float64 accumulators (the add latency, not the loads, bounds a single chain).
-static double k_dot_f64(const float* a, const float* b, int64_t n) {
-    k_v8d acc0 = k_v8d{} + 0.0, acc1 = acc0, acc2 = acc0, acc3 = acc0;
+// dot(a, b) for the cosines of CASCADE's sets: float32 products summed in four independent float32
+// accumulators of K_LANES lanes (the add latency, not the loads, bounds a single chain), their lanes summed
+// in float64. The reference's float32 matmul sums in an order of its BLAS's choosing, so no backend's
+// cosine is bit-exact with it: each is within float32 rounding (CONTRACT §4). Widening every entry to
+// float64 cost two conversions per product and made CASCADE's cosines a third of a shallow walk.
+static double k_dot(const float* a, const float* b, int64_t n) {
+    k_v8f acc0 = k_bc(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int64_t i = 0;
     for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
         k_v8f x0, y0, x1, y1, x2, y2, x3, y3;
@@ -485,16 +489,16 @@ static double k_dot_f64(const float* a, const float* b, int64_t n) {
         __builtin_memcpy(&y2, b + i + 2 * K_LANES, sizeof(y2));
         __builtin_memcpy(&x3, a + i + 3 * K_LANES, sizeof(x3));
         __builtin_memcpy(&y3, b + i + 3 * K_LANES, sizeof(y3));
-        acc0 += __builtin_convertvector(x0, k_v8d) * __builtin_convertvector(y0, k_v8d);
-        acc1 += __builtin_convertvector(x1, k_v8d) * __builtin_convertvector(y1, k_v8d);
-        acc2 += __builtin_convertvector(x2, k_v8d) * __builtin_convertvector(y2, k_v8d);
-        acc3 += __builtin_convertvector(x3, k_v8d) * __builtin_convertvector(y3, k_v8d);
+        acc0 += x0 * y0;
+        acc1 += x1 * y1;
+        acc2 += x2 * y2;
+        acc3 += x3 * y3;
     }
     for (; i + K_LANES <= n; i += K_LANES) {
         k_v8f x, y;
         __builtin_memcpy(&x, a + i, sizeof(x));
         __builtin_memcpy(&y, b + i, sizeof(y));
-        acc0 += __builtin_convertvector(x, k_v8d) * __builtin_convertvector(y, k_v8d);
+        acc0 += x * y;
     }
     acc0 = (acc0 + acc1) + (acc2 + acc3);
     double s = 0.0;
@@ -640,4 +644,4 @@ static float k_kth_largest(float* v, int64_t n, int64_t k) {
 static const Kernels k_table = {k_row_max,   k_row_exp_sum,   k_row_compact_ge, k_row_scaled_at, k_row_sample,
                                 k_exp_sum,   k_div_sum,       k_sub_sum,        k_cool_sum,      k_max_div,
                                 k_keep_ge_sum, k_chain_div,   k_prefix_blocks,  k_chain_prefix,  k_sum_f64,
-                                k_dot_f64,   k_kth_largest,   K_ISA_NAME};
+                                k_dot,       k_kth_largest,   K_ISA_NAME};

@@ -488,7 +488,7 @@ float Walker::norm(int32_t i) {
         double s = 0.0;
         if (P_.hidden_dtype == DT_F32) {
             const float* h = static_cast<const float*>(P_.hidden) + base;
-            s = K_->dot_f64(h, h, D);
+            s = K_->dot(h, h, D);
         } else {
             for (int64_t k = 0; k < D; ++k) {
                 const double v = load_float(P_.hidden, P_.hidden_dtype, base + k);
@@ -501,14 +501,14 @@ float Walker::norm(int32_t i) {
     return wk_.norms[i];
 }
 
-// dot(a, b) / max(|a| |b|, 1e-12) in float32 (accumulated in double); NaN compares false later.
+// dot(a, b) / max(|a| |b|, 1e-12) in float32 (k_dot for float32 hidden states); NaN compares false later.
 float Walker::cosine(int32_t i, int32_t j) {
     const int64_t D = P_.D;
     const int64_t bi = (b_ * P_.N + i) * D, bj = (b_ * P_.N + j) * D;
     double dot = 0.0;
     if (P_.hidden_dtype == DT_F32) {
         const float* h = static_cast<const float*>(P_.hidden);
-        dot = K_->dot_f64(h + bi, h + bj, D);
+        dot = K_->dot(h + bi, h + bj, D);
     } else {
         for (int64_t k = 0; k < D; ++k)
             dot += static_cast<double>(load_float(P_.hidden, P_.hidden_dtype, bi + k)) *
