@@ -7,6 +7,7 @@
 // verify_call, the common case's whole-call entry, takes the tensors as Python objects and reads them
 // through DLPack's C exchange API instead (below).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 #include <string>
@@ -230,6 +231,13 @@ PYBIND11_MODULE(_C, m) {
     m.def("running_sum", [](uintptr_t v, int64_t n) { return ck::running_sum(as_ptr<const float>(v), n); },
           "The float32 running sum of n floats at address v as the inverse CDF takes it (tests: it must equal "
           "a serial loop bit for bit).");
+    m.def("chain_running_sums",
+          [](uintptr_t w, int64_t n, const std::vector<float>& divs, const std::vector<int64_t>& zero) {
+              return ck::chain_running_sums(as_ptr<const float>(w), n, divs, zero);
+          },
+          "The float32 running sums before each block of 128 and the total of the values "
+          "(((w[i] / divs[0]) / divs[1]) ...), zero at the ids in zero (ascending), as the inverse CDF takes them "
+          "(tests: they must equal a serial loop bit for bit).");
     m.def("kth_largest",
           [](uintptr_t v, int64_t n, int64_t k) { return ck::kth_largest(as_ptr<const float>(v), n, k); },
           "The k-th largest of n floats (no NaN) at address v, as the top-k select takes it (tests).");

@@ -341,23 +341,87 @@ static float k_serial_sum(const float* v, int64_t lo, int64_t hi, float s) {
 // fraction of exactly 1/2, where round-half-even depends on s) excepted. A block's sums are then
 // s + u * (integer prefix sums), all in the binade iff the last one is below 2^24 u. Otherwise (a tie, a
 // negative / non-finite / huge entry, s zero or tiny, or the binade left) the block is summed serially.
-//
+
+// Where a chunk's values come from (k_prefix_chunk): exact values v (chain == nullptr), or approximations
+// v of the chained quotients (((w[i] / divs[0]) / divs[1]) ...) within rel * v + abs_v, with the exact
+// values made from w (zero at the ascending ids zero[0..nzero); v[0] is entry lo of the row) wherever the
+// approximation cannot decide a rounding, and for the blocks summed serially.
+struct KChain {
+    const float* w;
+    const float* divs;
+    int ndiv;
+    const int64_t* zero;
+    int64_t nzero;
+    int64_t lo;
+    float rel;
+    double abs_v;
+};
+
+// out[0..len) = the exact chained quotients of w[lo + i] (zero at the listed ids), vectorised.
+static void k_chain_values(const KChain& c, int64_t lo, int64_t len, float* out) {
+    int64_t i = 0;
+    for (; i + K_LANES <= len; i += K_LANES) {
+        k_v8f x;
+        __builtin_memcpy(&x, c.w + lo + i, sizeof(x));
+        for (int j = 0; j < c.ndiv; ++j) x = x / c.divs[j];
+        __builtin_memcpy(out + i, &x, sizeof(x));
+    }
+    for (; i < len; ++i) {
+        float x = c.w[lo + i];
+        for (int j = 0; j < c.ndiv; ++j) x = x / c.divs[j];
+        out[i] = x;
+    }
+    for (int64_t z = 0; z < c.nzero; ++z)
+        if (c.zero[z] >= lo && c.zero[z] < lo + len) out[c.zero[z] - lo] = 0.0f;
+}
+
+// Whether any lane of m is set.
+static inline bool k_any(k_v8i m) {
+#if defined(K_USE_AVX512)
+    __m512i x;
+    __builtin_memcpy(&x, &m, sizeof(x));
+    return _mm512_test_epi32_mask(x, x) != 0;
+#else
+    int any = 0;
+    for (int l = 0; l < K_LANES; ++l) any |= m[l];
+    return any != 0;
+#endif
+}
+
 // k_block_units: the integer sum of rint(v[i] * inv) over one full block (a multiple of K_LANES entries),
 // and whether the block must be summed serially instead (a tie, or an entry outside [0, 2^23) units). For
 // 0 <= t < 2^23, (t + 2^23) - 2^23 is t rounded to the nearest integer (ties to even, but a tie is flagged),
 // and the lane sums of those integers stay exact in float32 while the block's total is below 2^24.
-static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, float inv, int* bad_out) {
+// With approximate values (chain != nullptr: k_chain_prefix), v[i] is within rel * v[i] + abs_v of the
+// exact value, so t = v[i] * inv is within margin = rel * t + abs_u (abs_u = abs_v * inv) of the exact t:
+// its rounded integer is the exact one's unless t lies within that margin of a half-integer (or of the
+// range's end, 2^22 here); such lanes are redone from their exact values (lo is the offset of v in the row).
+static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, float inv, const KChain* chain,
+                                    float abs_u, int* bad_out) {
+    const float rel = chain ? chain->rel : 0.0f;
+    const uint32_t lim = chain ? 0x4a800000u : 0x4b000000u;
     k_v8f acc = k_bc(0.0f);
     k_v8i bad = k_v8i{};
     for (int64_t i = lo; i < hi; i += K_LANES) {
         k_v8f x;
         __builtin_memcpy(&x, v + i, sizeof(x));
-        const k_v8f t = x * inv;
-        const k_v8u tb = reinterpret_cast<k_v8u>(t);
-        const k_v8f r = (t + 0x1p23f) - 0x1p23f;
-        const k_v8f d = t - r;
+        k_v8f t = x * inv;
+        k_v8f r = (t + 0x1p23f) - 0x1p23f;
+        k_v8f d = t - r;
+        k_v8i flag = (reinterpret_cast<k_v8u>(t) >= lim) | (d == 0.5f) | (d == -0.5f);  // t < 0, too big, NaN; a tie
+        if (chain) {
+            const k_v8f ad = reinterpret_cast<k_v8f>(reinterpret_cast<k_v8u>(d) & 0x7fffffffu);
+            flag |= ad + (t * rel + abs_u) >= 0.5f;
+            if (k_any(flag)) {  // undecided: these K_LANES entries' exact values
+                k_chain_values(*chain, chain->lo + i, K_LANES, reinterpret_cast<float*>(&x));
+                t = x * inv;
+                r = (t + 0x1p23f) - 0x1p23f;
+                d = t - r;
+                flag = (reinterpret_cast<k_v8u>(t) >= 0x4b000000u) | (d == 0.5f) | (d == -0.5f);
+            }
+        }
         acc += r;
-        bad |= (tb >= 0x4b000000u) | (d == 0.5f) | (d == -0.5f);  // t < 0 (sign bit), >= 2^23 or NaN; a tie
+        bad |= flag;
     }
     float total = 0.0f;
     int any = 0;
@@ -371,34 +435,47 @@ static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, floa
 
 constexpr int64_t K_PREFIX_CHUNK = 8;  // blocks whose integer sums are taken before any is used
 
+// The running sum over v[lo, hi) from s, serially, on the exact values.
+static float k_serial_block(const float* v, const KChain* chain, int64_t lo, int64_t hi, float s) {
+    if (!chain) return k_serial_sum(v, lo, hi, s);
+    float ex[K_PREFIX_BLOCK];
+    k_chain_values(*chain, chain->lo + lo, hi - lo, ex);
+    return k_serial_sum(ex, 0, hi - lo, s);
+}
+
 // starts[j] = the running sum before block j of v[0..len) (len <= K_PREFIX_CHUNK blocks), from s; returns the
 // sum after. The blocks' integer sums in the current binade are independent of each other, so they are all
 // taken first (their reductions overlap) and then added in order; at the first block that leaves the binade
 // or holds a tie, that block is summed serially and the rest of the chunk is redone in the new binade.
-static float k_prefix_chunk(const float* v, int64_t len, float s, float* starts) {
+static float k_prefix_chunk(const float* v, int64_t len, float s, float* starts, const KChain* chain) {
     const int64_t nb = (len + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
     int64_t units[K_PREFIX_CHUNK];
     int bad[K_PREFIX_CHUNK];
-    int64_t j = 0;
+    int64_t j = 0, done = 0;  // units[j..done) hold the integer sums in the binade done_E
+    int done_E = 0;
     while (j < nb) {
         if (!(s >= 0x1p-100f && s < 0x1p100f)) {
             starts[j] = s;
-            s = k_serial_sum(v, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
+            s = k_serial_block(v, chain, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
             ++j;
             continue;
         }
         const int E = static_cast<int>(k_float_to_bits(s) >> 23) - 127;
         const float inv = k_bits_to_float(static_cast<uint32_t>(23 - E + 127) << 23);  // 1 / u
         const float u = k_bits_to_float(static_cast<uint32_t>(E - 23 + 127) << 23);
-        for (int64_t b = j; b < nb; ++b) {
-            const int64_t lo = b * K_PREFIX_BLOCK, hi = b + 1 < nb ? lo + K_PREFIX_BLOCK : len;
+        // the absolute error in units, rounded up generously (0x1p-20: the margin's own float32 rounding)
+        const float abs_u = chain ? static_cast<float>(chain->abs_v * inv) + 0x1p-20f : 0.0f;
+        for (int64_t b = (E == done_E && done > j) ? done : j; b < nb; ++b) {  // a serial block that kept the
+            const int64_t lo = b * K_PREFIX_BLOCK, hi = b + 1 < nb ? lo + K_PREFIX_BLOCK : len;  // binade: reuse
             if ((hi - lo) % K_LANES != 0) {
                 bad[b] = 1;
                 units[b] = 0;
-            } else {
-                units[b] = k_block_units(v, lo, hi, inv, &bad[b]);
+                continue;
             }
+            units[b] = k_block_units(v, lo, hi, inv, chain, abs_u, &bad[b]);
         }
+        done = nb;
+        done_E = E;
         int64_t total = static_cast<int64_t>(s * inv);  // an integer in [2^23, 2^24)
         for (; j < nb && !bad[j] && total + units[j] < (int64_t{1} << 24); ++j) {
             starts[j] = s;
@@ -407,7 +484,7 @@ static float k_prefix_chunk(const float* v, int64_t len, float s, float* starts)
         }
         if (j < nb) {  // a tie, or the binade is left: this block serially
             starts[j] = s;
-            s = k_serial_sum(v, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
+            s = k_serial_block(v, chain, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
             ++j;
         }
     }
@@ -418,34 +495,51 @@ static float k_prefix_blocks(const float* v, int64_t n, float* starts) {
     float s = 0.0f;
     const int64_t chunk = K_PREFIX_CHUNK * K_PREFIX_BLOCK;
     for (int64_t lo = 0; lo < n; lo += chunk)
-        s = k_prefix_chunk(v + lo, lo + chunk < n ? chunk : n - lo, s, starts + lo / K_PREFIX_BLOCK);
+        s = k_prefix_chunk(v + lo, lo + chunk < n ? chunk : n - lo, s, starts + lo / K_PREFIX_BLOCK, nullptr);
     return s;
 }
 
 // k_prefix_blocks of the values v[i] = (((w[i] / divs[0]) / divs[1]) ...), zero at the ascending ids
-// zero[0..nzero), computed chunk by chunk in a small buffer: the row of values is never written.
+// zero[0..nzero), chunk by chunk in a small buffer (the row of values is never written). A division per
+// divisor and entry would bound the pass (the divisions of one entry form a dependent chain): the chunk's
+// values are first approximated by one product, w[i] * (1 / prod divs), and only the blocks where the
+// approximation cannot decide the rounding against the running sum's ulp (k_block_units) are divided
+// exactly. The approximation's error: each of the ndiv float32 quotients and the product round once
+// (relative 2^-24 each), the reciprocal once more; quotients in the subnormal range round by an absolute
+// 2^-150 each, which later divisors by d < 1 magnify by at most prod max(1, 1 / d).
 static float k_chain_prefix(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
                             int64_t n, float* starts) {
+    double prod = 1.0, amp = 1.0;
+    for (int j = 0; j < ndiv; ++j) {
+        prod *= divs[j];
+        if (divs[j] < 1.0f) amp /= divs[j];
+    }
+    const bool approx = prod >= 0x1p-100 && prod <= 0x1p100 && amp <= 0x1p100;  // else (or NaN): exact values
+    const float R = static_cast<float>(1.0 / prod);
+    const KChain chain{w, divs, ndiv, zero, nzero, 0, (ndiv + 4) * 0x1p-24f, (ndiv + 3) * 0x1p-149 * amp};
     const int64_t chunk = K_PREFIX_CHUNK * K_PREFIX_BLOCK;
     float blk[K_PREFIX_CHUNK * K_PREFIX_BLOCK];
     float s = 0.0f;
-    int64_t z = 0;
     for (int64_t lo = 0; lo < n; lo += chunk) {
         const int64_t len = lo + chunk < n ? chunk : n - lo;
+        KChain c = chain;
+        c.lo = lo;
+        if (!approx) {
+            k_chain_values(c, lo, len, blk);
+            s = k_prefix_chunk(blk, len, s, starts + lo / K_PREFIX_BLOCK, nullptr);
+            continue;
+        }
         int64_t i = 0;
         for (; i + K_LANES <= len; i += K_LANES) {
             k_v8f x;
             __builtin_memcpy(&x, w + lo + i, sizeof(x));
-            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
+            x = x * R;
             __builtin_memcpy(blk + i, &x, sizeof(x));
         }
-        for (; i < len; ++i) {
-            float x = w[lo + i];
-            for (int j = 0; j < ndiv; ++j) x = x / divs[j];
-            blk[i] = x;
-        }
-        for (; z < nzero && zero[z] < lo + len; ++z) blk[zero[z] - lo] = 0.0f;
-        s = k_prefix_chunk(blk, len, s, starts + lo / K_PREFIX_BLOCK);
+        for (; i < len; ++i) blk[i] = w[lo + i] * R;
+        for (int64_t z = 0; z < nzero; ++z)
+            if (zero[z] >= lo && zero[z] < lo + len) blk[zero[z] - lo] = 0.0f;
+        s = k_prefix_chunk(blk, len, s, starts + lo / K_PREFIX_BLOCK, &c);
     }
     return s;
 }

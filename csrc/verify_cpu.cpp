@@ -1022,6 +1022,15 @@ float running_sum(const float* v, int64_t n) {
     return select_kernels()->prefix_blocks(v, n, starts.data());
 }
 
+std::vector<float> chain_running_sums(const float* w, int64_t n, const std::vector<float>& divs,
+                                      const std::vector<int64_t>& zero) {
+    std::vector<float> out(static_cast<size_t>(n / K_PREFIX_BLOCK + 2));
+    out.back() = select_kernels()->chain_prefix(w, divs.data(), static_cast<int>(divs.size()), zero.data(),
+                                                static_cast<int64_t>(zero.size()), n, out.data());
+    out.erase(out.begin() + (n + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK, out.end() - 1);
+    return out;
+}
+
 float kth_largest(const float* v, int64_t n, int64_t k) {
     std::vector<float> copy(v, v + n);
     return select_kernels()->kth_largest(copy.data(), n, k);

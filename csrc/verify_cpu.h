@@ -1,6 +1,7 @@
 // The CPU backend's verification walk (CONTRACT §3-6, docs/CONTRACT.md): one call for the whole batch.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "codes.h"
 
@@ -48,6 +49,11 @@ const char* kernels_isa();
 
 // Kernels::prefix_blocks' total of v[0..n) (the float32 running sum in index order).
 float running_sum(const float* v, int64_t n);
+
+// Tests: Kernels::chain_prefix of w[0..n) with the divisors divs and the zeroed ids zero (ascending): the
+// running sums before each block, then the total (the inverse CDF's view of a lazily divided row).
+std::vector<float> chain_running_sums(const float* w, int64_t n, const std::vector<float>& divs,
+                                      const std::vector<int64_t>& zero);
 
 // Tests: Kernels::kth_largest on a copy of v[0..n).
 float kth_largest(const float* v, int64_t n, int64_t k);

@@ -241,6 +241,46 @@ def test_running_sum_is_the_serial_float32_sum(kind):
         assert (got == want) or (got != got and want != want), (trial, got, float(want))
 
 
+def _chained_serial_sums(w, divs, zero):
+    """Block starts and total of the float32 running sum of (((w / divs[0]) / divs[1]) ...), zero at ``zero``."""
+    import numpy as np
+    v = w.numpy().astype(np.float32).copy()
+    for d in divs:
+        v = (v / np.float32(d)).astype(np.float32)
+    v[list(zero)] = 0.0
+    run = np.cumsum(v, dtype=np.float32)  # numpy's float32 cumsum is the serial loop
+    starts = [np.float32(0.0) if b == 0 else run[b - 1] for b in range(0, len(v), 128)]
+    return [float(x) for x in starts] + [float(run[-1])]
+
+
+@pytest.mark.parametrize("kind", ["softmax", "peaked", "subnormal", "many-divisors", "tiny-divisors"])
+def test_chain_running_sums_equal_the_serial_sum_of_the_divided_values(kind):
+    """The inverse CDF's running sums over a lazily divided row (approximated by one product per entry, exact
+    divisions only where the approximation cannot decide a rounding) equal the serial float32 loop over the
+    exactly divided values, bit for bit, at every block start."""
+    from cascade_kernels import _C
+    g = torch.Generator().manual_seed(7 + len(kind))
+    for trial in range(25):
+        n = [4096, 16384, 1000, 129, 16][trial % 5]
+        scale = 1 + trial % 6
+        if kind == "subnormal":
+            w = torch.exp(torch.randn(n, generator=g) * 20 - 60)  # many weights below 2^-126
+        elif kind == "peaked":
+            w = torch.exp(torch.randn(n, generator=g) * 6)
+        else:
+            w = torch.exp(torch.randn(n, generator=g) * scale)
+        w = w.float().contiguous()
+        total = float(w.double().sum())
+        k = {"many-divisors": 12, "tiny-divisors": 3}.get(kind, 1 + trial % 8)
+        divs = [total] + [float(torch.empty(1).uniform_(0.05, 1.0, generator=g)) for _ in range(k - 1)]
+        if kind == "tiny-divisors":
+            divs[1:] = [1e-3, 2e-5]
+        zero = sorted(set(torch.randint(0, n, (trial % 7,), generator=g).tolist()))
+        got = _C.chain_running_sums(w.data_ptr(), n, divs, zero)
+        want = _chained_serial_sums(w, divs, zero)
+        assert got == want, (trial, n, k, [(i, a, b) for i, (a, b) in enumerate(zip(got, want)) if a != b][:3])
+
+
 def test_topk_sample_guess_short_falls_back():
     """Rows whose strided sample (the positions the C++ top-k samples for V = 8192) holds the largest
     logits: fewer than k entries pass the sample's threshold, and the select runs on the whole row."""
