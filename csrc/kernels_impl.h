@@ -709,12 +709,23 @@ static float k_kth_largest(float* v, int64_t n, int64_t k) {
         lo = x < lo ? x : lo;
         hi = x > hi ? x : hi;
     }
+    // four interleaved histograms: consecutive entries that fall in one bin (the candidates crowd near the
+    // threshold) would otherwise chain every increment through a store and a reload of the same counter
+    uint32_t cnt4[4][256];
     uint32_t cnt[256];
     while (hi != lo) {  // the k-th largest key is in [lo, hi]; every entry left is too
         const int sh = 24 - __builtin_clz(hi - lo) > 0 ? 24 - __builtin_clz(hi - lo) : 0;  // (hi - lo) >> sh < 256
         const uint32_t nb = ((hi - lo) >> sh) + 1;
-        __builtin_memset(cnt, 0, sizeof(uint32_t) * nb);
-        for (int64_t i = 0; i < n; ++i) cnt[(key[i] - lo) >> sh]++;
+        for (int h = 0; h < 4; ++h) __builtin_memset(cnt4[h], 0, sizeof(uint32_t) * nb);
+        int64_t i = 0;
+        for (; i + 4 <= n; i += 4) {
+            cnt4[0][(key[i] - lo) >> sh]++;
+            cnt4[1][(key[i + 1] - lo) >> sh]++;
+            cnt4[2][(key[i + 2] - lo) >> sh]++;
+            cnt4[3][(key[i + 3] - lo) >> sh]++;
+        }
+        for (; i < n; ++i) cnt4[0][(key[i] - lo) >> sh]++;
+        for (uint32_t b = 0; b < nb; ++b) cnt[b] = (cnt4[0][b] + cnt4[1][b]) + (cnt4[2][b] + cnt4[3][b]);
         uint32_t bin = nb - 1;
         while (static_cast<int64_t>(cnt[bin]) < k) {  // walk down from the top bin
             k -= cnt[bin];
