@@ -716,23 +716,34 @@ static float k_kth_largest(float* v, int64_t n, int64_t k) {
     while (hi != lo) {  // the k-th largest key is in [lo, hi]; every entry left is too
         const int sh = 24 - __builtin_clz(hi - lo) > 0 ? 24 - __builtin_clz(hi - lo) : 0;  // (hi - lo) >> sh < 256
         const uint32_t nb = ((hi - lo) >> sh) + 1;
-        for (int h = 0; h < 4; ++h) __builtin_memset(cnt4[h], 0, sizeof(uint32_t) * nb);
-        int64_t i = 0;
-        for (; i + 4 <= n; i += 4) {
-            cnt4[0][(key[i] - lo) >> sh]++;
-            cnt4[1][(key[i + 1] - lo) >> sh]++;
-            cnt4[2][(key[i + 2] - lo) >> sh]++;
-            cnt4[3][(key[i + 3] - lo) >> sh]++;
+        for (int c = 0; c < 4; ++c) __builtin_memset(cnt4[c], 0, sizeof(uint32_t) * nb);
+        int64_t h = 0;
+        for (; h + 4 <= n; h += 4) {
+            cnt4[0][(key[h] - lo) >> sh]++;
+            cnt4[1][(key[h + 1] - lo) >> sh]++;
+            cnt4[2][(key[h + 2] - lo) >> sh]++;
+            cnt4[3][(key[h + 3] - lo) >> sh]++;
         }
-        for (; i < n; ++i) cnt4[0][(key[i] - lo) >> sh]++;
+        for (; h < n; ++h) cnt4[0][(key[h] - lo) >> sh]++;
         for (uint32_t b = 0; b < nb; ++b) cnt[b] = (cnt4[0][b] + cnt4[1][b]) + (cnt4[2][b] + cnt4[3][b]);
         uint32_t bin = nb - 1;
         while (static_cast<int64_t>(cnt[bin]) < k) {  // walk down from the top bin
             k -= cnt[bin];
             --bin;
         }
-        int64_t m = 0;
-        for (int64_t i = 0; i < n; ++i) {
+        int64_t m = 0, i = 0;
+#if defined(K_USE_AVX512)
+        // keep the bin's keys, 16 at a time (the store at m <= i only overwrites keys already read)
+        const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vbin = _mm512_set1_epi32(static_cast<int>(bin));
+        const __m128i vsh = _mm_cvtsi32_si128(sh);
+        for (; i + 16 <= n; i += 16) {
+            const __m512i x = _mm512_loadu_si512(reinterpret_cast<const void*>(key + i));
+            const __mmask16 in = _mm512_cmpeq_epi32_mask(_mm512_srl_epi32(_mm512_sub_epi32(x, vlo), vsh), vbin);
+            _mm512_storeu_si512(reinterpret_cast<void*>(key + m), _mm512_maskz_compress_epi32(in, x));
+            m += __builtin_popcount(in);
+        }
+#endif
+        for (; i < n; ++i) {
             const uint32_t x = key[i];
             key[m] = x;
             m += ((x - lo) >> sh) == bin ? 1 : 0;
