@@ -2,6 +2,9 @@
 top-k by sampled threshold + radix select (ties, -inf, -0.0, k near V), lazy deterministic residuals
 (wide nodes past the removed-list and divisor-chain limits, an emptied residual), the thread pool, and
 untrusted method parameters."""
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -341,3 +344,20 @@ def test_fused_weight_sum_is_sum_f64(V):
         row = (torch.randn(V, generator=g) * scale).contiguous()
         fused, plain, fused64, want64, same_w = _C.exp_sums(row.data_ptr(), V)
         assert same_w and fused == plain and fused64 == want64, (V, scale, fused, plain, fused64, want64)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_the_avx2_and_generic_kernels_pass_this_file_too(isa):
+    """The row kernels are compiled three times (AVX-512, AVX2, generic) and a CPU without AVX-512 runs another
+    copy: this file's tests run again in a subprocess with CASCADE_KERNELS_ISA capping the choice."""
+    if os.environ.get("CASCADE_KERNELS_ISA"):
+        pytest.skip("this run is already capped to one ISA")
+    env = dict(os.environ, CASCADE_KERNELS_ISA=isa)
+    used = subprocess.run([sys.executable, "-c", "from cascade_kernels import _C; print(_C.isa())"], env=env,
+                          capture_output=True, text=True, timeout=120).stdout.strip()
+    assert used in (isa, "generic"), used  # generic where the CPU lacks AVX2
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "not avx2_and_generic"], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout.splitlines()[-1], run.stdout[-500:]
+
