@@ -162,12 +162,29 @@ class _TreeDrafter:
             par = self.parents.tolist()
             self.earlier = {i: [j for j in range(1, i) if par[j] == par[i]] for i in range(1, len(par))}
             self.forest = {}  # upto -> (mask, depth) of drafted nodes 1..upto-1
+            # a level's children are drawn from their parents' rows: each distinct parent's probabilities once
+            self.level_parents = [torch.unique(self.parents[lv].long(), return_inverse=True) for lv in self.levels]
+            self._plan_expansions(set(par[1:]))
         elif sampled:
             raise ValueError("DynamicTree drafting is deterministic (top-k expansion); use a static tree to sample")
 
+    def _plan_expansions(self, with_children: set) -> None:
+        """Per expanded level d: the nodes of level d that have children (only those need the drafter's
+        features and logits: a leaf's row is never a children's distribution, and no later node attends to
+        a leaf) and their mask over the pending nodes of levels 1..d, in the order they are appended."""
+        anc = ancestor_mask(self.parents.unsqueeze(0))[0]  # [N, N]: j is an ancestor of i or j == i
+        self.expand_nodes, self.expand_masks, pending = [], [], []
+        for level in self.levels[:-1]:
+            nodes = torch.tensor([i for i in level.tolist() if i in with_children], dtype=torch.int64)
+            pending += nodes.tolist()
+            self.expand_nodes.append(nodes)
+            self.expand_masks.append(anc[nodes][:, pending])
+        self.expand_device = torch.device("cpu")
+
     def draft(self, dcache, root_tok, root_feat, root_logits, pos0, seeds):
         """Returns tokens [B, N], parents [B, N] int32 and the guided draft logits [B, N, V] (None
-        for dynamic trees). ``pos0`` [B]: the target position of the root."""
+        for dynamic trees; a static tree's leaves get zero rows: no children are drawn from them, and
+        verification reads a node's row only for its children). ``pos0`` [B]: the target position of the root."""
         if self.dynamic is not None:
             return self._draft_dynamic(dcache, root_tok, root_feat, root_logits, pos0)
         return self._draft_static(dcache, root_tok, root_feat, root_logits, pos0, seeds)
@@ -186,17 +203,22 @@ class _TreeDrafter:
         return self.drafter.forward_tree(dcache, _rows(tokens[:, 1:upto], self.cfg), in_feats,
                                          _rows(mask, self.cfg), positions)
 
-    def _expand_level(self, dcache, tokens, feats, pos0, level, upto, B, extend):
-        """Drafter forward over one level's nodes only -> (logits, feats) [R, n_level, *]. Levels are
-        contiguous in node order, so the mask rows of the level over nodes 1..upto-1 cover exactly the
-        earlier levels' pending nodes (``extend``) and the level itself (the first level: nothing else)."""
-        mask, depth = self._static_forest(upto, B)
-        rows = level - 1  # drafted node i sits at index i - 1 of the forest of nodes 1..upto-1
-        par = self.parents[level].long().to(tokens.device)
-        in_feats = feats[:, par]
-        positions = _rows(pos0.unsqueeze(1) + depth[:, rows] - 1, self.cfg)
-        return self.drafter.forward_tree(dcache, _rows(tokens[:, level], self.cfg), in_feats,
-                                         _rows(mask[:, rows], self.cfg), positions, extend=extend)
+    def _expand_level(self, dcache, tokens, feats, pos0, d, B):
+        """Drafter forward over the nodes of level d that have children (``_plan_expansions``) ->
+        (nodes, logits [R, n, V], feats [R, n, D]); each attends to its ancestors among the nodes the
+        earlier levels left pending (``extend``)."""
+        dev = tokens.device
+        if self.expand_device != dev:
+            self.expand_nodes = [n.to(dev) for n in self.expand_nodes]
+            self.expand_masks = [m.to(dev) for m in self.expand_masks]
+            self.expand_device = dev
+        nodes, mask = self.expand_nodes[d - 1], self.expand_masks[d - 1]
+        in_feats = feats[:, self.parents.to(dev)[nodes].long()]
+        positions = _rows((pos0 + (d - 1)).unsqueeze(1).expand(-1, len(nodes)), self.cfg)
+        logits, out_feats = self.drafter.forward_tree(dcache, _rows(tokens[:, nodes], self.cfg), in_feats,
+                                                      _rows(mask.expand(B, -1, -1), self.cfg), positions,
+                                                      extend=d > 1)
+        return nodes, logits, out_feats
 
     def _static_forest(self, upto, B):
         if upto not in self.forest:
@@ -226,7 +248,8 @@ class _TreeDrafter:
         guided[:, 0] = self.sampling.guided(root_logits)
         for d, level in enumerate(self.levels, start=1):
             level = level.to(dev)
-            p = self.sampling.probs(guided[:, self.parents[level].long()])  # [B, n, V]
+            parents_of, which = self.level_parents[d - 1]
+            p = self.sampling.probs(guided[:, parents_of.to(dev)])[:, which.to(dev)]  # [B, n, V]
             if self.sampled:
                 u = philox.uniform(seeds.unsqueeze(1), DRAFT, level.unsqueeze(0))
                 if not self.without_replacement:
@@ -246,13 +269,15 @@ class _TreeDrafter:
                 break
             upto = int(level[-1]) + 1
             if self.extends:
-                logits, feats[:, level] = self._expand_level(dcache, tokens, feats, pos0, level, upto, B, d > 1)
-                guided[:, level] = self.sampling.guided(logits)
+                nodes, logits, out_feats = self._expand_level(dcache, tokens, feats, pos0, d, B)
+                feats[:, nodes] = out_feats
+                guided[:, nodes] = self.sampling.guided(logits)
             else:
                 logits, out_feats = self._expand(dcache, tokens, parents, feats, pos0, upto,
                                                  self._static_forest(upto, B))
-                feats[:, level] = out_feats[:, level - 1]
-                guided[:, level] = self.sampling.guided(logits[:, level - 1])
+                nodes = self.expand_nodes[d - 1].to(dev)  # the rows later levels read, as above
+                feats[:, nodes] = out_feats[:, nodes - 1]
+                guided[:, nodes] = self.sampling.guided(logits[:, nodes - 1])
         return tokens, self.tree, guided
 
     def tree_buffers(self, parents, pos0):

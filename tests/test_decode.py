@@ -105,6 +105,34 @@ def test_step_seed_documented_formula():
     assert -(2**63) <= ck.decode.step_seed(2**62, 10**6) < 2**63
 
 
+@pytest.mark.parametrize("backend", ck.available_backends())
+def test_verify_never_reads_a_leafs_draft_row(backend):
+    """The decode loop drafts no features or logits for a static tree's leaves (their rows of draft_logits
+    stay zero): verification reads a node's draft row only for that node's children, for every method,
+    residual and backend."""
+    gen = torch.Generator().manual_seed(3)
+    tree, parents = ck.prepare_tree("eagle"), ck.tree_from_choices(ck.named_tree("eagle"))
+    N, Vs, B = parents.shape[0], 48, 2
+    leaves = sorted(set(range(N)) - set(parents[1:].tolist()))
+    nb = ck.lantern_neighbors(torch.randn(Vs, 4, generator=gen), 6)
+    methods = [ck.Exact(), ck.Cascade(tau_pos=0.3, tau_seq=0.2), ck.Lantern(nb, delta=0.2), ck.Lantern(nb, lam=2.0),
+               ck.GSD(), ck.Cool()]
+    interpreted = backend == "triton" and not torch.cuda.is_available()  # ~0.7 s a call: one trial, one residual
+    for trial in range(1 if interpreted else 6):
+        logits, draft = 2 * torch.randn(2 * B, N, Vs, generator=gen), 2 * torch.randn(B, N, Vs, generator=gen)
+        tokens, hidden = torch.randint(0, Vs, (B, N), generator=gen), torch.randn(B, N, 16, generator=gen)
+        zeroed = draft.clone()
+        zeroed[:, leaves] = 0.0
+        for m in methods:
+            for residual in ("transport",) if interpreted else ("transport", "standard"):
+                kw = dict(method=m, hidden=hidden if isinstance(m, ck.Cascade) else None, cfg_scale=3.0,
+                          seed=torch.arange(B) + trial, backend=backend, residual=residual)
+                a = ck.verify(tokens, tree, logits, draft_logits=draft, **kw)
+                b = ck.verify(tokens, tree, logits, draft_logits=zeroed, **kw)
+                for field in ("accepted_nodes", "accept_len", "next_token", "tvd"):
+                    assert torch.equal(getattr(a, field), getattr(b, field)), (type(m).__name__, residual, field)
+
+
 class _RecomputingDrafter:
     """The same drafter without the optional ``extend`` keyword: the loop re-runs every drafted node per level."""
 
