@@ -107,14 +107,15 @@ def main(argv=None) -> dict:
           f"{args.threads} thread(s) per process, quality runs in {jobs} process(es) "
           f"(backends: {ck.available_backends()})", file=sys.stderr)
     # 1. quality: every method on the same classes and seeds (acceptance, TVD, images)
-    if jobs > 1:
+    if jobs > 1:  # meanwhile, this process builds the timed runs' method tables
         runs = quality_runs_in_workers(args, settings, class_ids, jobs, prepare=lambda: [
-            build_method(name, vq.embedding, args.tau_pos, args.tau_seq) for name in args.methods])
+            build_method(name, vq.embedding, args.tau_pos, args.tau_seq) for name in args.methods
+            if args.timing_rounds])
     else:
         runs = {}
         for name in args.methods:
             runs[name] = run_method(target, drafter, vq.embedding, name, class_ids, progress=True, **settings)
-            print(f"  {name:<10} alpha={runs[name].summary()['alpha']:.2f} ({runs[name].wall:.1f}s)", file=sys.stderr)
+            print(quality_line(runs[name]), file=sys.stderr)
     # 2. speed: batch-1 wall clock, methods interleaved, best of the rounds (one run each would put load
     #    changes between methods into the speedup column; the fastest round is the one least disturbed by
     #    other processes, as timeit reports)
@@ -162,6 +163,10 @@ def main(argv=None) -> dict:
     return result
 
 
+def quality_line(run) -> str:
+    return f"  {run.name:<10} alpha={run.summary()['alpha']:.2f} ({run.wall:.1f}s)"
+
+
 _WORKER: dict = {}  # a quality worker's models (quality_runs_in_workers)
 
 
@@ -193,8 +198,7 @@ def quality_runs_in_workers(args, settings: dict, class_ids: torch.Tensor, jobs:
             for done in as_completed(pending):
                 name = pending[done]
                 runs[name] = done.result()
-                bar.write(f"  {name:<10} alpha={runs[name].summary()['alpha']:.2f} ({runs[name].wall:.1f}s)",
-                          file=sys.stderr)
+                bar.write(quality_line(runs[name]), file=sys.stderr)
                 bar.update(1)
     return {name: runs[name] for name in args.methods}
 
