@@ -173,13 +173,11 @@ class _TreeDrafter:
         features and logits: a leaf's row is never a children's distribution, and no later node attends to
         a leaf) and their mask over the pending nodes of levels 1..d, in the order they are appended."""
         anc = ancestor_mask(self.parents.unsqueeze(0))[0]  # [N, N]: j is an ancestor of i or j == i
-        self.expand_nodes, self.expand_masks, pending = [], [], []
+        self.expansions, pending = [], []  # per level: (nodes, their parents, mask)
         for level in self.levels[:-1]:
             nodes = torch.tensor([i for i in level.tolist() if i in with_children], dtype=torch.int64)
             pending += nodes.tolist()
-            self.expand_nodes.append(nodes)
-            self.expand_masks.append(anc[nodes][:, pending])
-        self.expand_device = torch.device("cpu")
+            self.expansions.append((nodes, self.parents[nodes].long(), anc[nodes][:, pending]))
 
     def draft(self, dcache, root_tok, root_feat, root_logits, pos0, seeds):
         """Returns tokens [B, N], parents [B, N] int32 and the guided draft logits [B, N, V] (None
@@ -207,13 +205,8 @@ class _TreeDrafter:
         """Drafter forward over the nodes of level d that have children (``_plan_expansions``) ->
         (nodes, logits [R, n, V], feats [R, n, D]); each attends to its ancestors among the nodes the
         earlier levels left pending (``extend``)."""
-        dev = tokens.device
-        if self.expand_device != dev:
-            self.expand_nodes = [n.to(dev) for n in self.expand_nodes]
-            self.expand_masks = [m.to(dev) for m in self.expand_masks]
-            self.expand_device = dev
-        nodes, mask = self.expand_nodes[d - 1], self.expand_masks[d - 1]
-        in_feats = feats[:, self.parents.to(dev)[nodes].long()]
+        nodes, node_parents, mask = self.expansions[d - 1]
+        in_feats = feats[:, node_parents]
         positions = _rows((pos0 + (d - 1)).unsqueeze(1).expand(-1, len(nodes)), self.cfg)
         logits, out_feats = self.drafter.forward_tree(dcache, _rows(tokens[:, nodes], self.cfg), in_feats,
                                                       _rows(mask.expand(B, -1, -1), self.cfg), positions,
@@ -237,8 +230,10 @@ class _TreeDrafter:
         if int(self.rank.max()) >= V:
             raise ValueError(f"tree: a child rank of {int(self.rank.max())} needs a vocabulary of more than "
                              f"{int(self.rank.max())} tokens, got V = {V}")
-        if self.tree.device != dev:
+        if self.tree.device != dev:  # the per-tree tensors, once per device
             self.tree = prepare_tree(self.parents, device=dev)
+            self.level_parents = [(ps.to(dev), which.to(dev)) for ps, which in self.level_parents]
+            self.expansions = [tuple(t.to(dev) for t in e) for e in self.expansions]
         parents = self.tree.expand(B)
         tokens = torch.zeros(B, N, dtype=torch.int64, device=dev)
         tokens[:, 0] = root_tok
@@ -249,7 +244,7 @@ class _TreeDrafter:
         for d, level in enumerate(self.levels, start=1):
             level = level.to(dev)
             parents_of, which = self.level_parents[d - 1]
-            p = self.sampling.probs(guided[:, parents_of.to(dev)])[:, which.to(dev)]  # [B, n, V]
+            p = self.sampling.probs(guided[:, parents_of])[:, which]  # [B, n, V]
             if self.sampled:
                 u = philox.uniform(seeds.unsqueeze(1), DRAFT, level.unsqueeze(0))
                 if not self.without_replacement:
@@ -275,7 +270,7 @@ class _TreeDrafter:
             else:
                 logits, out_feats = self._expand(dcache, tokens, parents, feats, pos0, upto,
                                                  self._static_forest(upto, B))
-                nodes = self.expand_nodes[d - 1].to(dev)  # the rows later levels read, as above
+                nodes = self.expansions[d - 1][0]  # the rows later levels read, as above
                 feats[:, nodes] = out_feats[:, nodes - 1]
                 guided[:, nodes] = self.sampling.guided(logits[:, nodes - 1])
         return tokens, self.tree, guided

@@ -107,10 +107,10 @@ def main(argv=None) -> dict:
           f"{args.threads} thread(s) per process, quality runs in {jobs} process(es) "
           f"(backends: {ck.available_backends()})", file=sys.stderr)
     # 1. quality: every method on the same classes and seeds (acceptance, TVD, images)
-    if jobs > 1:  # meanwhile, this process builds the timed runs' method tables
+    if jobs > 1:  # meanwhile, this process builds the timed runs' method tables (if any)
+        names = args.methods if args.timing_rounds else []
         runs = quality_runs_in_workers(args, settings, class_ids, jobs, prepare=lambda: [
-            build_method(name, vq.embedding, args.tau_pos, args.tau_seq) for name in args.methods
-            if args.timing_rounds])
+            build_method(name, vq.embedding, args.tau_pos, args.tau_seq) for name in names])
     else:
         runs = {}
         for name in args.methods:
