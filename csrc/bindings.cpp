@@ -248,5 +248,10 @@ PYBIND11_MODULE(_C, m) {
           "(float32 sum, float64 sum) of the weights exp(x - max) of n floats at v, with the float64 sum taken in "
           "the weights' pass and without: (fused, plain, fused float64, sum_f64 of the weights, same weights) "
           "(tests: they must agree bit for bit).");
+    m.def("row_weights", [](uintptr_t v, int64_t n, uintptr_t out) {
+              ck::row_weights(as_ptr<const float>(v), n, as_ptr<float>(out));
+          },
+          "The weights exp(x) of n floats at v into out, as the row kernels take them (tests: the vector "
+          "and scalar exponentials must agree bit for bit).");
     register_continuous(m);
 }

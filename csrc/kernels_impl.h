@@ -69,10 +69,27 @@ typedef int32_t k_v8i __attribute__((vector_size(4 * K_LANES)));
 
 static inline k_v8f k_bc(float f) { return k_v8f{} + f; }
 
+// Whether any lane of m is set.
+static inline bool k_any(k_v8i m) {
+#if defined(K_USE_AVX512)
+    __m512i x;
+    __builtin_memcpy(&x, &m, sizeof(x));
+    return _mm512_test_epi32_mask(x, x) != 0;
+#else
+    int any = 0;
+    for (int l = 0; l < K_LANES; ++l) any |= m[l];
+    return any != 0;
+#endif
+}
+
 // k_exp on K_LANES lanes with GCC vector extensions (the same operations in the same order: identical results).
+// When every lane lies in [-87, 80], n is in [-126, 116]: 2^n is a normal float, y * 2^n1 is exact, and
+// (y * 2^n1) * 2^n2 rounds once, as y * 2^n does; so one multiplication by 2^n gives the same bits, and the
+// clamp at -104 changes nothing. Rows of logits minus their max nearly always lie in that range.
 static inline k_v8f k_exp8(k_v8f x) {
+    const bool normal = !k_any(~((x >= k_bc(-87.0f)) & (x <= k_bc(80.0f))));  // NaN is outside
     const k_v8i small = x < k_bc(-104.0f);
-    const k_v8f xc = small ? k_bc(-104.0f) : x;
+    const k_v8f xc = normal ? x : (small ? k_bc(-104.0f) : x);
     const k_v8f t = xc * 1.44269504088896341f;
     const k_v8f n = (t + 12582912.0f) - 12582912.0f;
     k_v8f r = xc - n * 0.693359375f;
@@ -85,6 +102,7 @@ static inline k_v8f k_exp8(k_v8f x) {
     p = p * r + 5.0000001201e-1f;
     const k_v8f y = p * r * r + r + 1.0f;
     const k_v8i ni = __builtin_convertvector(n, k_v8i);
+    if (normal) return y * reinterpret_cast<k_v8f>((ni + 127) << 23);
     const k_v8i n1 = ni / 2;
     const k_v8i n2 = ni - n1;
     const k_v8f s1 = reinterpret_cast<k_v8f>((n1 + 127) << 23);
@@ -373,19 +391,6 @@ static void k_chain_values(const KChain& c, int64_t lo, int64_t len, float* out)
     }
     for (int64_t z = 0; z < c.nzero; ++z)
         if (c.zero[z] >= lo && c.zero[z] < lo + len) out[c.zero[z] - lo] = 0.0f;
-}
-
-// Whether any lane of m is set.
-static inline bool k_any(k_v8i m) {
-#if defined(K_USE_AVX512)
-    __m512i x;
-    __builtin_memcpy(&x, &m, sizeof(x));
-    return _mm512_test_epi32_mask(x, x) != 0;
-#else
-    int any = 0;
-    for (int l = 0; l < K_LANES; ++l) any |= m[l];
-    return any != 0;
-#endif
 }
 
 // k_block_units: the integer sum of rint(v[i] * inv) over one full block (a multiple of K_LANES entries),

@@ -1036,6 +1036,11 @@ float kth_largest(const float* v, int64_t n, int64_t k) {
     return select_kernels()->kth_largest(copy.data(), n, k);
 }
 
+void row_weights(const float* row, int64_t n, float* out) {
+    const RowSrc r{row, nullptr, DT_F32, 0.0f, 1.0f, 0.0f, 0.0f};
+    select_kernels()->row_exp_sum(r, n, out, nullptr);
+}
+
 ExpSums exp_sums(const float* row, int64_t n) {
     const Kernels* K = select_kernels();
     const RowStats st = K->row_max(row, nullptr, DT_F32, 0.0f, n);

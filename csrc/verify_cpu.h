@@ -67,4 +67,8 @@ struct ExpSums {
 };
 ExpSums exp_sums(const float* row, int64_t n);
 
+// Tests: the weights exp(x) of a float32 row (no shift) by Kernels::row_exp_sum into out[0..n): K_LANES-wide
+// groups on the vector path, the rest (all of a row shorter than one group) on the scalar one.
+void row_weights(const float* row, int64_t n, float* out);
+
 }  // namespace ck

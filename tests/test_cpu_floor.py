@@ -346,6 +346,32 @@ def test_fused_weight_sum_is_sum_f64(V):
         assert same_w and fused == plain and fused64 == want64, (V, scale, fused, plain, fused64, want64)
 
 
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+def test_vector_exp_equals_the_scalar_exp(order):
+    """The weights' vector exponential (with its one-multiplication path for groups whose every lane lies in
+    [-87, 80]) gives the scalar exponential's bits for every x, across the subnormal results (x < -87.3), the
+    flush to zero below -104, and groups that mix the two ranges; NaN stays NaN."""
+    from cascade_kernels import _C
+    g = torch.Generator().manual_seed(7)
+    xs = torch.cat([torch.linspace(-110.0, 1.0, 40000), torch.linspace(-87.5, -86.5, 4096),
+                    torch.linspace(-104.5, -103.5, 1024), torch.rand(8192, generator=g) * -20.0,
+                    torch.tensor([0.0, -0.0, 80.0, -87.0, -104.0, float("-inf"), float("nan")])])
+    if order == "shuffled":
+        xs = xs[torch.randperm(len(xs), generator=g)]
+    xs = xs[: len(xs) // 64 * 64].contiguous()
+    vec = torch.empty_like(xs)
+    _C.row_weights(xs.data_ptr(), len(xs), vec.data_ptr())
+    one = torch.empty(1)
+    scalar = torch.empty_like(xs)
+    for i in range(len(xs)):  # a row of one entry: the scalar path
+        _C.row_weights(xs[i:].data_ptr(), 1, one.data_ptr())
+        scalar[i] = one[0]
+    same = (vec.view(torch.int32) == scalar.view(torch.int32)) | (vec.isnan() & scalar.isnan())
+    bad = (~same).nonzero().flatten()[:5].tolist()
+    assert not bad, [(xs[i].item(), vec[i].item(), scalar[i].item()) for i in bad]
+    assert (vec[xs < -104.0] == 0).all() and (vec[(xs > -87.0) & (xs <= 0)] >= 2.0 ** -126).all()
+
+
 @pytest.mark.parametrize("isa", ["avx2", "generic"])
 def test_the_avx2_and_generic_kernels_pass_this_file_too(isa):
     """The row kernels are compiled three times (AVX-512, AVX2, generic) and a CPU without AVX-512 runs another
