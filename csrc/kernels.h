@@ -67,6 +67,8 @@ struct Kernels {
     double (*dot)(const float* a, const float* b, int64_t n);
     // The k-th largest (1 <= k <= n) of v[0..n) (no NaN), exactly; v is overwritten.
     float (*kth_largest)(float* v, int64_t n, int64_t k);
+    // Keeps the pairs (vals[j], idx[j]) with vals[j] >= t, in order, at the front (in place); returns the count.
+    int64_t (*keep_pairs_ge)(float* vals, int32_t* idx, int64_t n, float t);
     const char* isa;
 };
 

@@ -762,7 +762,33 @@ static float k_kth_largest(float* v, int64_t n, int64_t k) {
     return k_key2f(lo);
 }
 
+// Kernels::keep_pairs_ge. AVX-512 keeps a group's pairs by compress, 16 at a time: the group's stores at
+// vals + m, m <= j, reach at most entry j + 15, which the group has already read. Elsewhere a branch-free loop
+// (the kept entries of random rows would mispredict a branch about half the time).
+static int64_t k_keep_pairs_ge(float* vals, int32_t* idx, int64_t n, float t) {
+    int64_t m = 0, j = 0;
+#if defined(K_USE_AVX512)
+    const __m512 tv = _mm512_set1_ps(t);
+    for (; j + 16 <= n; j += 16) {
+        const __m512 x = _mm512_loadu_ps(vals + j);
+        const __m512i id = _mm512_loadu_si512(reinterpret_cast<const void*>(idx + j));
+        const __mmask16 keep = _mm512_cmp_ps_mask(x, tv, _CMP_GE_OQ);
+        _mm512_storeu_ps(vals + m, _mm512_maskz_compress_ps(keep, x));
+        _mm512_storeu_si512(reinterpret_cast<void*>(idx + m), _mm512_maskz_compress_epi32(keep, id));
+        m += __builtin_popcount(static_cast<unsigned>(keep));
+    }
+#endif
+    for (; j < n; ++j) {
+        const float x = vals[j];
+        const int32_t id = idx[j];
+        vals[m] = x;
+        idx[m] = id;
+        m += x >= t ? 1 : 0;
+    }
+    return m;
+}
+
 static const Kernels k_table = {k_row_max,   k_row_exp_sum,   k_row_compact_ge, k_row_scaled_at, k_row_sample,
                                 k_exp_sum,   k_div_sum,       k_sub_sum,        k_cool_sum,      k_max_div,
                                 k_keep_ge_sum, k_chain_div,   k_prefix_blocks,  k_chain_prefix,  k_sum_f64,
-                                k_dot,       k_kth_largest,   K_ISA_NAME};
+                                k_dot,       k_kth_largest,   k_keep_pairs_ge,  K_ISA_NAME};

@@ -218,16 +218,7 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
     }
     if (c < 0) c = K_->row_compact_ge(r, -F_INF, V_, cand, cidx);  // every entry
     std::memcpy(tmp, cand, sizeof(float) * static_cast<size_t>(c));
-    const float kth = K_->kth_largest(tmp, c, k);
-    int64_t m = 0;
-    for (int64_t j = 0; j < c; ++j) {  // branch-free
-        const float x = cand[j];
-        const int32_t id = cidx[j];
-        cand[m] = x;
-        cidx[m] = id;
-        m += x >= kth ? 1 : 0;
-    }
-    return m;
+    return K_->keep_pairs_ge(cand, cidx, c, K_->kth_largest(tmp, c, k));
 }
 
 // CONTRACT §2 steps 1-5 on one row; false when the row is not a distribution (docs/CONTRACT.md).
