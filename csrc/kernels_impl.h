@@ -111,9 +111,43 @@ static inline k_v8f k_exp8(k_v8f x) {
     return small ? k_bc(0.0f) : out;
 }
 
-typedef double k_v8d __attribute__((vector_size(8 * K_LANES)));
 typedef uint16_t k_v8h __attribute__((vector_size(2 * K_LANES)));
 typedef uint32_t k_v8u __attribute__((vector_size(4 * K_LANES)));
+
+// A float64 accumulator of K_LANES lanes, as two vectors of K_LANES / 2 doubles (one register each). A vector
+// type of K_LANES doubles is wider than a register, and GCC kept such accumulators on the stack, so every
+// addition waited on a store and a reload. Lane l of the K_LANES-wide sum is lane l of lo, then of hi.
+typedef double k_vhd __attribute__((vector_size(4 * K_LANES)));
+typedef float k_vhf __attribute__((vector_size(2 * K_LANES)));
+struct KSum64 {
+    k_vhd lo = k_vhd{}, hi = k_vhd{};
+    void add(k_v8f x) {  // lane by lane, x widened exactly
+#if defined(K_USE_AVX512)
+        __m512 v;
+        __builtin_memcpy(&v, &x, sizeof(v));
+        const __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        const __m512d b = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        lo += reinterpret_cast<const k_vhd&>(a);
+        hi += reinterpret_cast<const k_vhd&>(b);
+#else
+        k_vhf a, b;
+        __builtin_memcpy(&a, &x, sizeof(a));
+        __builtin_memcpy(&b, reinterpret_cast<const char*>(&x) + sizeof(a), sizeof(b));
+        lo += __builtin_convertvector(a, k_vhd);
+        hi += __builtin_convertvector(b, k_vhd);
+#endif
+    }
+    void add(const KSum64& o) {
+        lo += o.lo;
+        hi += o.hi;
+    }
+    double lanes() const {  // 0.0 + lane 0 + lane 1 + ... in order
+        double s = 0.0;
+        for (int l = 0; l < K_LANES / 2; ++l) s += lo[l];
+        for (int l = 0; l < K_LANES / 2; ++l) s += hi[l];
+        return s;
+    }
+};
 
 // K_LANES consecutive entries as float32 (k_load on each lane: identical results).
 template <int DT>
@@ -217,7 +251,7 @@ struct KRowExpSum {
         k_v8f acc = k_bc(0.0f);
         int64_t i = 0;
         if (wsum) {  // k_sum_f64 of the weights too, in its order: pairs of vectors on two lane accumulators
-            k_v8d d0 = k_v8d{} + 0.0, d1 = d0;
+            KSum64 d0, d1;
             for (; i + 2 * K_LANES <= n; i += 2 * K_LANES) {
                 const k_v8f e0 = k_exp8(k_scaledv<DT, CFG, T1>(r, i) - r.shift);
                 const k_v8f e1 = k_exp8(k_scaledv<DT, CFG, T1>(r, i + K_LANES) - r.shift);
@@ -225,13 +259,11 @@ struct KRowExpSum {
                 __builtin_memcpy(dst + i + K_LANES, &e1, sizeof(e1));
                 acc += e0;
                 acc += e1;
-                d0 += __builtin_convertvector(e0, k_v8d);
-                d1 += __builtin_convertvector(e1, k_v8d);
+                d0.add(e0);
+                d1.add(e1);
             }
-            d0 += d1;
-            double ds = 0.0;
-            for (int l = 0; l < K_LANES; ++l) ds += d0[l];
-            *wsum = ds;  // + the entries from i on, serially, below
+            d0.add(d1);
+            *wsum = d0.lanes();  // + the entries from i on, serially, below
         }
         const int64_t serial = i;
         for (; i + K_LANES <= n; i += K_LANES) {
@@ -550,17 +582,16 @@ static float k_chain_prefix(const float* w, const float* divs, int ndiv, const i
 }
 
 static double k_chain_div(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi) {
-    k_v8d dacc = k_v8d{} + 0.0;
+    KSum64 dacc;
     int64_t i = lo;
     for (; i + K_LANES <= hi; i += K_LANES) {
         k_v8f x;
         __builtin_memcpy(&x, src + i, sizeof(x));
         for (int j = 0; j < ndiv; ++j) x = x / divs[j];
         __builtin_memcpy(dst + i, &x, sizeof(x));
-        dacc += __builtin_convertvector(x, k_v8d);
+        dacc.add(x);
     }
-    double ds = 0.0;
-    for (int l = 0; l < K_LANES; ++l) ds += dacc[l];
+    double ds = dacc.lanes();
     for (; i < hi; ++i) {
         float x = src[i];
         for (int j = 0; j < ndiv; ++j) x = x / divs[j];
@@ -608,18 +639,17 @@ static double k_dot(const float* a, const float* b, int64_t n) {
 
 // sum of a[i] in float64, four independent accumulators.
 static double k_sum_f64(const float* a, int64_t n) {
-    k_v8d acc0 = k_v8d{} + 0.0, acc1 = acc0;
+    KSum64 acc0, acc1;
     int64_t i = 0;
     for (; i + 2 * K_LANES <= n; i += 2 * K_LANES) {
         k_v8f x0, x1;
         __builtin_memcpy(&x0, a + i, sizeof(x0));
         __builtin_memcpy(&x1, a + i + K_LANES, sizeof(x1));
-        acc0 += __builtin_convertvector(x0, k_v8d);
-        acc1 += __builtin_convertvector(x1, k_v8d);
+        acc0.add(x0);
+        acc1.add(x1);
     }
-    acc0 += acc1;
-    double s = 0.0;
-    for (int l = 0; l < K_LANES; ++l) s += acc0[l];
+    acc0.add(acc1);
+    double s = acc0.lanes();
     for (; i < n; ++i) s += a[i];
     return s;
 }

@@ -346,6 +346,30 @@ def test_fused_weight_sum_is_sum_f64(V):
         assert same_w and fused == plain and fused64 == want64, (V, scale, fused, plain, fused64, want64)
 
 
+@pytest.mark.parametrize("V", [5, 32, 100, 16384, 16411])
+def test_float64_weight_sums_follow_the_lane_order(V):
+    """sum_f64 and the weights' pass's float64 sum add each lane of two K-lane accumulators (pairs of vectors)
+    in index order, then the lanes 0..K-1 of their sum, then the tail serially: an oracle in numpy (cumsum adds
+    in order) fixes those bits for each ISA's K (16 with AVX-512, else 8)."""
+    import numpy as np
+    from cascade_kernels import _C
+    K = 16 if _C.isa() == "avx512" else 8
+    g = torch.Generator().manual_seed(V + 1)
+    for scale in (0.5, 3.0, 30.0):
+        row = (torch.randn(V, generator=g) * scale).contiguous()
+        shifted, w = (row - row.max()).contiguous(), torch.empty(V)
+        _C.row_weights(shifted.data_ptr(), V, w.data_ptr())
+        x = w.double().numpy()
+        n2 = V // (2 * K) * (2 * K)
+        pairs = x[:n2].reshape(-1, 2, K)
+        acc = np.zeros(K) if n2 == 0 else np.cumsum(pairs[:, 0], axis=0)[-1] + np.cumsum(pairs[:, 1], axis=0)[-1]
+        want = 0.0
+        for v in list(acc) + list(x[n2:]):
+            want += float(v)
+        _, _, fused64, plain64, _ = _C.exp_sums(row.data_ptr(), V)
+        assert fused64 == want and plain64 == want, (V, scale, fused64, plain64, want)
+
+
 @pytest.mark.parametrize("order", ["sorted", "shuffled"])
 def test_vector_exp_equals_the_scalar_exp(order):
     """The weights' vector exponential (with its one-multiplication path for groups whose every lane lies in
