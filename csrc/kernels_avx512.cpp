@@ -1,11 +1,12 @@
 // AVX-512 copy of the row kernels (kernels_impl.h, 16 lanes), chosen at run time when the CPU has
-// AVX-512F/BW/DQ/VL. No FMA contraction: a + b * c rounds twice, like torch's separate element-wise ops.
+// AVX-512F/BW/DQ/VL. No FMA contraction: a + b * c rounds twice, like torch's separate element-wise ops (the
+// exponential's fused multiply-adds are explicit, kernels_impl.h).
 #include "kernels.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 #pragma GCC optimize("fp-contract=off")
 namespace ck {
 namespace {

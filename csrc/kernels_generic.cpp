@@ -24,7 +24,7 @@ const Kernels* select_kernels() {
         if (want == "avx512" && avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
             return avx512;
-        if (want != "generic" && avx2 && __builtin_cpu_supports("avx2")) return avx2;
+        if (want != "generic" && avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2;
         return kernels_generic();
     }();
     return chosen;
