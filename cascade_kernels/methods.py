@@ -137,6 +137,9 @@ class Lantern(Method):
             raise TypeError("Lantern.neighbors must be a torch.Tensor [V, K]")
         if nb.dim() != 2 or nb.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"Lantern.neighbors must be an int64 tensor [V, K], got {tuple(nb.shape)} {nb.dtype}")
+        if nb.device.type == "meta" or nb.layout != torch.strided:
+            raise ValueError(f"Lantern.neighbors must be a dense tensor holding values, got a {nb.layout} tensor "
+                             f"on {nb.device}")
         V = nb.shape[0]
         if nb.numel() and (int(nb.min()) < -1 or int(nb.max()) >= V):
             raise ValueError("Lantern.neighbors holds ids outside [-1, V)")

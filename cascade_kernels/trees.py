@@ -9,6 +9,7 @@ reused buffer (as dynamic-tree code does) is seen, and a static tree passed agai
 """
 import collections
 import functools
+import operator
 import weakref
 from typing import List, Sequence
 
@@ -102,7 +103,11 @@ def tree_from_choices(choices: Sequence[Sequence[int]]) -> torch.Tensor:
     """
     if isinstance(choices, str):
         choices = named_tree(choices)
-    paths = [tuple(int(r) for r in c) for c in choices]
+    try:
+        paths = [tuple(operator.index(r) for r in c) for c in choices]
+    except TypeError as exc:
+        raise TypeError(f"choices: a choice list is a list of paths of int child ranks, e.g. [[0], [1], [0, 0]] "
+                        f"({exc})") from None
     if not paths:
         raise ValueError("choices: the tree must have at least one drafted node (an empty choice list)")
     if any(len(p) == 0 or min(p) < 0 for p in paths):
@@ -264,7 +269,10 @@ def prepare_tree(parents, *, device=None, name: str = "parents") -> Tree:
             return prepare_tree(parents.parents, device=device, name=name)
         return parents
     if isinstance(parents, (str, list, tuple)):
-        parents = tree_from_choices(parents)
+        try:
+            parents = tree_from_choices(parents)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}: {exc}") from None
     if not isinstance(parents, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, a ck.Tree, a choice list or a tree name, "
                         f"got {type(parents).__name__}")

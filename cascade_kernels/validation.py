@@ -38,6 +38,10 @@ def check_tensor(x, name: str, *, ndim: int, dtypes, device: Optional[torch.devi
             raise ValueError(f"{name} is on {x.device} but the other inputs are on {device}")
     elif x.device.type == "meta":
         raise ValueError(f"{name} is on the meta device: cascade_kernels needs real tensors")
+    if x.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
+    if not torch.compiler.is_compiling() and x.is_neg():  # a lazily negated view (torch._neg_view): the
+        x = x.resolve_neg()  # kernels read the memory as it is (a compiled graph hands them materialised tensors)
     return x
 
 
@@ -65,11 +69,25 @@ def check_number(value, name: str, *, lo=None, hi=None, lo_open=False, hi_open=F
     return value
 
 
+# A positive temperature must stay positive and finite in float32, where every backend divides by it: below
+# float32's smallest subnormal it would round to 0 (0 / 0 = NaN at the row's max), above its largest finite
+# value to inf (-inf / inf = NaN). 0 is greedy mode.
+TEMPERATURE_MIN = 2.0 ** -149
+TEMPERATURE_MAX = float(torch.finfo(torch.float32).max)
+
+
+def temperature_in_range(t: float) -> bool:
+    return t == 0.0 or TEMPERATURE_MIN <= t <= TEMPERATURE_MAX
+
+
 def check_sampling(temperature, top_k, top_p, cfg_scale, V: int):
     if temperature.__class__ is float and top_k.__class__ is int and top_p.__class__ is float \
-            and 0.0 <= temperature < math.inf and 0 <= top_k <= V and 0.0 < top_p <= 1.0 and cfg_scale is None:
+            and temperature_in_range(temperature) and 0 <= top_k <= V and 0.0 < top_p <= 1.0 and cfg_scale is None:
         return  # the common case, plain Python scalars in range
     check_number(temperature, "temperature", lo=0.0)
+    if not temperature_in_range(temperature):
+        raise ValueError(f"temperature must be 0 (greedy) or within float32's positive range "
+                         f"[2**-149, {TEMPERATURE_MAX!r}], got {temperature!r}")
     check_number(top_k, "top_k", lo=0, integer=True)
     if top_k > V:
         raise ValueError(f"top_k = {top_k} exceeds the vocabulary size V = {V}")
@@ -90,6 +108,9 @@ def check_seed(seed, B: int, device) -> torch.Tensor:
             return seed  # already the backends' form
         if seed.dtype != torch.int64:
             raise TypeError(f"seed tensor must be int64, got {seed.dtype}")
+        if seed.device.type == "meta" or seed.layout != torch.strided:
+            raise ValueError(f"seed must be a dense tensor holding values, got a {seed.layout} tensor on {seed.device}")
+        seed = seed.resolve_neg()
         if seed.dim() == 0:
             seed = seed.view(1)
         if seed.dim() != 1 or seed.shape[0] not in (1, B):

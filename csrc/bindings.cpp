@@ -9,7 +9,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cfloat>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -24,6 +26,11 @@ static T* as_ptr(uintptr_t p) {
     return reinterpret_cast<T*>(p);
 }
 
+// 0 (greedy) or a temperature that stays positive and finite in float32 (validation.temperature_in_range):
+// the walk divides float32 logits by it, and 0 or inf there would make NaN rows, which top-k's select
+// does not expect. The Python boundary rejects the others; this is the kernels' own guard.
+static bool temperature_in_range(double t) { return t == 0.0 || (t >= 0x1p-149 && t <= static_cast<double>(FLT_MAX)); }
+
 static void verify_py(int64_t B, int64_t N, int64_t V, int64_t L, uintptr_t tokens, uintptr_t parents,
                       int64_t parents_stride, uintptr_t target, int target_dtype, bool cfg, double cfg_scale,
                       uintptr_t draft, int draft_dtype, uintptr_t hidden, int hidden_dtype, int64_t D, int method,
@@ -31,6 +38,8 @@ static void verify_py(int64_t B, int64_t N, int64_t V, int64_t L, uintptr_t toke
                       double eps, double temperature, int64_t top_k, double top_p, uintptr_t seeds,
                       uintptr_t accept_len, uintptr_t accepted_nodes, uintptr_t next_token, uintptr_t tvd,
                       uintptr_t status, int num_threads) {
+    if (!temperature_in_range(temperature))
+        throw std::invalid_argument("temperature must be 0 or within float32's positive range");
     ck::VerifyParams P;
     P.B = B; P.N = N; P.V = V; P.L = L;
     P.tokens = as_ptr<const int64_t>(tokens);
@@ -165,7 +174,7 @@ static bool verify_call_py(py::handle tokens, py::handle logits, py::handle hidd
                            bool transport, double eps, double temperature, int64_t top_k, double top_p,
                            int num_threads) {
     constexpr int64_t LIMIT = (int64_t{1} << 31) - 1;
-    if (!g_dlpack) return false;
+    if (!g_dlpack || !temperature_in_range(temperature)) return false;
     View tk, lg, hd, sd, nb, a, n, nt, tv, st;
     if (!read_plain(tokens, 2, tk) || tk.kind != K_I64) return false;
     const int64_t B = tk.shape[0], N = tk.shape[1];

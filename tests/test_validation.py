@@ -55,6 +55,9 @@ CASES = [
     pytest.param(dict(eps=float("nan")), ValueError, "eps", id="eps-nan"),
     pytest.param(dict(temperature=-1.0), ValueError, "temperature", id="temperature-negative"),
     pytest.param(dict(temperature=float("inf")), ValueError, "temperature", id="temperature-inf"),
+    # 0 or inf once rounded to float32, where every backend divides by it (the C++ backend crashed on both)
+    pytest.param(dict(temperature=5e-324), ValueError, "temperature", id="temperature-below-float32"),
+    pytest.param(dict(temperature=1e300), ValueError, "temperature", id="temperature-above-float32"),
     pytest.param(dict(top_k=V + 1), ValueError, "top_k", id="top_k-gt-V"),
     pytest.param(dict(top_k=-1), ValueError, "top_k", id="top_k-negative"),
     pytest.param(dict(top_k=2.5), TypeError, "top_k", id="top_k-float"),
@@ -64,6 +67,16 @@ CASES = [
     pytest.param(dict(seed=torch.zeros(B + 1, dtype=torch.int64)), ValueError, "seed", id="seed-batch"),
     pytest.param(dict(seed=torch.zeros(B, dtype=torch.int32)), TypeError, "seed", id="seed-int32"),
     pytest.param(dict(backend="cuda-magic"), ValueError, "backend", id="backend-name"),
+    # found by a fuzzer: each raised from inside torch or Python without naming the argument
+    pytest.param(dict(seed=torch.zeros(B, dtype=torch.int64, device="meta")), ValueError, "seed", id="seed-meta"),
+    pytest.param(dict(target_logits=torch.randn(B, N, V).to_sparse()), ValueError, "target_logits",
+                 id="logits-sparse"),
+    pytest.param(dict(out=tuple(ck.VerifyOutput.empty(B, 3, "cpu", "x")[:5])), TypeError, "out", id="out-tuple"),
+    pytest.param(dict(out=ck.VerifyOutput.empty(B, 3, "cpu", "x")._replace(tvd=torch.zeros(B, requires_grad=True))),
+                 ValueError, "out.tvd", id="out-requires-grad"),
+    pytest.param(dict(parents=[["a"]]), TypeError, "parents", id="choices-not-int"),
+    pytest.param(dict(parents=[0, 1]), TypeError, "parents", id="choices-flat"),
+    pytest.param(dict(parents=[[0], [0, 1]]), ValueError, "parents", id="choices-missing-prefix"),
 ]
 
 
@@ -71,6 +84,48 @@ CASES = [
 def test_bad_input_names_the_argument(over, exc, name):
     with pytest.raises(exc, match=name):
         call(**over)
+    if "cpu" in ck.available_backends() and "backend" not in over:
+        with pytest.raises(exc, match=name):
+            call(**over, backend="cpu")
+
+
+def test_negated_views_are_read_as_their_values():
+    """torch._neg_view tensors are contiguous but lazily negated: the C++ backend read the raw memory (a
+    fuzzer's finding). Every backend now decides on -logits as on a negated view of logits."""
+    args = good()
+    neg = torch._neg_view(args["target_logits"])
+    want = ck.verify(args["tokens"], args["parents"], -args["target_logits"], backend="reference")
+    for backend in ck.available_backends():
+        if backend == "triton":
+            continue
+        got = ck.verify(args["tokens"], args["parents"], neg, backend=backend)
+        assert got.next_token.tolist() == want.next_token.tolist(), backend
+        assert got.accepted_nodes.tolist() == want.accepted_nodes.tolist(), backend
+
+
+def test_lantern_table_on_meta_is_named():
+    with pytest.raises(ValueError, match="neighbors"):
+        ck.Lantern(torch.full((V, 2), -1, dtype=torch.int64, device="meta"))
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 2.0 ** -150, 1e300, 3.5e38])
+def test_temperature_outside_float32_is_rejected_on_the_fast_path_too(temperature):
+    """A fuzzer's crash of the C++ backend: a temperature that rounds to 0 or inf in float32 made NaN scaled
+    logits, and top-k's select on them read out of bounds. The decode loop's form of the call (prepared tree,
+    packed method: the C++ fast entry) declines it, and the general path names it; the float32 extremes pass."""
+    tree = ck.prepare_tree(ck.tree_from_choices([[0], [0, 0]]))
+    tokens = torch.tensor([[1, 1, 0]])
+    logits = torch.tensor([[[0.0, 1.0, -math.inf], [52.0, 56.0, 1.0], [-21.0, 77.0, 0.0]]])
+    method = ck.Exact()
+    ck.verify(tokens, tree, logits, method=method, top_k=2, backend="cpu")  # packs the method: the fast entry
+    for backend in ("cpu", "reference", "auto"):
+        with pytest.raises(ValueError, match="temperature"):
+            ck.verify(tokens, tree, logits, method=method, temperature=temperature, top_k=2, backend=backend)
+    for extreme in (2.0 ** -149, float(torch.finfo(torch.float32).max)):
+        outs = [ck.verify(tokens, tree, logits, method=method, temperature=extreme, top_k=2, backend=b)
+                for b in ("cpu", "reference")]
+        assert all(0 <= int(o.next_token) < 3 for o in outs)
+        assert [o.status.tolist() for o in outs[1:]] == [outs[0].status.tolist()]
 
 
 def test_device_mismatch_named():

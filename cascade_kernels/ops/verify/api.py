@@ -73,6 +73,9 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput], backend: str = "refe
     dev = args.target_logits.device
     if out is None:  # every backend writes every output whole (accepted_nodes: -1 after the path)
         return VerifyOutput.empty(B, L, dev, backend)
+    if not isinstance(out, VerifyOutput):
+        raise TypeError(f"out must be a ck.VerifyOutput (e.g. ck.VerifyOutput.empty(B, L, device)), "
+                        f"got {type(out).__name__}")
     _check_out(out.accept_len, "accept_len", (B,), torch.int32, dev)
     _check_out(out.accepted_nodes, "accepted_nodes", (B, L), torch.int32, dev)
     _check_out(out.next_token, "next_token", (B,), torch.int64, dev)
@@ -83,8 +86,9 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput], backend: str = "refe
 
 def _check_out(t, field: str, shape, dtype, dev) -> None:
     if not isinstance(t, torch.Tensor) or t.shape != shape or t.dtype != dtype or t.device != dev \
-            or not t.is_contiguous():
-        raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev}")
+            or not t.is_contiguous() or t.requires_grad or t.is_neg():
+        raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev} "
+                         f"(not requiring grad)")
 
 
 # ------------------------------------------------------------------------------------------------

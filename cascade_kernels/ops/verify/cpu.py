@@ -26,7 +26,7 @@ from ...codes import DTYPES, METHODS
 from ...methods import Method, reference_only_reason
 from ...trees import Tree
 from ...types import VerifyArgs, VerifyOutput
-from ...validation import DRAFT_SAMPLINGS
+from ...validation import DRAFT_SAMPLINGS, temperature_in_range
 
 _DTYPE_CODE = {getattr(torch, name): code for name, code in DTYPES.items()}
 _TRANSPORT = {"transport": True, "standard": False}  # residual="peer" is reference-only
@@ -78,7 +78,7 @@ def verify_call(tokens, parents, target_logits, method, draft_logits, hidden, re
     elif eps.__class__ is not float or not eps >= 0.0:
         return None
     if not (temperature.__class__ is float and top_k.__class__ is int and top_p.__class__ is float
-            and 0.0 <= temperature < _INF and 0 <= top_k and 0.0 < top_p <= 1.0):  # top_k <= V: in C++
+            and temperature_in_range(temperature) and 0 <= top_k and 0.0 < top_p <= 1.0):  # top_k <= V: in C++
         return None
     if seed.__class__ is int:  # check_seed's int form, without its cached tensor
         if not -(2**63) <= seed < 2**63:
