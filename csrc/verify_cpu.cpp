@@ -561,7 +561,9 @@ Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
                                       P_.fparams[FP_COOL_DELTA] * std::exp(-P_.fparams[FP_COOL_NU] * (d - 1)));
             const double r = f32(std::min(std::min(1.0, w * qx), qx + left));
             rel.r = r;
-            rel.charge = f32(r - qx);
+            // r < q(x) only where rounding left q(x) above 1 (the reference's rule: no negative charge under
+            // "transport", the removed mass under "standard")
+            rel.charge = r >= qx ? f32(r - qx) : (P_.transport ? 0.0 : f32(qx - r));
             rel.cool = true;
             rel.w = w;
             return rel;

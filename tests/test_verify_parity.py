@@ -235,6 +235,20 @@ def test_parity_settings(backend, kw, case_kw, method):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("residual", ["transport", "standard"])
+def test_cool_charge_is_never_negative(backend, residual):
+    """A fuzzer's case: greedy COOL with w_d = 1 and top-p, where a rejected candidate that top-p removed leaves
+    q(x) one float32 step above 1 after renormalising; r = min(1, ...) fell below q(x) and the C++ and Triton
+    walks charged -1 ulp (the reference: 0 under "transport", the removed step under "standard")."""
+    logits = torch.zeros(1, 4, 5)
+    logits[0, 0] = torch.tensor([-0.7805705070495605, 5.7496562004089355, -1.8143107891082764, 5.5258612632751465,
+                                 -0.8648049831390381])
+    inputs = dict(tokens=torch.tensor([[0, 3, 0, 1]]), parents=torch.tensor([-1, 0, 0, 0]), target_logits=logits)
+    ref, out = run_both(backend, inputs, ck.Cool(delta=1.0), temperature=0.0, top_p=0.9, residual=residual)
+    assert float(out.tvd) >= 0.0 and float(ref.tvd) >= 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_rows_set_status(backend):
     B = 64 if backend == "cpu" or HAS_CUDA else 12  # enough sequences for some to meet a poisoned row
     inputs = make_case(5, B=B, V=37, nan=True, draft=True)

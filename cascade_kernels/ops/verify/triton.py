@@ -443,10 +443,16 @@ def _materialize_once(done, dst, cond, uncond, V, cfg_s, temp, gm, kth, m, inv_s
 
 # ---------------- CONTRACT §4: one relaxation helper per method ----------------
 @triton.jit
-def _relax_cool(qx, left, w_cool):
+def _relax_cool(qx, left, w_cool, TRANSPORT: tl.constexpr):
     qx64 = qx.to(tl.float64)
     r = tl.minimum(tl.minimum(1.0, w_cool * qx64), qx64 + left).to(tl.float32)
-    return r, (r.to(tl.float64) - qx64).to(tl.float32)
+    # r < q(x) only where rounding left q(x) above 1: no negative charge (the reference's rule)
+    d = r.to(tl.float64) - qx64
+    if TRANSPORT:
+        d = tl.maximum(d, 0.0)
+    else:
+        d = tl.abs(d)
+    return r, d.to(tl.float32)
 
 
 @triton.jit
@@ -902,7 +908,7 @@ def _walk_kernel(
                         w_cool = tl.load(cw_ptr + tree + c)  # float64 (1.0 unless COOL)
                         # ---------------- method relaxation (CONTRACT §4) ----------------
                         if METHOD == M_COOL:
-                            r, charge = _relax_cool(qx, left, w_cool)
+                            r, charge = _relax_cool(qx, left, w_cool, TRANSPORT)
                         if METHOD == M_LANTERN:
                             r, charge, n_abs = _relax_lantern(x, qx, left, lan_delta, lan_lam_m1, nb_ptr, n_nb, arow,
                                                               mat, qrow, cond, uncond, V, cfg_s, temp, gm, kth, m,
