@@ -138,7 +138,14 @@ struct View {
     const void* data = nullptr;
     int64_t shape[3] = {0, 0, 0};
     Kind kind = K_OTHER;
+    int64_t bytes = 0;  // contiguous: the memory it spans
 };
+
+// Whether two views' memory overlaps.
+static bool overlap(const View& x, const View& y) {
+    const char *a = static_cast<const char*>(x.data), *b = static_cast<const char*>(y.data);
+    return x.bytes > 0 && y.bytes > 0 && a < b + y.bytes && b < a + x.bytes;
+}
 
 static bool read_plain(py::handle obj, int ndim, View& v) {
     if (Py_TYPE(obj.ptr()) != g_tensor_type) return false;
@@ -158,6 +165,7 @@ static bool read_plain(py::handle obj, int ndim, View& v) {
     v.kind = c == 0 && b == 64 ? K_I64 : c == 0 && b == 32 ? K_I32 : c == 2 && b == 32 ? K_F32
              : c == 4 && b == 16 ? K_BF16 : c == 2 && b == 16 ? K_F16 : c == 2 && b == 64 ? K_F64 : K_OTHER;
     v.data = static_cast<const char*>(t.data) + t.byte_offset;
+    v.bytes = expect * (b / 8);
     return true;
 }
 
@@ -195,6 +203,14 @@ static bool verify_call_py(py::handle tokens, py::handle logits, py::handle hidd
     if (!read_plain(o_next, 1, nt) || nt.kind != K_I64 || nt.shape[0] != B) return false;
     if (!read_plain(o_tvd, 1, tv) || tv.kind != K_F32 || tv.shape[0] != B) return false;
     if (!read_plain(o_status, 1, st) || st.kind != K_I32 || st.shape[0] != B) return false;
+    const View* outs[] = {&a, &n, &nt, &tv, &st};
+    const View* ins[] = {&tk, &lg, &hd, &sd, &nb};  // views not read stay empty (bytes 0)
+    for (int i = 0; i < 5; ++i) {  // outputs sharing memory: the general path names them
+        for (int j = i + 1; j < 5; ++j)
+            if (overlap(*outs[i], *outs[j])) return false;
+        for (const View* v : ins)
+            if (overlap(*outs[i], *v)) return false;
+    }
     thread_local std::vector<int64_t> int_seeds;
     if (seed.is_none()) int_seeds.assign(static_cast<size_t>(B), seed_int);  // an int seed: every sequence's
     ck::VerifyParams P;

@@ -74,6 +74,8 @@ CASES = [
     pytest.param(dict(out=tuple(ck.VerifyOutput.empty(B, 3, "cpu", "x")[:5])), TypeError, "out", id="out-tuple"),
     pytest.param(dict(out=ck.VerifyOutput.empty(B, 3, "cpu", "x")._replace(tvd=torch.zeros(B, requires_grad=True))),
                  ValueError, "out.tvd", id="out-requires-grad"),
+    pytest.param(dict(out=(lambda o: o._replace(status=o.accept_len))(ck.VerifyOutput.empty(B, 3, "cpu", "x"))),
+                 ValueError, "out.accept_len shares memory with out.status", id="out-fields-alias"),
     pytest.param(dict(parents=[["a"]]), TypeError, "parents", id="choices-not-int"),
     pytest.param(dict(parents=[0, 1]), TypeError, "parents", id="choices-flat"),
     pytest.param(dict(parents=[[0], [0, 1]]), ValueError, "parents", id="choices-missing-prefix"),
@@ -101,6 +103,22 @@ def test_negated_views_are_read_as_their_values():
         got = ck.verify(args["tokens"], args["parents"], neg, backend=backend)
         assert got.next_token.tolist() == want.next_token.tolist(), backend
         assert got.accepted_nodes.tolist() == want.accepted_nodes.tolist(), backend
+
+
+def test_out_sharing_memory_with_an_input_is_named():
+    """out= tensors that overlap an input or each other (a fuzzer's finding: not detected) are rejected by
+    name, on the general path and on the C++ fast entry (prepared tree, packed method), which declines them."""
+    args = good()
+    tree, method = ck.prepare_tree(args["parents"]), ck.Exact()
+    ck.verify(args["tokens"], tree, args["target_logits"], method=method)  # packs the method
+    L = tree.max_depth + 1
+    fine = ck.VerifyOutput.empty(B, L, "cpu", "x")
+    tokens = args["tokens"].clone()
+    clash = fine._replace(next_token=tokens.view(-1)[:B])  # int64 [B] inside tokens' memory
+    for backend in ["reference"] + (["cpu"] if "cpu" in ck.available_backends() else []):
+        ck.verify(tokens, tree, args["target_logits"], method=method, out=fine, backend=backend)  # (resolved once)
+        with pytest.raises(ValueError, match="out.next_token shares memory with tokens"):
+            ck.verify(tokens, tree, args["target_logits"], method=method, out=clash, backend=backend)
 
 
 def test_lantern_table_on_meta_is_named():

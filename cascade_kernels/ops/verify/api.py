@@ -81,7 +81,22 @@ def _outputs(args: VerifyArgs, out: Optional[VerifyOutput], backend: str = "refe
     _check_out(out.next_token, "next_token", (B,), torch.int64, dev)
     _check_out(out.tvd, "tvd", (B,), torch.float32, dev)
     _check_out(out.status, "status", (B,), torch.int32, dev)
+    _check_out_separate(args, out)
     return VerifyOutput(*out[:5], backend)
+
+
+def _check_out_separate(args: VerifyArgs, out: VerifyOutput) -> None:
+    """The outputs must not share memory with each other or with an input (every tensor here is contiguous)."""
+    outs = [(f"out.{f}", getattr(out, f)) for f in ("accept_len", "accepted_nodes", "next_token", "tvd", "status")]
+    ins = [(n, t) for n, t in (("tokens", args.tokens), ("target_logits", args.target_logits),
+                               ("draft_logits", args.draft_logits), ("hidden", args.hidden), ("seed", args.seed))
+           if t is not None and t.numel()]
+    spans = [(n, t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for n, t in outs + ins]
+    for i, (a, lo, hi) in enumerate(spans[:len(outs)]):
+        for b, lo2, hi2 in spans[i + 1:]:
+            if lo < hi2 and lo2 < hi:
+                raise ValueError(f"{a} shares memory with {b}: the out= tensors must not overlap each other or "
+                                 f"the inputs")
 
 
 def _check_out(t, field: str, shape, dtype, dev) -> None:
