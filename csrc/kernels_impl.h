@@ -2,7 +2,7 @@
 // an anonymous namespace, so each copy has internal linkage and is compiled for its own ISA.
 // Only plain loops over raw pointers: no std:: templates that could be shared between the two copies.
 // No FMA contraction in any copy, so every a + b * c rounds twice, as torch's separate ops do; the one
-// exception is the exponential, which fuses on purpose and explicitly (k_fmaf / k_fma8: the same bits on every ISA).
+// exception is the exponential, which fuses on purpose and explicitly where the ISA has FMA (k_madd).
 
 static inline float k_bits_to_float(uint32_t b) { float f; __builtin_memcpy(&f, &b, 4); return f; }
 static inline uint32_t k_float_to_bits(float f) { uint32_t b; __builtin_memcpy(&b, &f, 4); return b; }
@@ -17,27 +17,32 @@ static inline float k_f16(uint16_t h) {
     return k_bits_to_float(mb | sign);
 }
 
-// a * b + c, rounded once.
-static inline float k_fmaf(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+// a * b + c: fused (rounded once) in the AVX2 and AVX-512 copies, whose CPUs have FMA; the generic copy rounds
+// twice (x86's baseline has no FMA, and a software fmaf made its exponential 7x slower). So the generic copy's
+// exponential can differ from the others' in the last bit, as the contract lets backends' softmaxes differ.
+#if defined(K_USE_AVX512) || defined(K_USE_FMA256)
+static inline float k_madd(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+#else
+static inline float k_madd(float a, float b, float c) { return a * b + c; }
+#endif
 
 // exp(x) for x <= 0 (x = logit - row max), within ~1 ulp; 0 below -104 (and for -inf).
-// Cephes expf: Cody-Waite reduction by ln 2 and a degree-6 polynomial, with fused multiply-adds (seven of
-// them: the weights' pass costs about 30 % less than with separate multiplications and additions, and every
-// ISA's copy gives the same bits, k_exp8 too); the scale 2^n is applied in two halves so that results in the
-// subnormal range round once.
+// Cephes expf: Cody-Waite reduction by ln 2 and a degree-6 polynomial in seven multiply-adds (k_madd: fused on
+// AVX2 / AVX-512, where the weights' pass costs about 30 % less than with separate operations; k_exp8 gives the
+// same bits); the scale 2^n is applied in two halves so that results in the subnormal range round once.
 static inline float k_exp(float x) {
     const float xc = x < -104.0f ? -104.0f : x;
     const float t = xc * 1.44269504088896341f;
     const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest
-    float r = k_fmaf(n, -0.693359375f, xc);
-    r = k_fmaf(n, 2.12194440e-4f, r);
+    float r = k_madd(n, -0.693359375f, xc);
+    r = k_madd(n, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
-    p = k_fmaf(p, r, 1.3981999507e-3f);
-    p = k_fmaf(p, r, 8.3334519073e-3f);
-    p = k_fmaf(p, r, 4.1665795894e-2f);
-    p = k_fmaf(p, r, 1.6666665459e-1f);
-    p = k_fmaf(p, r, 5.0000001201e-1f);
-    const float y = k_fmaf(p, r * r, r) + 1.0f;
+    p = k_madd(p, r, 1.3981999507e-3f);
+    p = k_madd(p, r, 8.3334519073e-3f);
+    p = k_madd(p, r, 4.1665795894e-2f);
+    p = k_madd(p, r, 1.6666665459e-1f);
+    p = k_madd(p, r, 5.0000001201e-1f);
+    const float y = k_madd(p * r, r, r) + 1.0f;
     const int32_t ni = static_cast<int32_t>(n);
     const int32_t n1 = ni / 2;
     const int32_t n2 = ni - n1;
@@ -75,8 +80,8 @@ typedef int32_t k_v8i __attribute__((vector_size(4 * K_LANES)));
 
 static inline k_v8f k_bc(float f) { return k_v8f{} + f; }
 
-// k_fmaf on every lane.
-static inline k_v8f k_fma8(k_v8f a, k_v8f b, k_v8f c) {
+// k_madd on every lane.
+static inline k_v8f k_madd8(k_v8f a, k_v8f b, k_v8f c) {
 #if defined(K_USE_AVX512)
     return reinterpret_cast<k_v8f>(_mm512_fmadd_ps(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b),
                                                    reinterpret_cast<__m512>(c)));
@@ -84,9 +89,7 @@ static inline k_v8f k_fma8(k_v8f a, k_v8f b, k_v8f c) {
     return reinterpret_cast<k_v8f>(_mm256_fmadd_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
                                                    reinterpret_cast<__m256>(c)));
 #else
-    k_v8f o;
-    for (int l = 0; l < K_LANES; ++l) o[l] = k_fmaf(a[l], b[l], c[l]);
-    return o;
+    return a * b + c;
 #endif
 }
 
@@ -113,15 +116,15 @@ static inline k_v8f k_exp8(k_v8f x) {
     const k_v8f xc = normal ? x : (small ? k_bc(-104.0f) : x);
     const k_v8f t = xc * 1.44269504088896341f;
     const k_v8f n = (t + 12582912.0f) - 12582912.0f;
-    k_v8f r = k_fma8(n, k_bc(-0.693359375f), xc);
-    r = k_fma8(n, k_bc(2.12194440e-4f), r);
+    k_v8f r = k_madd8(n, k_bc(-0.693359375f), xc);
+    r = k_madd8(n, k_bc(2.12194440e-4f), r);
     k_v8f p = k_bc(1.9875691500e-4f);
-    p = k_fma8(p, r, k_bc(1.3981999507e-3f));
-    p = k_fma8(p, r, k_bc(8.3334519073e-3f));
-    p = k_fma8(p, r, k_bc(4.1665795894e-2f));
-    p = k_fma8(p, r, k_bc(1.6666665459e-1f));
-    p = k_fma8(p, r, k_bc(5.0000001201e-1f));
-    const k_v8f y = k_fma8(p, r * r, r) + 1.0f;
+    p = k_madd8(p, r, k_bc(1.3981999507e-3f));
+    p = k_madd8(p, r, k_bc(8.3334519073e-3f));
+    p = k_madd8(p, r, k_bc(4.1665795894e-2f));
+    p = k_madd8(p, r, k_bc(1.6666665459e-1f));
+    p = k_madd8(p, r, k_bc(5.0000001201e-1f));
+    const k_v8f y = k_madd8(p * r, r, r) + 1.0f;
     const k_v8i ni = __builtin_convertvector(n, k_v8i);
     if (normal) return y * reinterpret_cast<k_v8f>((ni + 127) << 23);
     const k_v8i n1 = ni / 2;
