@@ -21,25 +21,27 @@ import time
 import torch
 
 from cascade_lab import data
+from cascade_lab.evaluate import sample_classes
 from cascade_lab.loaders import load_classifier, load_target, load_vq
 from cascade_lab.quality import classify
-from cascade_lab.sample import sample_tokens
 from cascade_lab.tokens import heldout_tokens
 from cascade_lab.train_target import evaluate
-from cascade_lab.weights import DEFAULT_RUN_DIR, WEIGHTS_DIR
+from cascade_lab.weights import DEFAULT_RUN_DIR, TRAINING_LOG, WEIGHTS_DIR
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-SHIPPED_STEPS = 2369  # weights/training_log.json: the shipped target's steps (batch 32, 2 threads, 4500 s)
-SHIPPED_WALL_S = 4500.5
+
+
+def shipped_run() -> dict:
+    """The shipped target's training record (weights/training_log.json): steps_done, wall_time_s, ..."""
+    with open(os.path.join(WEIGHTS_DIR, TRAINING_LOG)) as f:
+        return json.load(f)["target"]
 
 
 @torch.no_grad()
 def measure(model, vq, clf, vids, vcls, per_class: int) -> dict:
     """AR class fidelity (overall and per class) at CFG 3 and the teacher-forced held-out figures."""
     model.eval()
-    cls = torch.arange(data.NUM_CLASSES).repeat_interleave(per_class)
-    toks = torch.cat([sample_tokens(model, cls[i:i + 32], cfg_scale=3.0, temperature=1.0, top_k=0, seed=i)
-                      for i in range(0, len(cls), 32)])
+    toks, cls = sample_classes(model, per_class, cfg_scale=3.0)
     logits, _ = classify(clf, vq.decode(toks))
     hit = (logits.argmax(-1).cpu() == cls).float()
     ev = evaluate(model, vids, vcls)
@@ -52,6 +54,7 @@ def measure(model, vq, clf, vids, vcls, per_class: int) -> dict:
 
 
 def write_md(res: dict, path: str) -> None:
+    shipped = shipped_run()
     lines = ["# Shipped target: class fidelity against more training compute (issue 16)", "",
              f"Command: `{res['command']}`  ",
              f"Machine: {res['machine']}  ",
@@ -59,13 +62,14 @@ def write_md(res: dict, path: str) -> None:
              "Each row: the latest checkpoint, 16 AR samples per class (160 images), CFG 3, T 1, seed 0, the shipped "
              "classifier (as `python -m cascade_lab.evaluate`); held-out = the 500 held-out scenes teacher-forced "
              "at CFG 1. Extra compute = this run's wall time with one thread; the shipped run took "
-             f"{SHIPPED_WALL_S:.0f} s with two threads ({SHIPPED_STEPS} steps of 32).", "",
+             f"{shipped['wall_time_s']:.0f} s with two threads ({shipped['steps_done']} steps of {shipped['batch']}).",
+             "",
              "| extra steps | total steps | extra wall (1 thread) | class fidelity | held-out loss | null-class gap | "
              "held-out entropy | top-1 prob | per class |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in res["points"]:
         per = ", ".join(f"{k} {v:.2f}" for k, v in r["per_class"].items())
-        lines.append(f"| {r['extra_steps']} | {r['extra_steps'] + SHIPPED_STEPS} | {r['extra_wall_s']:.0f} s | "
+        lines.append(f"| {r['extra_steps']} | {r['extra_steps'] + shipped['steps_done']} | {r['extra_wall_s']:.0f} s | "
                      f"{r['class_fidelity']:.3f} | {r['val_loss']:.4f} | "
                      f"{r['val_loss_null_class'] - r['val_loss']:+.4f} | {r['mean_entropy_heldout_nats']:.3f} | "
                      f"{r['mean_top1_prob']:.3f} | {per} |")

@@ -238,8 +238,9 @@ def test_parity_settings(backend, kw, case_kw, method):
 @pytest.mark.parametrize("residual", ["transport", "standard"])
 def test_cool_charge_is_never_negative(backend, residual):
     """A fuzzer's case: greedy COOL with w_d = 1 and top-p, where a rejected candidate that top-p removed leaves
-    q(x) one float32 step above 1 after renormalising; r = min(1, ...) fell below q(x) and the C++ and Triton
-    walks charged -1 ulp (the reference: 0 under "transport", the removed step under "standard")."""
+    q(x) one float32 step above 1 after renormalising; r = min(1, ...) fell below q(x) and the C++ walk charged
+    -1 ulp (the reference: 0 under "transport", the removed step under "standard"; the Triton walk follows the
+    same rule, though its rounding does not reach this case)."""
     logits = torch.zeros(1, 4, 5)
     logits[0, 0] = torch.tensor([-0.7805705070495605, 5.7496562004089355, -1.8143107891082764, 5.5258612632751465,
                                  -0.8648049831390381])

@@ -17,6 +17,16 @@ from .tokens import heldout_tokens
 from .weights import WEIGHTS_DIR
 
 
+def sample_classes(target, per_class: int, *, cfg_scale: float, temperature: float = 1.0, top_k: int = 0,
+                   seed: int = 0):
+    """``per_class`` AR samples of every class (class-major) in batches of 32, batch ``i`` seeded ``seed + i``.
+    Returns (tokens [C * per_class, 256], class_ids)."""
+    cls = torch.arange(data.NUM_CLASSES).repeat_interleave(per_class)
+    toks = torch.cat([sample_tokens(target, cls[i:i + 32], cfg_scale=cfg_scale, temperature=temperature,
+                                    top_k=top_k, seed=seed + i) for i in range(0, len(cls), 32)])
+    return toks, cls
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-class", type=int, default=16)
@@ -33,10 +43,9 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     wd = a.weights or WEIGHTS_DIR
     vq, target, clf = load_vq(wd), load_target(wd), load_classifier(wd)
-    cls = torch.arange(data.NUM_CLASSES).repeat_interleave(a.per_class)
     t0 = time.time()
-    toks = torch.cat([sample_tokens(target, cls[i:i + 32], cfg_scale=a.cfg, temperature=a.temperature,
-                                    top_k=a.top_k, seed=a.seed + i) for i in range(0, len(cls), 32)])
+    toks, cls = sample_classes(target, a.per_class, cfg_scale=a.cfg, temperature=a.temperature, top_k=a.top_k,
+                               seed=a.seed)
     t_sample = time.time() - t0
     imgs = vq.decode(toks)
     real, rcls = data.heldout_crops()

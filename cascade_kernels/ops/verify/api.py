@@ -103,7 +103,7 @@ def _check_out(t, field: str, shape, dtype, dev) -> None:
     if not isinstance(t, torch.Tensor) or t.shape != shape or t.dtype != dtype or t.device != dev \
             or not t.is_contiguous() or t.requires_grad or t.is_neg():
         raise ValueError(f"out.{field} must be a contiguous {dtype} tensor of shape {shape} on {dev} "
-                         f"(not requiring grad)")
+                         f"(not requiring grad, not a negated view)")
 
 
 # ------------------------------------------------------------------------------------------------
