@@ -403,23 +403,20 @@ static float k_exp_sum(float* a, float m, int64_t n) {
     return s;
 }
 
-// The float32 running sum s <- s + v[i] over [lo, hi) from s, in index order, rounded after every addition.
-static float k_serial_sum(const float* v, int64_t lo, int64_t hi, float s) {
-    for (int64_t i = lo; i < hi; ++i) s += v[i];
-    return s;
-}
-
 // The same running sum, bit for bit, without the serial chain of float additions, when it can be proven
 // equal: while s stays in the binade [2^E, 2^(E+1)), every float32 sum is a multiple of u = 2^(E-23), so
 // s + v[i] rounds to s + u * rint(v[i] / u) (v[i] / u is exact: a power-of-two scale), the ties (a
-// fraction of exactly 1/2, where round-half-even depends on s) excepted. A block's sums are then
-// s + u * (integer prefix sums), all in the binade iff the last one is below 2^24 u. Otherwise (a tie, a
-// negative / non-finite / huge entry, s zero or tiny, or the binade left) the block is summed serially.
+// fraction of exactly 1/2, where round-half-even depends on s) excepted. A run of entries' sums are then
+// s + u * (integer prefix sums), all in the binade iff the last one is below 2^24 u. Blocks of
+// K_PREFIX_BLOCK entries are taken whole; a block with a tie, a negative / non-finite / huge entry, or
+// where s leaves its binade, is taken K_LANES entries at a time, and only the K_LANES entries where that
+// happens are summed serially (as is everything while s is zero or tiny).
 
-// Where a chunk's values come from (k_prefix_chunk): exact values v (chain == nullptr), or approximations
-// v of the chained quotients (((w[i] / divs[0]) / divs[1]) ...) within rel * v + abs_v, with the exact
-// values made from w (zero at the ascending ids zero[0..nzero); v[0] is entry lo of the row) wherever the
-// approximation cannot decide a rounding, and for the blocks summed serially.
+// Where a chunk's values come from (k_prefix_chunk): the exact values v[i] (CHAIN false), or the chained
+// quotients (((w[i] / divs[0]) / divs[1]) ...) of the weights w = v (zero at the ascending ids
+// zero[0..nzero); v[0] is entry lo of the row). Those are approximated by one product, w[i] * R, within
+// rel * value + abs_v, and made exactly only for the K_LANES entries where the approximation cannot decide a
+// rounding, that hold a zeroed id (zvec), or that are summed serially.
 struct KChain {
     const float* w;
     const float* divs;
@@ -427,8 +424,11 @@ struct KChain {
     const int64_t* zero;
     int64_t nzero;
     int64_t lo;
+    float R;                    // 1 / (divs[0] * divs[1] * ...), rounded to float32
+    bool approx;                // whether w[i] * R approximates within the bounds below (else exact values only)
     float rel;
     double abs_v;
+    const unsigned char* zvec;  // zvec[i / K_LANES]: entries [i, i + K_LANES) of the chunk hold a zeroed id
 };
 
 // out[0..len) = the exact chained quotients of w[lo + i] (zero at the listed ids), vectorised.
@@ -471,37 +471,59 @@ static inline float k_sum_units(k_v8f acc) {
 #endif
 }
 
-// k_block_units: the integer sum of rint(v[i] * inv) over one full block (a multiple of K_LANES entries),
-// and whether the block must be summed serially instead (a tie, or an entry outside [0, 2^23) units). For
-// 0 <= t < 2^23, (t + 2^23) - 2^23 is t rounded to the nearest integer (ties to even, but a tie is flagged),
-// and the lane sums of those integers stay exact in float32 while the block's total is below 2^24.
-// With approximate values (chain != nullptr: k_chain_prefix), v[i] is within rel * v[i] + abs_v of the
-// exact value, so t = v[i] * inv is within margin = rel * t + abs_u (abs_u = abs_v * inv) of the exact t:
-// its rounded integer is the exact one's unless t lies within that margin of a half-integer (or of the
-// range's end, 2^22 here); such lanes are redone from their exact values (lo is the offset of v in the row).
-static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, float inv, const KChain* chain,
-                                    float abs_u, int* bad_out) {
-    const float rel = chain ? chain->rel : 0.0f;
-    const uint32_t lim = chain ? 0x4a800000u : 0x4b000000u;
+// The running sum's binade [2^E, 2^(E+1)) for 2^-100 <= s < 2^100: its ulp u, inv = 1 / u, the scale from a
+// value (CHAIN: a weight) to units, and the approximation's absolute error in units, rounded up generously
+// (0x1p-20: the margin's own float32 rounding; +inf, which sends every entry to its exact value, where the
+// product w * R * inv is not a normal float or no approximation holds).
+struct KBinade {
+    int E;
+    float u, inv, scale, abs_u;
+};
+
+template <bool CHAIN>
+static inline KBinade k_binade(float s, const KChain* chain) {
+    KBinade b;
+    b.E = static_cast<int>(k_float_to_bits(s) >> 23) - 127;
+    b.inv = k_bits_to_float(static_cast<uint32_t>(23 - b.E + 127) << 23);
+    b.u = k_bits_to_float(static_cast<uint32_t>(b.E - 23 + 127) << 23);
+    b.scale = b.inv;
+    b.abs_u = 0.0f;
+    if (CHAIN) {
+        b.scale = chain->R * b.inv;  // exact while normal: a power-of-two scale of R
+        const bool ok = chain->approx && b.scale >= 0x1p-126f && b.scale <= 0x1p127f;
+        b.abs_u = ok ? static_cast<float>(chain->abs_v * b.inv) + 0x1p-20f : __builtin_inff();
+    }
+    return b;
+}
+
+// k_block_units: the integer sum of rint(t) over entries [lo, hi) (a multiple of K_LANES) with t = v[i] *
+// scale, and whether they must be summed serially instead (a tie, or an entry outside [0, 2^23) units). For
+// 0 <= t < 2^23, (t + 2^23) - 2^23 is t rounded to the nearest integer (ties to even, but a tie is flagged:
+// |t - rint(t)| = 1/2), and the lane sums of those integers stay exact in float32 while the total is below
+// 2^24. CHAIN: t approximates the exact value's units within margin = rel * t + abs_u, so its rounded integer
+// is the exact one's unless t lies within that margin of a half-integer (a tie included, as abs_u > 0) or of
+// the range's end (2^22 here); those K_LANES entries are redone from their exact values.
+template <bool CHAIN>
+static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, const KBinade& bn,
+                                    const KChain* chain, int* bad_out) {
+    const k_v8f rel = k_bc(CHAIN ? chain->rel : 0.0f), abs_u = k_bc(bn.abs_u);
+    const uint32_t lim = CHAIN ? 0x4a800000u : 0x4b000000u;
     k_v8f acc = k_bc(0.0f);
     k_v8i bad = k_v8i{};
     for (int64_t i = lo; i < hi; i += K_LANES) {
         k_v8f x;
         __builtin_memcpy(&x, v + i, sizeof(x));
-        k_v8f t = x * inv;
+        k_v8f t = x * bn.scale;
         k_v8f r = (t + 0x1p23f) - 0x1p23f;
-        k_v8f d = t - r;
-        k_v8i flag = (reinterpret_cast<k_v8u>(t) >= lim) | (d == 0.5f) | (d == -0.5f);  // t < 0, too big, NaN; a tie
-        if (chain) {
-            const k_v8f ad = reinterpret_cast<k_v8f>(reinterpret_cast<k_v8u>(d) & 0x7fffffffu);
-            flag |= ad + (t * rel + abs_u) >= 0.5f;
-            if (k_any(flag)) {  // undecided: these K_LANES entries' exact values
-                k_chain_values(*chain, chain->lo + i, K_LANES, reinterpret_cast<float*>(&x));
-                t = x * inv;
-                r = (t + 0x1p23f) - 0x1p23f;
-                d = t - r;
-                flag = (reinterpret_cast<k_v8u>(t) >= 0x4b000000u) | (d == 0.5f) | (d == -0.5f);
-            }
+        k_v8f ad = reinterpret_cast<k_v8f>(reinterpret_cast<k_v8u>(t - r) & 0x7fffffffu);
+        k_v8i flag = reinterpret_cast<k_v8u>(t) >= lim;  // t < 0, too big, NaN
+        flag |= ad + (CHAIN ? k_madd8(t, rel, abs_u) : k_bc(0.0f)) >= 0.5f;
+        if (CHAIN && (chain->zvec[i / K_LANES] || k_any(flag))) {  // undecided: these entries' exact values
+            k_chain_values(*chain, chain->lo + i, K_LANES, reinterpret_cast<float*>(&x));
+            t = x * bn.inv;
+            r = (t + 0x1p23f) - 0x1p23f;
+            ad = reinterpret_cast<k_v8f>(reinterpret_cast<k_v8u>(t - r) & 0x7fffffffu);
+            flag = (reinterpret_cast<k_v8u>(t) >= 0x4b000000u) | (ad >= 0.5f);
         }
         acc += r;
         bad |= flag;
@@ -513,56 +535,92 @@ static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, floa
 
 constexpr int64_t K_PREFIX_CHUNK = 8;  // blocks whose integer sums are taken before any is used
 
-// The running sum over v[lo, hi) from s, serially, on the exact values.
-static float k_serial_block(const float* v, const KChain* chain, int64_t lo, int64_t hi, float s) {
-    if (!chain) return k_serial_sum(v, lo, hi, s);
-    float ex[K_PREFIX_BLOCK];
+// The running sum over [lo, hi) from s, serially, on the exact values.
+template <bool CHAIN>
+static float k_serial_run(const float* v, const KChain* chain, int64_t lo, int64_t hi, float s) {
+    if (!CHAIN) {
+        for (int64_t i = lo; i < hi; ++i) s += v[i];
+        return s;
+    }
+    float ex[K_LANES];
     k_chain_values(*chain, chain->lo + lo, hi - lo, ex);
-    return k_serial_sum(ex, 0, hi - lo, s);
+    for (int64_t i = 0; i < hi - lo; ++i) s += ex[i];
+    return s;
 }
 
-// starts[j] = the running sum before block j of v[0..len) (len <= K_PREFIX_CHUNK blocks), from s; returns the
-// sum after. The blocks' integer sums in the current binade are independent of each other, so they are all
-// taken first (their reductions overlap) and then added in order; at the first block that leaves the binade
-// or holds a tie, that block is summed serially and the rest of the chunk is redone in the new binade.
-static float k_prefix_chunk(const float* v, int64_t len, float s, float* starts, const KChain* chain) {
+// The running sum over the block [lo, hi) from s, K_LANES entries at a time: integer sums in the current
+// binade while they stay in it; the K_LANES entries that leave it or hold a tie (and a short tail, and
+// everything while s is zero or tiny) serially.
+template <bool CHAIN>
+static float k_split_block(const float* v, const KChain* chain, int64_t lo, int64_t hi, float s) {
+    int64_t i = lo;
+    while (i < hi) {
+        const int64_t next = i + K_LANES <= hi ? i + K_LANES : hi;
+        if (next - i < K_LANES || !(s >= 0x1p-100f && s < 0x1p100f)) {
+            s = k_serial_run<CHAIN>(v, chain, i, next, s);
+            i = next;
+            continue;
+        }
+        const KBinade bn = k_binade<CHAIN>(s, chain);
+        int64_t total = static_cast<int64_t>(s * bn.inv);  // an integer in [2^23, 2^24)
+        for (; i + K_LANES <= hi; i += K_LANES) {
+            int bad;
+            const int64_t units = k_block_units<CHAIN>(v, i, i + K_LANES, bn, chain, &bad);
+            if (bad || total + units >= (int64_t{1} << 24)) break;
+            total += units;
+        }
+        s = static_cast<float>(total) * bn.u;  // exact
+        if (i + K_LANES <= hi) {  // these entries leave the binade or hold a tie
+            s = k_serial_run<CHAIN>(v, chain, i, i + K_LANES, s);
+            i += K_LANES;
+        }
+    }
+    return s;
+}
+
+// starts[j] = the running sum before block j of v[0..len) (len <= K_PREFIX_CHUNK blocks; pos entries of the row
+// precede it), from s; returns the sum after. The blocks' integer sums in the current binade are independent of
+// each other, so those of the blocks expected to fit in the binade (from the mean block so far) are taken
+// first (their reductions overlap) and then added in order; at the first block that leaves the binade or holds
+// a tie, that block is split (k_split_block) and the chunk goes on in the new binade.
+template <bool CHAIN>
+static float k_prefix_chunk(const float* v, int64_t len, int64_t pos, float s, float* starts, const KChain* chain) {
     const int64_t nb = (len + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
     int64_t units[K_PREFIX_CHUNK];
     int bad[K_PREFIX_CHUNK];
     int64_t j = 0, done = 0;  // units[j..done) hold the integer sums in the binade done_E
     int done_E = 0;
     while (j < nb) {
-        if (!(s >= 0x1p-100f && s < 0x1p100f)) {
-            starts[j] = s;
-            s = k_serial_block(v, chain, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
-            ++j;
-            continue;
-        }
-        const int E = static_cast<int>(k_float_to_bits(s) >> 23) - 127;
-        const float inv = k_bits_to_float(static_cast<uint32_t>(23 - E + 127) << 23);  // 1 / u
-        const float u = k_bits_to_float(static_cast<uint32_t>(E - 23 + 127) << 23);
-        // the absolute error in units, rounded up generously (0x1p-20: the margin's own float32 rounding)
-        const float abs_u = chain ? static_cast<float>(chain->abs_v * inv) + 0x1p-20f : 0.0f;
-        for (int64_t b = (E == done_E && done > j) ? done : j; b < nb; ++b) {  // a serial block that kept the
-            const int64_t lo = b * K_PREFIX_BLOCK, hi = b + 1 < nb ? lo + K_PREFIX_BLOCK : len;  // binade: reuse
-            if ((hi - lo) % K_LANES != 0) {
-                bad[b] = 1;
-                units[b] = 0;
-                continue;
+        if (s >= 0x1p-100f && s < 0x1p100f) {
+            const KBinade bn = k_binade<CHAIN>(s, chain);
+            if (bn.E != done_E || done < j) done = j;
+            done_E = bn.E;
+            int64_t total = static_cast<int64_t>(s * bn.inv);  // an integer in [2^23, 2^24)
+            for (;;) {
+                if (done == j) {
+                    const double entries = static_cast<double>(pos + j * K_PREFIX_BLOCK);
+                    const double per_block = static_cast<double>(s) * K_PREFIX_BLOCK / (entries > 1.0 ? entries : 1.0);
+                    const double fit = ((int64_t{1} << 24) - total) * static_cast<double>(bn.u) / per_block;
+                    const int64_t want = fit < static_cast<double>(nb - j) ? j + 1 + static_cast<int64_t>(fit) : nb;
+                    for (int64_t b = j; b < want && b < nb; ++b) {
+                        const int64_t lo = b * K_PREFIX_BLOCK, hi = b + 1 < nb ? lo + K_PREFIX_BLOCK : len;
+                        bad[b] = 1;
+                        units[b] = 0;
+                        if ((hi - lo) % K_LANES == 0) units[b] = k_block_units<CHAIN>(v, lo, hi, bn, chain, &bad[b]);
+                    }
+                    done = want < nb ? want : nb;
+                }
+                for (; j < done && !bad[j] && total + units[j] < (int64_t{1} << 24); ++j) {
+                    starts[j] = s;
+                    total += units[j];
+                    s = static_cast<float>(total) * bn.u;  // exact
+                }
+                if (j < done || j == nb) break;
             }
-            units[b] = k_block_units(v, lo, hi, inv, chain, abs_u, &bad[b]);
         }
-        done = nb;
-        done_E = E;
-        int64_t total = static_cast<int64_t>(s * inv);  // an integer in [2^23, 2^24)
-        for (; j < nb && !bad[j] && total + units[j] < (int64_t{1} << 24); ++j) {
+        if (j < nb) {  // a tie, the binade left, s zero or tiny: this block by parts
             starts[j] = s;
-            total += units[j];
-            s = static_cast<float>(total) * u;  // exact
-        }
-        if (j < nb) {  // a tie, or the binade is left: this block serially
-            starts[j] = s;
-            s = k_serial_block(v, chain, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
+            s = k_split_block<CHAIN>(v, chain, j * K_PREFIX_BLOCK, j + 1 < nb ? (j + 1) * K_PREFIX_BLOCK : len, s);
             ++j;
         }
     }
@@ -572,19 +630,22 @@ static float k_prefix_chunk(const float* v, int64_t len, float s, float* starts,
 static float k_prefix_blocks(const float* v, int64_t n, float* starts) {
     float s = 0.0f;
     const int64_t chunk = K_PREFIX_CHUNK * K_PREFIX_BLOCK;
-    for (int64_t lo = 0; lo < n; lo += chunk)
-        s = k_prefix_chunk(v + lo, lo + chunk < n ? chunk : n - lo, s, starts + lo / K_PREFIX_BLOCK, nullptr);
+    for (int64_t lo = 0; lo < n; lo += chunk) {
+        const int64_t len = lo + chunk < n ? chunk : n - lo;
+        s = k_prefix_chunk<false>(v + lo, len, lo, s, starts + lo / K_PREFIX_BLOCK, nullptr);
+    }
     return s;
 }
 
 // k_prefix_blocks of the values v[i] = (((w[i] / divs[0]) / divs[1]) ...), zero at the ascending ids
-// zero[0..nzero), chunk by chunk in a small buffer (the row of values is never written). A division per
-// divisor and entry would bound the pass (the divisions of one entry form a dependent chain): the chunk's
-// values are first approximated by one product, w[i] * (1 / prod divs), and only the blocks where the
-// approximation cannot decide the rounding against the running sum's ulp (k_block_units) are divided
-// exactly. The approximation's error: each of the ndiv float32 quotients and the product round once
-// (relative 2^-24 each), the reciprocal once more; quotients in the subnormal range round by an absolute
-// 2^-150 each, which later divisors by d < 1 magnify by at most prod max(1, 1 / d).
+// zero[0..nzero), without writing them. A division per divisor and entry would bound the pass (the divisions
+// of one entry form a dependent chain): each entry's units are first approximated by one product,
+// w[i] * (1 / prod divs) / u, and only the K_LANES entries where the approximation cannot decide the rounding
+// (k_block_units) are divided exactly. The approximation's error: each of the ndiv float32 quotients, the
+// float32 reciprocal (of a float64 product and division, relative 2^-52 each) and the product round once
+// (relative 2^-24 each): (ndiv + 2) 2^-24 to first order, the rest far below one more 2^-24, so
+// rel = (ndiv + 3) 2^-24; quotients in the subnormal range round by an absolute 2^-150 each, which later
+// divisors by d < 1 magnify by at most prod max(1, 1 / d).
 static float k_chain_prefix(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
                             int64_t n, float* starts) {
     double prod = 1.0, amp = 1.0;
@@ -593,31 +654,19 @@ static float k_chain_prefix(const float* w, const float* divs, int ndiv, const i
         if (divs[j] < 1.0f) amp /= divs[j];
     }
     const bool approx = prod >= 0x1p-100 && prod <= 0x1p100 && amp <= 0x1p100;  // else (or NaN): exact values
-    const float R = static_cast<float>(1.0 / prod);
-    const KChain chain{w, divs, ndiv, zero, nzero, 0, (ndiv + 4) * 0x1p-24f, (ndiv + 3) * 0x1p-149 * amp};
     const int64_t chunk = K_PREFIX_CHUNK * K_PREFIX_BLOCK;
-    float blk[K_PREFIX_CHUNK * K_PREFIX_BLOCK];
+    unsigned char zvec[K_PREFIX_CHUNK * K_PREFIX_BLOCK / K_LANES];
+    KChain c{w, divs, ndiv, zero, nzero, 0, approx ? static_cast<float>(1.0 / prod) : 0.0f, approx,
+             (ndiv + 3) * 0x1p-24f, (ndiv + 3) * 0x1p-149 * amp, zvec};
     float s = 0.0f;
+    int64_t z = 0;
     for (int64_t lo = 0; lo < n; lo += chunk) {
         const int64_t len = lo + chunk < n ? chunk : n - lo;
-        KChain c = chain;
+        __builtin_memset(zvec, 0, sizeof(zvec));
+        for (; z < nzero && zero[z] < lo + len; ++z)
+            if (zero[z] >= lo) zvec[(zero[z] - lo) / K_LANES] = 1;
         c.lo = lo;
-        if (!approx) {
-            k_chain_values(c, lo, len, blk);
-            s = k_prefix_chunk(blk, len, s, starts + lo / K_PREFIX_BLOCK, nullptr);
-            continue;
-        }
-        int64_t i = 0;
-        for (; i + K_LANES <= len; i += K_LANES) {
-            k_v8f x;
-            __builtin_memcpy(&x, w + lo + i, sizeof(x));
-            x = x * R;
-            __builtin_memcpy(blk + i, &x, sizeof(x));
-        }
-        for (; i < len; ++i) blk[i] = w[lo + i] * R;
-        for (int64_t z = 0; z < nzero; ++z)
-            if (zero[z] >= lo && zero[z] < lo + len) blk[zero[z] - lo] = 0.0f;
-        s = k_prefix_chunk(blk, len, s, starts + lo / K_PREFIX_BLOCK, &c);
+        s = k_prefix_chunk<true>(w + lo, len, lo, s, starts + lo / K_PREFIX_BLOCK, &c);
     }
     return s;
 }
