@@ -425,7 +425,6 @@ struct KChain {
     int64_t nzero;
     int64_t lo;
     float R;                    // 1 / (divs[0] * divs[1] * ...), rounded to float32
-    bool approx;                // whether w[i] * R approximates within the bounds below (else exact values only)
     float rel;
     double abs_v;
     const unsigned char* zvec;  // zvec[i / K_LANES]: entries [i, i + K_LANES) of the chunk hold a zeroed id
@@ -474,7 +473,7 @@ static inline float k_sum_units(k_v8f acc) {
 // The running sum's binade [2^E, 2^(E+1)) for 2^-100 <= s < 2^100: its ulp u, inv = 1 / u, the scale from a
 // value (CHAIN: a weight) to units, and the approximation's absolute error in units, rounded up generously
 // (0x1p-20: the margin's own float32 rounding; +inf, which sends every entry to its exact value, where the
-// product w * R * inv is not a normal float or no approximation holds).
+// product's scale R * inv is not a normal float).
 struct KBinade {
     int E;
     float u, inv, scale, abs_u;
@@ -490,7 +489,7 @@ static inline KBinade k_binade(float s, const KChain* chain) {
     b.abs_u = 0.0f;
     if (CHAIN) {
         b.scale = chain->R * b.inv;  // exact while normal: a power-of-two scale of R
-        const bool ok = chain->approx && b.scale >= 0x1p-126f && b.scale <= 0x1p127f;
+        const bool ok = b.scale >= 0x1p-126f && b.scale <= 0x1p127f;
         b.abs_u = ok ? static_cast<float>(chain->abs_v * b.inv) + 0x1p-20f : __builtin_inff();
     }
     return b;
@@ -656,16 +655,27 @@ static float k_chain_prefix(const float* w, const float* divs, int ndiv, const i
     const bool approx = prod >= 0x1p-100 && prod <= 0x1p100 && amp <= 0x1p100;  // else (or NaN): exact values
     const int64_t chunk = K_PREFIX_CHUNK * K_PREFIX_BLOCK;
     unsigned char zvec[K_PREFIX_CHUNK * K_PREFIX_BLOCK / K_LANES];
-    KChain c{w, divs, ndiv, zero, nzero, 0, approx ? static_cast<float>(1.0 / prod) : 0.0f, approx,
-             (ndiv + 3) * 0x1p-24f, (ndiv + 3) * 0x1p-149 * amp, zvec};
+    KChain c{w, divs, ndiv, zero, nzero, 0, approx ? static_cast<float>(1.0 / prod) : 0.0f, (ndiv + 3) * 0x1p-24f,
+             (ndiv + 3) * 0x1p-149 * amp, zvec};
+    float blk[K_PREFIX_CHUNK * K_PREFIX_BLOCK];
     float s = 0.0f;
     int64_t z = 0;
     for (int64_t lo = 0; lo < n; lo += chunk) {
         const int64_t len = lo + chunk < n ? chunk : n - lo;
+        c.lo = lo;
+        // While the running sum is small next to the entries (the row's first chunk, mostly), most entries' units
+        // are too large for the approximation to decide, and many are summed serially: all the chunk's exact
+        // values at once (the divisions of different entries overlap) cost less than one entry at a time.
+        bool exact = !approx || !(s >= 0x1p-100f && s < 0x1p100f);  // s > 0 here only after entries: lo > 0
+        if (!exact) exact = c.rel * (static_cast<double>(s) / lo) * k_binade<true>(s, &c).inv >= 0x1p-6;
         __builtin_memset(zvec, 0, sizeof(zvec));
         for (; z < nzero && zero[z] < lo + len; ++z)
             if (zero[z] >= lo) zvec[(zero[z] - lo) / K_LANES] = 1;
-        c.lo = lo;
+        if (exact) {
+            k_chain_values(c, lo, len, blk);
+            s = k_prefix_chunk<false>(blk, len, lo, s, starts + lo / K_PREFIX_BLOCK, nullptr);
+            continue;
+        }
         s = k_prefix_chunk<true>(w + lo, len, lo, s, starts + lo / K_PREFIX_BLOCK, &c);
     }
     return s;
