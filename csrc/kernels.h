@@ -63,8 +63,9 @@ struct Kernels {
                           int64_t n, float* starts);
     // sum of a[i] in float64 (lane order).
     double (*sum_f64)(const float* a, int64_t n);
-    // sum of a[i] * b[i]: float32 products and lane sums, the lanes added in float64 (k_dot).
-    double (*dot)(const float* a, const float* b, int64_t n);
+    // out[j] = sum of a[i] * b[j][i] for j < m: float32 products and lane sums, the lanes added in float64
+    // (k_dot_group; each pair's value is the same whatever m).
+    void (*dots)(const float* a, const float* const* b, int m, int64_t n, double* out);
     // The k-th largest (1 <= k <= n) of v[0..n) (no NaN), exactly; v is overwritten.
     float (*kth_largest)(float* v, int64_t n, int64_t k);
     // Keeps the pairs (vals[j], idx[j]) with vals[j] >= t, in order, at the front (in place); returns the count.

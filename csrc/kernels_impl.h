@@ -115,7 +115,14 @@ static inline k_v8f k_exp8(k_v8f x) {
     const k_v8i small = x < k_bc(-104.0f);
     const k_v8f xc = normal ? x : (small ? k_bc(-104.0f) : x);
     const k_v8f t = xc * 1.44269504088896341f;
+#if defined(K_USE_AVX512)
+    k_v8f n;  // round to nearest even in one instruction: (t + 1.5 2^23) - 1.5 2^23 for |t| <= 151
+    const __m512 nr =
+        _mm512_roundscale_ps(reinterpret_cast<const __m512&>(t), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __builtin_memcpy(&n, &nr, sizeof(n));
+#else
     const k_v8f n = (t + 12582912.0f) - 12582912.0f;
+#endif
     k_v8f r = k_madd8(n, k_bc(-0.693359375f), xc);
     r = k_madd8(n, k_bc(2.12194440e-4f), r);
     k_v8f p = k_bc(1.9875691500e-4f);
@@ -125,8 +132,18 @@ static inline k_v8f k_exp8(k_v8f x) {
     p = k_madd8(p, r, k_bc(1.6666665459e-1f));
     p = k_madd8(p, r, k_bc(5.0000001201e-1f));
     const k_v8f y = k_madd8(p * r, r, r) + 1.0f;
+#if defined(K_USE_AVX512)
+    if (normal) {  // y * 2^n in one instruction (exact: 2^n and the result are normal floats)
+        const __m512 e = _mm512_scalef_ps(reinterpret_cast<const __m512&>(y), reinterpret_cast<const __m512&>(n));
+        k_v8f out;
+        __builtin_memcpy(&out, &e, sizeof(out));
+        return out;
+    }
+    const k_v8i ni = __builtin_convertvector(n, k_v8i);
+#else
     const k_v8i ni = __builtin_convertvector(n, k_v8i);
     if (normal) return y * reinterpret_cast<k_v8f>((ni + 127) << 23);
+#endif
     const k_v8i n1 = ni / 2;
     const k_v8i n2 = ni - n1;
     const k_v8f s1 = reinterpret_cast<k_v8f>((n1 + 127) << 23);
@@ -701,43 +718,72 @@ static double k_chain_div(const float* src, const float* divs, int ndiv, float* 
     return ds;
 }
 
-// dot(a, b) for the cosines of CASCADE's sets: float32 products summed in four independent float32
-// accumulators of K_LANES lanes (the add latency, not the loads, bounds a single chain), their lanes summed
-// in float64. The reference's float32 matmul sums in an order of its BLAS's choosing, so no backend's
-// cosine is bit-exact with it: each is within float32 rounding (CONTRACT §4). Widening every entry to
-// float64 cost two conversions per product and made CASCADE's cosines a third of a shallow walk.
-static double k_dot(const float* a, const float* b, int64_t n) {
-    k_v8f acc0 = k_bc(0.0f), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+// dot(a, b[j]) for j < M, for the cosines of CASCADE's sets: per pair, float32 products summed in four
+// independent float32 accumulators of K_LANES lanes (the add latency, not the loads, bounds a single chain),
+// their lanes summed in float64. The M pairs share the loads of a (a node's cosines with its siblings or its
+// children), and each pair's arithmetic is the same for every M. The reference's float32 matmul sums in an
+// order of its BLAS's choosing, so no backend's cosine is bit-exact with it: each is within float32 rounding
+// (CONTRACT §4). Widening every entry to float64 cost two conversions per product and made CASCADE's cosines a
+// third of a shallow walk.
+template <int M>
+static void k_dot_group(const float* a, const float* const* b, int64_t n, double* out) {
+    k_v8f acc0[M], acc1[M], acc2[M], acc3[M];  // four arrays of M (not M arrays of four): GCC keeps these in registers
+    for (int j = 0; j < M; ++j) acc0[j] = acc1[j] = acc2[j] = acc3[j] = k_bc(0.0f);
     int64_t i = 0;
     for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
-        k_v8f x0, y0, x1, y1, x2, y2, x3, y3;
+        k_v8f x0, x1, x2, x3;
         __builtin_memcpy(&x0, a + i, sizeof(x0));
-        __builtin_memcpy(&y0, b + i, sizeof(y0));
         __builtin_memcpy(&x1, a + i + K_LANES, sizeof(x1));
-        __builtin_memcpy(&y1, b + i + K_LANES, sizeof(y1));
         __builtin_memcpy(&x2, a + i + 2 * K_LANES, sizeof(x2));
-        __builtin_memcpy(&y2, b + i + 2 * K_LANES, sizeof(y2));
         __builtin_memcpy(&x3, a + i + 3 * K_LANES, sizeof(x3));
-        __builtin_memcpy(&y3, b + i + 3 * K_LANES, sizeof(y3));
-        acc0 += x0 * y0;
-        acc1 += x1 * y1;
-        acc2 += x2 * y2;
-        acc3 += x3 * y3;
+        for (int j = 0; j < M; ++j) {
+            k_v8f y0, y1, y2, y3;
+            __builtin_memcpy(&y0, b[j] + i, sizeof(y0));
+            __builtin_memcpy(&y1, b[j] + i + K_LANES, sizeof(y1));
+            __builtin_memcpy(&y2, b[j] + i + 2 * K_LANES, sizeof(y2));
+            __builtin_memcpy(&y3, b[j] + i + 3 * K_LANES, sizeof(y3));
+            acc0[j] += x0 * y0;
+            acc1[j] += x1 * y1;
+            acc2[j] += x2 * y2;
+            acc3[j] += x3 * y3;
+        }
     }
     for (; i + K_LANES <= n; i += K_LANES) {
-        k_v8f x, y;
+        k_v8f x;
         __builtin_memcpy(&x, a + i, sizeof(x));
-        __builtin_memcpy(&y, b + i, sizeof(y));
-        acc0 += x * y;
+        for (int j = 0; j < M; ++j) {
+            k_v8f y;
+            __builtin_memcpy(&y, b[j] + i, sizeof(y));
+            acc0[j] += x * y;
+        }
     }
-    acc0 = (acc0 + acc1) + (acc2 + acc3);
-    double s = 0.0;
-    for (int l = 0; l < K_LANES; ++l) s += acc0[l];
-    for (; i < n; ++i) s += static_cast<double>(a[i]) * b[i];
-    return s;
+    for (int j = 0; j < M; ++j) {
+        const k_v8f t = (acc0[j] + acc1[j]) + (acc2[j] + acc3[j]);
+        double sum = 0.0;
+        for (int l = 0; l < K_LANES; ++l) sum += t[l];
+        for (int64_t k = i; k < n; ++k) sum += static_cast<double>(a[k]) * b[j][k];
+        out[j] = sum;
+    }
 }
 
-// sum of a[i] in float64, four independent accumulators.
+// Pairs per pass: the accumulators (4 per pair) and a's four vectors must stay in registers (32 vector
+// registers with AVX-512, 16 otherwise).
+#if defined(K_USE_AVX512)
+constexpr int K_DOT_GROUP = 4;
+#else
+constexpr int K_DOT_GROUP = 2;
+#endif
+
+static void k_dots(const float* a, const float* const* b, int m, int64_t n, double* out) {
+    int j = 0;
+    for (; j + K_DOT_GROUP <= m; j += K_DOT_GROUP) k_dot_group<K_DOT_GROUP>(a, b + j, n, out + j);
+    if (m - j >= 2) {
+        k_dot_group<2>(a, b + j, n, out + j);
+        j += 2;
+    }
+    if (m - j == 1) k_dot_group<1>(a, b + j, n, out + j);
+}
+
 static double k_sum_f64(const float* a, int64_t n) {
     KSum64 acc0, acc1;
     int64_t i = 0;
@@ -921,4 +967,4 @@ static int64_t k_keep_pairs_ge(float* vals, int32_t* idx, int64_t n, float t) {
 static const Kernels k_table = {k_row_max,   k_row_exp_sum,   k_row_compact_ge, k_row_scaled_at, k_row_sample,
                                 k_exp_sum,   k_div_sum,       k_sub_sum,        k_cool_sum,      k_max_div,
                                 k_keep_ge_sum, k_chain_div,   k_prefix_blocks,  k_chain_prefix,  k_sum_f64,
-                                k_dot,       k_kth_largest,   k_keep_pairs_ge,  K_ISA_NAME};
+                                k_dots,      k_kth_largest,   k_keep_pairs_ge,  K_ISA_NAME};

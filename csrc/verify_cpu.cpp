@@ -118,7 +118,10 @@ struct Work {
     std::unique_ptr<int32_t[]> CI, DCI;
     std::vector<int32_t> kid_start, kid_list, depth, path, fill;
     std::vector<int64_t> seen, absorbed, block, nb, excl;
-    std::vector<float> masses, norms, sample, cos_cache;
+    std::vector<float> masses, norms, sample, cos_cache, cos_row, cos_fresh;
+    std::vector<int32_t> cos_need;
+    std::vector<const float*> dot_rows;
+    std::vector<double> dot_sums;
     std::vector<char> norm_ok;
     std::vector<std::pair<int64_t, float>> patches;
     std::vector<int64_t> patches_ids;
@@ -169,7 +172,6 @@ class Walker {
     const int64_t* tok_ = nullptr;
     const int32_t* par_ = nullptr;
     int32_t cos_parent_ = -1;  // the parent whose children's pairwise cosines are in wk_.cos_cache
-    int32_t cos_n_ = 0;
 
     bool process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
                      Dist& out, int64_t probe = -1, double probe_u = 0.0);
@@ -185,8 +187,8 @@ class Walker {
     int64_t final_token(const Dist& q, bool greedy, float u) { return greedy ? argmax(q) : inverse_cdf(q, u); }
     Relaxation relax(Dist& q, int64_t x, int32_t child, double tvd);
     int64_t prefix_within(const std::vector<float>& masses, double cap);
-    float cosine(int32_t i, int32_t j);
-    float sibling_cosine(int32_t parent, int32_t i, int32_t j);
+    void cosines(int32_t i, const int32_t* js, int m, float* out);
+    void sibling_cosines(int32_t parent, int32_t ci, float* out);
     float norm(int32_t i);
     bool greedy_accepts(Dist& q, int64_t x, const Relaxation& rel);
     float residual(const Dist& q, const Dist* p, int64_t x, const Relaxation& rel, bool sampled, float* dst);
@@ -479,7 +481,7 @@ float Walker::norm(int32_t i) {
         double s = 0.0;
         if (P_.hidden_dtype == DT_F32) {
             const float* h = static_cast<const float*>(P_.hidden) + base;
-            s = K_->dot(h, h, D);
+            K_->dots(h, &h, 1, D, &s);
         } else {
             for (int64_t k = 0; k < D; ++k) {
                 const double v = load_float(P_.hidden, P_.hidden_dtype, base + k);
@@ -492,43 +494,66 @@ float Walker::norm(int32_t i) {
     return wk_.norms[i];
 }
 
-// dot(a, b) / max(|a| |b|, 1e-12) in float32 (k_dot for float32 hidden states); NaN compares false later.
-float Walker::cosine(int32_t i, int32_t j) {
+// out[k] = cosine(i, js[k]) = dot / max(|i| |js[k]|, 1e-12) in float32 for k < m; the dots of float32 hidden
+// states in one pass that reads node i's state once (Kernels::dots). NaN compares false later.
+void Walker::cosines(int32_t i, const int32_t* js, int m, float* out) {
     const int64_t D = P_.D;
-    const int64_t bi = (b_ * P_.N + i) * D, bj = (b_ * P_.N + j) * D;
-    double dot = 0.0;
+    const int64_t bi = (b_ * P_.N + i) * D;
+    auto& dot = wk_.dot_sums;
+    dot.assign(m, 0.0);
     if (P_.hidden_dtype == DT_F32) {
         const float* h = static_cast<const float*>(P_.hidden);
-        dot = K_->dot(h + bi, h + bj, D);
+        auto& rows = wk_.dot_rows;
+        rows.clear();
+        for (int k = 0; k < m; ++k) rows.push_back(h + (b_ * P_.N + js[k]) * D);
+        K_->dots(h + bi, rows.data(), m, D, dot.data());
     } else {
-        for (int64_t k = 0; k < D; ++k)
-            dot += static_cast<double>(load_float(P_.hidden, P_.hidden_dtype, bi + k)) *
-                   load_float(P_.hidden, P_.hidden_dtype, bj + k);
+        for (int k = 0; k < m; ++k) {
+            const int64_t bj = (b_ * P_.N + js[k]) * D;
+            for (int64_t e = 0; e < D; ++e)
+                dot[k] += static_cast<double>(load_float(P_.hidden, P_.hidden_dtype, bi + e)) *
+                          load_float(P_.hidden, P_.hidden_dtype, bj + e);
+        }
     }
-    float den = norm(i) * norm(j);
-    den = den < 1e-12f ? 1e-12f : den;
-    return static_cast<float>(dot) / den;
+    for (int k = 0; k < m; ++k) {
+        float den = norm(i) * norm(js[k]);
+        den = den < 1e-12f ? 1e-12f : den;
+        out[k] = static_cast<float>(dot[k]) / den;
+    }
 }
 
-// cosine of two children (positions i, j in the parent's child list), each pair computed at most once
-// per visit of the parent (the matrix is symmetric); no cache for very wide nodes.
-float Walker::sibling_cosine(int32_t parent, int32_t i, int32_t j) {
+// out[k] = the cosine of the parent's children ci and k (positions in its child list; out[ci] unset), each pair
+// computed at most once per visit of the parent (the matrix is symmetric: a later child's row reuses the
+// earlier rows' values); no cache for very wide nodes.
+void Walker::sibling_cosines(int32_t parent, int32_t ci, float* out) {
     const int32_t k0 = wk_.kid_start[parent];
     const int32_t n = wk_.kid_start[parent + 1] - k0;
-    const int32_t a = wk_.kid_list[k0 + i], c = wk_.kid_list[k0 + j];
-    if (n > 128) return cosine(a, c);
-    if (cos_parent_ != parent) {
+    const int32_t* kids = wk_.kid_list.data() + k0;
+    auto& need = wk_.cos_need;
+    need.clear();
+    const bool cached = n <= 128;
+    if (cached && cos_parent_ != parent) {
         cos_parent_ = parent;
-        cos_n_ = n;
         wk_.cos_cache.assign(static_cast<size_t>(n) * n, std::numeric_limits<float>::quiet_NaN());
     }
-    float& slot = wk_.cos_cache[static_cast<size_t>(std::min(i, j)) * n + std::max(i, j)];
-    uint32_t bits;
-    std::memcpy(&bits, &slot, 4);
-    if (bits == 0x7fc00000u) {  // not yet computed (a computed NaN cosine is recomputed: harmless)
-        slot = cosine(a, c);
+    for (int32_t k = 0; k < n; ++k) {
+        if (k == ci) continue;
+        uint32_t bits = 0x7fc00000u;  // not yet computed (a computed NaN cosine is recomputed: harmless)
+        if (cached) std::memcpy(&bits, &wk_.cos_cache[static_cast<size_t>(std::min(ci, k)) * n + std::max(ci, k)], 4);
+        if (bits == 0x7fc00000u)
+            need.push_back(kids[k]);
+        else
+            std::memcpy(&out[k], &bits, 4);
     }
-    return slot;
+    auto& fresh = wk_.cos_fresh;
+    fresh.resize(need.size());
+    cosines(kids[ci], need.data(), static_cast<int>(need.size()), fresh.data());
+    size_t f = 0;
+    for (int32_t k = 0; k < n && f < need.size(); ++k) {
+        if (k == ci || kids[k] != need[f]) continue;
+        out[k] = fresh[f++];
+        if (cached) wk_.cos_cache[static_cast<size_t>(std::min(ci, k)) * n + std::max(ci, k)] = out[k];
+    }
 }
 
 // Sorted unique tokens (in [0, V)) of ``nodes`` with q > 0, not x and not already absorbed.
@@ -625,17 +650,22 @@ Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
                     const int32_t k0 = wk_.kid_start[parent], k1 = wk_.kid_start[parent + 1];
                     int32_t ci = 0;
                     while (k0 + ci < k1 && wk_.kid_list[k0 + ci] != child) ++ci;
+                    auto& cos = wk_.cos_row;
+                    cos.resize(k1 - k0);
+                    sibling_cosines(parent, ci, cos.data());
                     for (int32_t k = k0; k < k1; ++k) {
                         const int32_t s = wk_.kid_list[k];
-                        if (s != child && sibling_cosine(parent, ci, k - k0) >= tau) nodes.push_back(s);
+                        if (s != child && cos[k - k0] >= tau) nodes.push_back(s);
                     }
                 } else {
                     if (!P_.iparams[IP_USE_CONVERGENCE]) continue;
                     const float tau = static_cast<float>(P_.fparams[FP_TAU_SEQ]);
-                    for (int32_t k = wk_.kid_start[child]; k < wk_.kid_start[child + 1]; ++k) {
-                        const int32_t g = wk_.kid_list[k];
-                        if (cosine(child, g) >= tau) nodes.push_back(g);
-                    }
+                    const int32_t k0 = wk_.kid_start[child], k1 = wk_.kid_start[child + 1];
+                    auto& cos = wk_.cos_row;
+                    cos.resize(k1 - k0);
+                    cosines(child, wk_.kid_list.data() + k0, k1 - k0, cos.data());
+                    for (int32_t k = k0; k < k1; ++k)
+                        if (cos[k - k0] >= tau) nodes.push_back(wk_.kid_list[k]);
                 }
                 collect_live(nodes, q, x, wk_.block);
                 float mass = 0.0f;
