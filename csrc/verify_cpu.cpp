@@ -959,8 +959,8 @@ void Walker::run(int64_t b) {
 // it runs out of sequences, waits only for those a worker has actually claimed: for at most
 // END_SPIN_US it polls (a worker finishing its last sequence is about one sequence away; a caller put to
 // sleep on the condition variable wakes tens of microseconds after the worker's notify), then sleeps. A
-// worker that wakes late finds the job closed and goes back to sleep. One call uses the pool at a time; a concurrent call (another
-// Python thread) runs on its own thread.
+// worker that wakes late finds the job closed and goes back to sleep. One call uses the pool at a time; a
+// concurrent call (another Python thread) runs on its own thread.
 class Pool {
    public:
     static Pool& get() {
