@@ -266,6 +266,14 @@ PYBIND11_MODULE(_C, m) {
     m.def("kth_largest",
           [](uintptr_t v, int64_t n, int64_t k) { return ck::kth_largest(as_ptr<const float>(v), n, k); },
           "The k-th largest of n floats (no NaN) at address v, as the top-k select takes it (tests).");
+    m.def("dots",
+          [](uintptr_t a, const std::vector<uintptr_t>& b, int64_t n) {
+              std::vector<const float*> rows;
+              for (uintptr_t p : b) rows.push_back(as_ptr<const float>(p));
+              return ck::dots(as_ptr<const float>(a), rows, n);
+          },
+          "The float64 dot products of n floats at a with n floats at each address in b, in one call, as "
+          "CASCADE's cosines take them (tests: each must not depend on how many are taken together).");
     m.def("exp_sums", [](uintptr_t v, int64_t n) {
               const ck::ExpSums e = ck::exp_sums(as_ptr<const float>(v), n);
               return py::make_tuple(e.fused_sum, e.sum, e.fused_wsum, e.wsum, e.same_weights);

@@ -1059,6 +1059,12 @@ float kth_largest(const float* v, int64_t n, int64_t k) {
     return select_kernels()->kth_largest(copy.data(), n, k);
 }
 
+std::vector<double> dots(const float* a, const std::vector<const float*>& b, int64_t n) {
+    std::vector<double> out(b.size());
+    select_kernels()->dots(a, b.data(), static_cast<int>(b.size()), n, out.data());
+    return out;
+}
+
 void row_weights(const float* row, int64_t n, float* out) {
     const RowSrc r{row, nullptr, DT_F32, 0.0f, 1.0f, 0.0f, 0.0f};
     select_kernels()->row_exp_sum(r, n, out, nullptr);

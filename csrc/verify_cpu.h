@@ -58,6 +58,9 @@ std::vector<float> chain_running_sums(const float* w, int64_t n, const std::vect
 // Tests: Kernels::kth_largest on a copy of v[0..n).
 float kth_largest(const float* v, int64_t n, int64_t k);
 
+// Tests: Kernels::dots of a[0..n) with the rows b[j][0..n) (CASCADE's cosines of one node), in one call.
+std::vector<double> dots(const float* a, const std::vector<const float*>& b, int64_t n);
+
 // Tests: the weights of a float32 row by Kernels::row_exp_sum with and without its float64 sum, against
 // Kernels::sum_f64 of the weights written.
 struct ExpSums {

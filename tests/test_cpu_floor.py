@@ -284,6 +284,25 @@ def test_chain_running_sums_equal_the_serial_sum_of_the_divided_values(kind):
         assert got == want, (trial, n, k, [(i, a, b) for i, (a, b) in enumerate(zip(got, want)) if a != b][:3])
 
 
+@pytest.mark.parametrize("n", [1280, 37, 16, 0])
+def test_dots_of_a_node_do_not_depend_on_how_many_are_taken_together(n):
+    """CASCADE's cosines of one node with its siblings or children take the dots in groups that share the node's
+    loads (4 pairs on AVX-512, 2 otherwise); each dot must have the same bits taken alone or in any group, and be
+    a float32-accumulated dot (within float32 rounding of the float64 one)."""
+    from cascade_kernels import _C
+    g = torch.Generator().manual_seed(n)
+    h = torch.randn(10, n, generator=g).contiguous()
+    rows = [h[j].data_ptr() for j in range(1, 10)]
+    alone = [_C.dots(h[0].data_ptr(), [r], n)[0] for r in rows]
+    for m in range(1, 10):
+        assert _C.dots(h[0].data_ptr(), rows[:m], n) == alone[:m], m
+    assert _C.dots(h[0].data_ptr(), rows[3:], n) == alone[3:]
+    exact = (h[1:].double() @ h[0].double()).tolist()
+    scale = (h[1:].double().abs() @ h[0].double().abs()).tolist()
+    for got, want, sc in zip(alone, exact, scale):
+        assert abs(got - want) <= 1e-5 * sc + 1e-12
+
+
 def test_topk_sample_guess_short_falls_back():
     """Rows whose strided sample (the positions the C++ top-k samples for V = 8192) holds the largest
     logits: fewer than k entries pass the sample's threshold, and the select runs on the whole row."""
