@@ -424,7 +424,7 @@ static float k_exp_sum(float* a, float m, int64_t n) {
 // The same running sum, bit for bit, without the serial chain of float additions, when it can be proven
 // equal: while s stays in the binade [2^E, 2^(E+1)), every float32 sum is a multiple of u = 2^(E-23), so
 // s + v[i] rounds to s + u * rint(v[i] / u) (v[i] / u is exact: a power-of-two scale), the ties (a
-// fraction of exactly 1/2, where round-half-even depends on s) excepted. A run of entries' sums are then
+// fraction of exactly 1/2, where round-half-even depends on s) excepted. The sums over a run of entries are then
 // s + u * (integer prefix sums), all in the binade iff the last one is below 2^24 u. Blocks of
 // K_PREFIX_BLOCK entries are taken whole; a block with a tie, a negative / non-finite / huge entry, or
 // where s leaves its binade, is taken K_LANES entries at a time, and only the K_LANES entries where that
