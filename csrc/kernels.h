@@ -55,10 +55,12 @@ struct Kernels {
     // dst[i] = (((src[i] / divs[0]) / divs[1]) ...) over [lo, hi) (ndiv >= 0); returns the float64 sum of dst.
     double (*chain_div)(const float* src, const float* divs, int ndiv, float* dst, int64_t lo, int64_t hi);
     // The float32 running sum of v[0..n) in index order (rounded after every addition, exactly as a serial
-    // loop): returns the total; starts[b] = the running sum before entry b * K_PREFIX_BLOCK.
+    // loop): returns the total; starts[b] = the running sum before entry b * K_PREFIX_BLOCK. (The machinery
+    // chain_prefix runs on its exact chunks, as a kernel of its own for the tests.)
     float (*prefix_blocks)(const float* v, int64_t n, float* starts);
     // prefix_blocks of v[i] = (((w[i] / divs[0]) / divs[1]) ...) over [0, n), zero at the ascending ids
-    // zero[0..nzero), without writing the values (they are made block by block in a small buffer).
+    // zero[0..nzero), without writing the values (approximated by one product, made exactly where that
+    // cannot decide a rounding): the inverse CDF's running sums, dense or over the top-k survivors.
     float (*chain_prefix)(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
                           int64_t n, float* starts);
     // sum of a[i] in float64 (lane order).

@@ -181,8 +181,8 @@ class Walker {
     void materialize(Dist& q);
     const float* values(const Dist& q);
     int64_t argmax(const Dist& q);
-    int64_t inverse_cdf_sparse(const Dist& q, float u);
-    int64_t first_above(const float* v, int64_t n, float u);
+    int64_t crossing(const float* w, int64_t n, const float* divs, int ndiv, const std::vector<int64_t>& zero,
+                     float u);
     int64_t inverse_cdf(const Dist& q, float u);
     int64_t final_token(const Dist& q, bool greedy, float u) { return greedy ? argmax(q) : inverse_cdf(q, u); }
     Relaxation relax(Dist& q, int64_t x, int32_t child, double tvd);
@@ -386,79 +386,64 @@ int64_t Walker::argmax(const Dist& q) {
     return 0;  // unreachable for a distribution
 }
 
-// CONTRACT §6: smallest i with w_0 + ... + w_i > u * sum(w), float32 running sums in index order
-// (first_above); never an index whose weight is 0.
-int64_t Walker::inverse_cdf(const Dist& q, float u) {
-    if (q.kind == Dist::SPARSE) return inverse_cdf_sparse(q, u);
-    // the running sums by blocks of the values, made on the fly (chain_prefix), then the values of the one
-    // crossing block; the rare zero-weight fallbacks read single values (q.at: the same divisions)
-    float divs[MAX_CHAIN + 1];
-    divs[0] = q.d;
-    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
-    auto& zero = wk_.excl;
-    zero.assign(q.removed.begin(), q.removed.end());
-    std::sort(zero.begin(), zero.end());
+// The smallest position i < n whose float32 running sum (index order) of the values (((w[j] / divs[0]) /
+// divs[1]) ...), zero at the ascending positions zero, exceeds float32(u * their total); n - 1 when none does.
+// The running sums by blocks, made on the fly (Kernels::chain_prefix; the values are never written), a binary
+// search among the block starts (running sums never decrease), then the exact values of the one crossing block.
+int64_t Walker::crossing(const float* w, int64_t n, const float* divs, int ndiv, const std::vector<int64_t>& zero,
+                         float u) {
     float* starts = wk_.R.get();
-    const float thr = u * K_->chain_prefix(q.w, divs, q.ndiv + 1, zero.data(), static_cast<int64_t>(zero.size()),
-                                           V_, starts);
-    const int64_t nb = (V_ + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
+    const float thr = u * K_->chain_prefix(w, divs, ndiv, zero.data(), static_cast<int64_t>(zero.size()), n, starts);
+    const int64_t nb = (n + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
     const int64_t b = (std::upper_bound(starts + 1, starts + nb, thr) - starts) - 1;  // the crossing block
-    const int64_t lo = b * K_PREFIX_BLOCK, hi = std::min(V_, lo + K_PREFIX_BLOCK);
+    const int64_t lo = b * K_PREFIX_BLOCK, hi = std::min(n, lo + K_PREFIX_BLOCK);
     float* v = wk_.S.get();
-    K_->chain_div(q.w, divs, q.ndiv + 1, v, lo, hi);
+    K_->chain_div(w, divs, ndiv, v, lo, hi);
     for (int64_t r : zero)
         if (r >= lo && r < hi) v[r] = 0.0f;
-    int64_t i = V_ - 1;  // when no running sum exceeds the threshold
     float s = starts[b];
     for (int64_t j = lo; j < hi; ++j) {
         s += v[j];
-        if (s > thr) {
-            i = j;
-            break;
-        }
+        if (s > thr) return j;
     }
+    return n - 1;
+}
+
+// CONTRACT §6: smallest i with q_0 + ... + q_i > u * sum(q), float32 running sums in index order (crossing);
+// never an index whose q is 0 (the rare fallbacks read single values: q.at / q.chain, the same divisions).
+// With top-k, over the survivors only: adding a zero leaves a float32 running sum unchanged, so the sums at the
+// survivors, the total and the chosen index are those of the dense row.
+int64_t Walker::inverse_cdf(const Dist& q, float u) {
+    float divs[MAX_CHAIN + 1];
+    divs[0] = q.d;
+    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
+    auto& zero = wk_.excl;  // the removed entries' positions (ids, or indices among the survivors)
+    zero.clear();
+    if (q.kind == Dist::SPARSE) {
+        const int64_t n = q.n;
+        for (int64_t r : q.removed) {
+            const int32_t* e = std::lower_bound(q.sidx, q.sidx + n, static_cast<int32_t>(r));
+            if (e != q.sidx + n && *e == r) zero.push_back(e - q.sidx);
+        }
+        std::sort(zero.begin(), zero.end());
+        auto value = [&](int64_t j) {
+            return std::binary_search(zero.begin(), zero.end(), j) ? 0.0f : q.chain(q.sw[j]);
+        };
+        for (int64_t j = n > 0 ? crossing(q.sw, n, divs, q.ndiv + 1, zero, u) : 0; j < n; ++j)
+            if (value(j) > 0.0f) return q.sidx[j];
+        for (int64_t j = n - 1; j >= 0; --j)  // the last positive value
+            if (value(j) > 0.0f) return q.sidx[j];
+        return n > 0 ? q.sidx[0] : 0;  // no mass at all: never out of range
+    }
+    zero.assign(q.removed.begin(), q.removed.end());
+    std::sort(zero.begin(), zero.end());
+    const int64_t i = crossing(q.w, V_, divs, q.ndiv + 1, zero, u);
     if (q.at(i) > 0.0f) return i;
     for (int64_t j = i + 1; j < V_; ++j)
         if (q.at(j) > 0.0f) return j;
     for (int64_t j = V_ - 1; j >= 0; --j)
         if (q.at(j) > 0.0f) return j;
-    return std::min<int64_t>(std::max<int64_t>(i, 0), V_ - 1);  // no mass at all: never out of range
-}
-
-// min(n - 1, the smallest i whose float32 running sum v[0] + ... + v[i] (index order) exceeds
-// float32(u * total)), n >= 1: the block starts of the exact running sum, a binary search among them
-// (running sums never decrease), then the serial sum inside the one block that crosses.
-int64_t Walker::first_above(const float* v, int64_t n, float u) {
-    float* starts = wk_.R.get();
-    const float thr = u * K_->prefix_blocks(v, n, starts);
-    const int64_t nb = (n + K_PREFIX_BLOCK - 1) / K_PREFIX_BLOCK;
-    const int64_t b = (std::upper_bound(starts + 1, starts + nb, thr) - starts) - 1;  // the crossing block
-    float s = starts[b];
-    for (int64_t i = b * K_PREFIX_BLOCK; i < std::min(n, (b + 1) * K_PREFIX_BLOCK); ++i) {
-        s += v[i];
-        if (s > thr) return i;
-    }
-    return n - 1;  // no running sum exceeds the threshold
-}
-
-// inverse_cdf over the top-k survivors only: adding a zero leaves a float32 running sum unchanged, so the
-// sums at the survivors, the total and the chosen index are those of the dense row.
-int64_t Walker::inverse_cdf_sparse(const Dist& q, float u) {
-    float* v = wk_.S.get();
-    const int64_t n = q.n;
-    float divs[MAX_CHAIN + 1];
-    divs[0] = q.d;
-    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
-    K_->chain_div(q.sw, divs, q.ndiv + 1, v, 0, n);  // q.chain on every survivor, vectorised
-    for (int64_t r : q.removed) {
-        const int32_t* e = std::lower_bound(q.sidx, q.sidx + n, static_cast<int32_t>(r));
-        if (e != q.sidx + n && *e == r) v[e - q.sidx] = 0.0f;
-    }
-    for (int64_t j = n > 0 ? first_above(v, n, u) : 0; j < n; ++j)
-        if (v[j] > 0.0f) return q.sidx[j];
-    for (int64_t j = n - 1; j >= 0; --j)  // the last positive weight
-        if (v[j] > 0.0f) return q.sidx[j];
-    return n > 0 ? q.sidx[0] : 0;  // no mass at all: never out of range
+    return i;  // no mass at all (i is in [0, V))
 }
 
 // Length of the longest prefix whose float32 running sum (in order) is <= float32(cap).

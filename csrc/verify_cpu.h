@@ -47,7 +47,7 @@ void verify_cpu(const VerifyParams& P);
 
 const char* kernels_isa();
 
-// Kernels::prefix_blocks' total of v[0..n) (the float32 running sum in index order).
+// Tests: Kernels::prefix_blocks' total of v[0..n) (the float32 running sum in index order).
 float running_sum(const float* v, int64_t n);
 
 // Tests: Kernels::chain_prefix of w[0..n) with the divisors divs and the zeroed ids zero (ascending): the
