@@ -443,6 +443,7 @@ struct KChain {
     int64_t nzero;
     int64_t lo;
     float R;                    // 1 / (divs[0] * divs[1] * ...), rounded to float32
+    float wlim;                 // weights from here on could overflow a quotient of the chain: exact values
     float rel;
     double abs_v;
     const unsigned char* zvec;  // zvec[i / K_LANES]: entries [i, i + K_LANES) of the chunk hold a zeroed id
@@ -535,6 +536,7 @@ static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, cons
         k_v8f ad = reinterpret_cast<k_v8f>(reinterpret_cast<k_v8u>(t - r) & 0x7fffffffu);
         k_v8i flag = reinterpret_cast<k_v8u>(t) >= lim;  // t < 0, too big, NaN
         flag |= ad + (CHAIN ? k_madd8(t, rel, abs_u) : k_bc(0.0f)) >= 0.5f;
+        if (CHAIN) flag |= x >= chain->wlim;
         if (CHAIN && (chain->zvec[i / K_LANES] || k_any(flag))) {  // undecided: these entries' exact values
             k_chain_values(*chain, chain->lo + i, K_LANES, reinterpret_cast<float*>(&x));
             t = x * bn.inv;
@@ -659,22 +661,27 @@ static float k_prefix_blocks(const float* v, int64_t n, float* starts) {
 // of one entry form a dependent chain): each entry's units are first approximated by one product,
 // w[i] * (1 / prod divs) / u, and only the K_LANES entries where the approximation cannot decide the rounding
 // (k_block_units) are divided exactly. The approximation's error: each of the ndiv float32 quotients, the
-// float32 reciprocal (of a float64 product and division, relative 2^-52 each) and the product round once
+// float32 reciprocal (of a float64 product and division, relative 2^-53 each) and the product round once
 // (relative 2^-24 each): (ndiv + 2) 2^-24 to first order, the rest far below one more 2^-24, so
 // rel = (ndiv + 3) 2^-24; quotients in the subnormal range round by an absolute 2^-150 each, which later
 // divisors by d < 1 magnify by at most prod max(1, 1 / d).
 static float k_chain_prefix(const float* w, const float* divs, int ndiv, const int64_t* zero, int64_t nzero,
                             int64_t n, float* starts) {
-    double prod = 1.0, amp = 1.0;
+    double prod = 1.0, amp = 1.0, peak = 1.0, inv = 1.0;  // peak: the largest prod_{j <= k} 1 / |divs[j]|
     for (int j = 0; j < ndiv; ++j) {
+        const double d = __builtin_fabs(static_cast<double>(divs[j]));
         prod *= divs[j];
-        if (divs[j] < 1.0f) amp /= divs[j];
+        if (d < 1.0) amp /= d;
+        inv /= d;
+        peak = inv > peak ? inv : peak;
     }
     const bool approx = prod >= 0x1p-100 && prod <= 0x1p100 && amp <= 0x1p100;  // else (or NaN): exact values
+    // a weight below wlim keeps every quotient of its chain below FLT_MAX (each rounds up by at most 2^-24)
+    const double wlim = 0x1.fffffep127 / (peak * (1.0 + (ndiv + 2) * 0x1p-20));
     const int64_t chunk = K_PREFIX_CHUNK * K_PREFIX_BLOCK;
     unsigned char zvec[K_PREFIX_CHUNK * K_PREFIX_BLOCK / K_LANES];
-    KChain c{w, divs, ndiv, zero, nzero, 0, approx ? static_cast<float>(1.0 / prod) : 0.0f, (ndiv + 3) * 0x1p-24f,
-             (ndiv + 3) * 0x1p-149 * amp, zvec};
+    KChain c{w, divs, ndiv, zero, nzero, 0, approx ? static_cast<float>(1.0 / prod) : 0.0f, static_cast<float>(wlim),
+             (ndiv + 3) * 0x1p-24f, (ndiv + 3) * 0x1p-149 * amp, zvec};
     float blk[K_PREFIX_CHUNK * K_PREFIX_BLOCK];
     float s = 0.0f;
     int64_t z = 0;
@@ -767,24 +774,27 @@ static void k_dot_group(const float* a, const float* const* b, int64_t n, double
     }
 }
 
-// Pairs per pass: the accumulators (4 per pair) and a's four vectors must stay in registers (32 vector
-// registers with AVX-512, 16 otherwise).
+// Pairs per pass: the accumulators (4 per pair) and a's four vectors must stay in registers (32 with AVX-512,
+// 16 ymm with AVX2; the generic copy's 8-lane vectors take two xmm registers each, so one pair at a time).
 #if defined(K_USE_AVX512)
 constexpr int K_DOT_GROUP = 4;
-#else
+#elif defined(K_USE_FMA256)
 constexpr int K_DOT_GROUP = 2;
+#else
+constexpr int K_DOT_GROUP = 1;
 #endif
 
 static void k_dots(const float* a, const float* const* b, int m, int64_t n, double* out) {
     int j = 0;
     for (; j + K_DOT_GROUP <= m; j += K_DOT_GROUP) k_dot_group<K_DOT_GROUP>(a, b + j, n, out + j);
-    if (m - j >= 2) {
+    if (K_DOT_GROUP > 2 && m - j >= 2) {
         k_dot_group<2>(a, b + j, n, out + j);
         j += 2;
     }
     if (m - j == 1) k_dot_group<1>(a, b + j, n, out + j);
 }
 
+// sum of a[i] in float64, four independent accumulators.
 static double k_sum_f64(const float* a, int64_t n) {
     KSum64 acc0, acc1;
     int64_t i = 0;

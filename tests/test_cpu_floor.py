@@ -248,19 +248,22 @@ def _chained_serial_sums(w, divs, zero):
     """Block starts and total of the float32 running sum of (((w / divs[0]) / divs[1]) ...), zero at ``zero``."""
     import numpy as np
     v = w.numpy().astype(np.float32).copy()
-    for d in divs:
-        v = (v / np.float32(d)).astype(np.float32)
+    with np.errstate(over="ignore"):  # a quotient may overflow to inf (as the kernel's must)
+        for d in divs:
+            v = (v / np.float32(d)).astype(np.float32)
     v[list(zero)] = 0.0
     run = np.cumsum(v, dtype=np.float32)  # numpy's float32 cumsum is the serial loop
     starts = [np.float32(0.0) if b == 0 else run[b - 1] for b in range(0, len(v), 128)]
     return [float(x) for x in starts] + [float(run[-1])]
 
 
-@pytest.mark.parametrize("kind", ["softmax", "peaked", "subnormal", "many-divisors", "tiny-divisors"])
+@pytest.mark.parametrize("kind", ["softmax", "peaked", "subnormal", "many-divisors", "tiny-divisors", "overflow",
+                                  "negative-divisors"])
 def test_chain_running_sums_equal_the_serial_sum_of_the_divided_values(kind):
     """The inverse CDF's running sums over a lazily divided row (approximated by one product per entry, exact
     divisions only where the approximation cannot decide a rounding) equal the serial float32 loop over the
-    exactly divided values, bit for bit, at every block start."""
+    exactly divided values, bit for bit, at every block start; also where an intermediate quotient overflows
+    while the product of the divisors is moderate, and with negative divisors."""
     from cascade_kernels import _C
     g = torch.Generator().manual_seed(7 + len(kind))
     for trial in range(25):
@@ -278,6 +281,13 @@ def test_chain_running_sums_equal_the_serial_sum_of_the_divided_values(kind):
         divs = [total] + [float(torch.empty(1).uniform_(0.05, 1.0, generator=g)) for _ in range(k - 1)]
         if kind == "tiny-divisors":
             divs[1:] = [1e-3, 2e-5]
+        if kind == "overflow":  # w / 2^-40 overflows for one weight after the first chunk; the divisors' product
+            w = torch.zeros(n)  # is 1 and the running sum stays moderate, so that weight's approximation is finite
+            w[:1024] = 2.0 ** 87
+            w[min(n - 1, 1024 + 37 * trial)] = 2.0 ** (87 + trial % 3)
+            divs = [2.0 ** -40, 2.0 ** 40]
+        if kind == "negative-divisors":
+            divs[1:] = [-4.0, -4.0, 2.0 ** -10][: k - 1] or [-4.0]
         zero = sorted(set(torch.randint(0, n, (trial % 7,), generator=g).tolist()))
         got = _C.chain_running_sums(w.data_ptr(), n, divs, zero)
         want = _chained_serial_sums(w, divs, zero)
