@@ -496,6 +496,7 @@ static inline float k_sum_units(k_v8f acc) {
 struct KBinade {
     int E;
     float u, inv, scale, abs_u;
+    uint32_t lim;  // the bits of the least t sent to the exact / serial path (t >= 0; negative t's bits are above)
 };
 
 template <bool CHAIN>
@@ -506,10 +507,15 @@ static inline KBinade k_binade(float s, const KChain* chain) {
     b.u = k_bits_to_float(static_cast<uint32_t>(b.E - 23 + 127) << 23);
     b.scale = b.inv;
     b.abs_u = 0.0f;
+    b.lim = 0x4b000000u;  // 2^23 units
     if (CHAIN) {
         b.scale = chain->R * b.inv;  // exact while normal: a power-of-two scale of R
         const bool ok = b.scale >= 0x1p-126f && b.scale <= 0x1p127f;
         b.abs_u = ok ? static_cast<float>(chain->abs_v * b.inv) + 0x1p-20f : __builtin_inff();
+        // 2^22 units, or less where a weight could overflow a quotient of its chain (w >= wlim; rounding is
+        // monotone, so every such w has t >= wlim * scale)
+        const uint32_t w_lim = k_float_to_bits(chain->wlim * b.scale);
+        b.lim = w_lim < 0x4a800000u ? w_lim : 0x4a800000u;
     }
     return b;
 }
@@ -520,12 +526,12 @@ static inline KBinade k_binade(float s, const KChain* chain) {
 // |t - rint(t)| = 1/2), and the lane sums of those integers stay exact in float32 while the total is below
 // 2^24. CHAIN: t approximates the exact value's units within margin = rel * t + abs_u, so its rounded integer
 // is the exact one's unless t lies within that margin of a half-integer (a tie included, as abs_u > 0) or of
-// the range's end (2^22 here); those K_LANES entries are redone from their exact values.
+// the range's end (2^22 here, or bn.lim where a weight could overflow a quotient of its chain); those K_LANES
+// entries are redone from their exact values.
 template <bool CHAIN>
 static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, const KBinade& bn,
                                     const KChain* chain, int* bad_out) {
     const k_v8f rel = k_bc(CHAIN ? chain->rel : 0.0f), abs_u = k_bc(bn.abs_u);
-    const uint32_t lim = CHAIN ? 0x4a800000u : 0x4b000000u;
     k_v8f acc = k_bc(0.0f);
     k_v8i bad = k_v8i{};
     for (int64_t i = lo; i < hi; i += K_LANES) {
@@ -534,9 +540,8 @@ static inline int64_t k_block_units(const float* v, int64_t lo, int64_t hi, cons
         k_v8f t = x * bn.scale;
         k_v8f r = (t + 0x1p23f) - 0x1p23f;
         k_v8f ad = reinterpret_cast<k_v8f>(reinterpret_cast<k_v8u>(t - r) & 0x7fffffffu);
-        k_v8i flag = reinterpret_cast<k_v8u>(t) >= lim;  // t < 0, too big, NaN
+        k_v8i flag = reinterpret_cast<k_v8u>(t) >= bn.lim;  // t < 0, too big, NaN
         flag |= ad + (CHAIN ? k_madd8(t, rel, abs_u) : k_bc(0.0f)) >= 0.5f;
-        if (CHAIN) flag |= x >= chain->wlim;
         if (CHAIN && (chain->zvec[i / K_LANES] || k_any(flag))) {  // undecided: these entries' exact values
             k_chain_values(*chain, chain->lo + i, K_LANES, reinterpret_cast<float*>(&x));
             t = x * bn.inv;
