@@ -562,13 +562,13 @@ constexpr int64_t K_PREFIX_CHUNK = 8;  // blocks whose integer sums are taken be
 // The running sum over [lo, hi) from s, serially, on the exact values.
 template <bool CHAIN>
 static float k_serial_run(const float* v, const KChain* chain, int64_t lo, int64_t hi, float s) {
-    if (!CHAIN) {
-        for (int64_t i = lo; i < hi; ++i) s += v[i];
-        return s;
-    }
     float ex[K_LANES];
-    k_chain_values(*chain, chain->lo + lo, hi - lo, ex);
-    for (int64_t i = 0; i < hi - lo; ++i) s += ex[i];
+    const float* x = v + lo;
+    if (CHAIN) {
+        k_chain_values(*chain, chain->lo + lo, hi - lo, ex);
+        x = ex;
+    }
+    for (int64_t i = 0; i < hi - lo; ++i) s += x[i];
     return s;
 }
 
@@ -626,13 +626,13 @@ static float k_prefix_chunk(const float* v, int64_t len, int64_t pos, float s, f
                     const double per_block = static_cast<double>(s) * K_PREFIX_BLOCK / (entries > 1.0 ? entries : 1.0);
                     const double fit = ((int64_t{1} << 24) - total) * static_cast<double>(bn.u) / per_block;
                     const int64_t want = fit < static_cast<double>(nb - j) ? j + 1 + static_cast<int64_t>(fit) : nb;
-                    for (int64_t b = j; b < want && b < nb; ++b) {
+                    for (int64_t b = j; b < want; ++b) {  // want <= nb
                         const int64_t lo = b * K_PREFIX_BLOCK, hi = b + 1 < nb ? lo + K_PREFIX_BLOCK : len;
                         bad[b] = 1;
                         units[b] = 0;
                         if ((hi - lo) % K_LANES == 0) units[b] = k_block_units<CHAIN>(v, lo, hi, bn, chain, &bad[b]);
                     }
-                    done = want < nb ? want : nb;
+                    done = want;
                 }
                 for (; j < done && !bad[j] && total + units[j] < (int64_t{1} << 24); ++j) {
                     starts[j] = s;
