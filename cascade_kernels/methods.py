@@ -18,17 +18,20 @@ from .types import Method
 
 class HostParams(NamedTuple):
     """The parameter slots as host arrays (int64, float64) that the C++ backend reads by address: made
-    once with the packed method, which keeps them alive (a call reads no tensor for them)."""
+    once with the packed method, which keeps them alive (a call reads no tensor for them). ``whole_call``:
+    whether the C++ backend's whole-call entry may take the method (it has no reference-only option)."""
 
     ints: np.ndarray
     floats: np.ndarray
     ints_ptr: int
     floats_ptr: int
+    whole_call: bool
 
 
-def host_params(iparams, fparams) -> HostParams:
+def host_params(code: int, iparams, fparams) -> HostParams:
     ints, floats = np.array(iparams, dtype=np.int64), np.array(fparams, dtype=np.float64)
-    return HostParams(ints, floats, ints.ctypes.data, floats.ctypes.data)
+    return HostParams(ints, floats, ints.ctypes.data, floats.ctypes.data,
+                      _reference_only(code, iparams, fparams) is None)
 
 
 class PackedMethod(NamedTuple):
@@ -76,15 +79,19 @@ def _pack(method: Method, neighbors=None, peer_neighbors=None, embeddings=None, 
     assert not unknown, unknown
     ip = tuple(int(slots.get(k, 0)) for k in codes.INT_PARAMS)
     fp = tuple(float(slots.get(k, 0.0)) for k in codes.FLOAT_PARAMS)
-    return PackedMethod(codes.METHODS[method.name], ip, fp, neighbors, host_params(ip, fp), peer_neighbors,
-                        embeddings)
+    code = codes.METHODS[method.name]
+    return PackedMethod(code, ip, fp, neighbors, host_params(code, ip, fp), peer_neighbors, embeddings)
 
 
 def reference_only_reason(m: PackedMethod) -> Optional[str]:
     """Why a packed method can only run on the reference backend this round (None when any backend can)."""
-    if m.code == codes.METHODS["gsd"] and m.i("gsd_group") == codes.GSD_GROUPS["peer"]:
+    return _reference_only(m.code, m.iparams, m.fparams)
+
+
+def _reference_only(code: int, iparams, fparams) -> Optional[str]:
+    if code == codes.METHODS["gsd"] and iparams[codes.INT_PARAMS.index("gsd_group")] == codes.GSD_GROUPS["peer"]:
         return "ck.GSD(group='peer')"
-    if m.code == codes.METHODS["cool"] and m.f("cool_wmin") < 1.0:
+    if code == codes.METHODS["cool"] and fparams[codes.FLOAT_PARAMS.index("cool_wmin")] < 1.0:
         return "ck.Cool with w_min < 1 (omega below 1 and the paper's residual)"
     return None
 

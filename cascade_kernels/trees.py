@@ -136,9 +136,10 @@ class Tree:
     ``child_start [T, N+1]`` / ``child_list [T, N]`` int32 (CSR: children of u are
     ``child_list[child_start[u]:child_start[u+1]]``, in increasing node index = sibling order),
     ``max_depth`` (int), ``host_parents_ptr`` (the address of the int32 parents in host memory, which the C++
-    backend reads; on the CPU ``parents`` is that memory). ``mask``, ``packed_mask`` and ``retrieve`` (see
-    ``ck.TreeBuffers``) are made on first use (by the reference ``tree_buffers`` op). Build it with
-    :func:`prepare_tree`.
+    backend reads; on the CPU ``parents`` is that memory), ``whole_call`` (``(batch, num_nodes, max_depth + 1,
+    host_parents_ptr)`` for a tree on the CPU, which the C++ backend's whole-call entry reads; None elsewhere).
+    ``mask``, ``packed_mask`` and ``retrieve`` (see ``ck.TreeBuffers``) are made on first use (by the
+    reference ``tree_buffers`` op). Build it with :func:`prepare_tree`.
     """
 
     def __init__(self, parents_np: np.ndarray, device: torch.device):
@@ -171,6 +172,7 @@ class Tree:
         host = np.ascontiguousarray(parents_np, dtype=np.int32)
         self._host_parents = host  # what the C++ backend reads, by address (kept alive here)
         self.host_parents_ptr = host.ctypes.data
+        self.whole_call = (T, N, self.max_depth + 1, self.host_parents_ptr) if device == torch.device("cpu") else None
         self.parents = to(host)
         self.depth = to(depth)
         self.first_child = to(first)

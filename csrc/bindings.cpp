@@ -9,7 +9,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -71,7 +73,7 @@ static void verify_py(int64_t B, int64_t N, int64_t V, int64_t L, uintptr_t toke
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The whole-call entry (cascade_kernels/ops/verify/cpu.py:verify_call): the tensors arrive as Python
+// The whole-call entry (verify_call below; cascade_kernels/ops/verify/cpu.py): the tensors arrive as Python
 // objects and are read through DLPack's C exchange API (dlpack.h v1.x, `__dlpack_c_exchange_api__`):
 // one C call fills a DLTensor (data, device, dtype, shape, strides) without torch's Python getters, whose
 // many distinct code paths and objects dominate a call made with cold caches. The structs below are the
@@ -113,20 +115,43 @@ struct Api {
 }  // namespace dl
 
 static const dl::Api* g_dlpack = nullptr;
-static PyTypeObject* g_tensor_type = nullptr;
 
-// Registers torch's exchange API and the torch.Tensor type; false when it is not a usable DLPack 1.x table.
-static bool set_exchange_api(py::object capsule, py::object tensor_type) {
+// What the whole-call entry recognises (set_call_entry; kept for the life of the process).
+struct CallTypes {
+    PyTypeObject *tensor, *tree, *packed, *output;  // torch.Tensor, ck.Tree, PackedMethod, ck.VerifyOutput
+    PyObject* method;       // the base class ck.methods.Method
+    PyObject* new_outputs;  // (B, L) -> fresh VerifyOutput with backend "cpu"
+    PyObject* as_cpu;       // out -> out._replace(backend="cpu")
+    PyObject* num_threads;  // torch.get_num_threads
+    PyObject* samplings;    // validation.DRAFT_SAMPLINGS
+    // interned names
+    PyObject *whole_call, *packed_name, *host, *code, *neighbors, *embeddings, *ints_ptr, *floats_ptr,
+        *default_eps, *name, *cpu, *transport, *standard;
+};
+static CallTypes g_call{};
+
+// Registers torch's exchange API and what the whole-call entry recognises; false when the capsule is not a
+// usable DLPack 1.x table (the entry then declines every call).
+static bool set_call_entry(py::object capsule, py::object tensor, py::object tree, py::object method,
+                           py::object packed, py::object output, py::object new_outputs, py::object as_cpu,
+                           py::object num_threads, py::object samplings) {
     void* p = PyCapsule_GetPointer(capsule.ptr(), "dlpack_exchange_api");
     if (!p) {
         PyErr_Clear();
         return false;
     }
     const auto* api = static_cast<const dl::Api*>(p);
-    if (api->header.version.major != 1 || !api->dltensor_from_py_object_no_sync || !PyType_Check(tensor_type.ptr()))
-        return false;
-    Py_INCREF(tensor_type.ptr());  // kept for the life of the process
-    g_tensor_type = reinterpret_cast<PyTypeObject*>(tensor_type.ptr());
+    for (const py::object* t : {&tensor, &tree, &packed, &output, &method})
+        if (!PyType_Check(t->ptr())) return false;
+    if (api->header.version.major != 1 || !api->dltensor_from_py_object_no_sync) return false;
+    auto keep = [](const py::object& o) { return o.inc_ref().ptr(); };  // references held for good
+    auto type = [&](const py::object& o) { return reinterpret_cast<PyTypeObject*>(keep(o)); };
+    auto intern = [](const char* s) { return PyUnicode_InternFromString(s); };
+    g_call = CallTypes{type(tensor), type(tree), type(packed), type(output), keep(method), keep(new_outputs),
+                       keep(as_cpu), keep(num_threads), keep(samplings), intern("whole_call"), intern("packed"),
+                       intern("host"), intern("code"), intern("neighbors"), intern("embeddings"), intern("ints_ptr"),
+                       intern("floats_ptr"), intern("default_eps"), intern("name"), intern("cpu"),
+                       intern("transport"), intern("standard")};
     g_dlpack = api;
     return true;
 }
@@ -147,10 +172,10 @@ static bool overlap(const View& x, const View& y) {
     return x.bytes > 0 && y.bytes > 0 && a < b + y.bytes && b < a + x.bytes;
 }
 
-static bool read_plain(py::handle obj, int ndim, View& v) {
-    if (Py_TYPE(obj.ptr()) != g_tensor_type) return false;
+static bool read_plain(PyObject* obj, int ndim, View& v) {
+    if (Py_TYPE(obj) != g_call.tensor) return false;
     dl::Tensor t;
-    if (g_dlpack->dltensor_from_py_object_no_sync(obj.ptr(), &t) != 0) {  // e.g. requires grad, meta
+    if (g_dlpack->dltensor_from_py_object_no_sync(obj, &t) != 0) {  // e.g. requires grad, meta
         PyErr_Clear();
         return false;
     }
@@ -173,83 +198,219 @@ static int float_code(Kind k) {
     return k == K_F32 ? ck::DT_F32 : k == K_BF16 ? ck::DT_BF16 : k == K_F16 ? ck::DT_F16 : ck::DT_F64;
 }
 
-// The common-case call: false (nothing read or written) unless every tensor is in the form the general
-// path would pass on unchanged (see cpu.py:verify_call, which checked the Python-object arguments).
-static bool verify_call_py(py::handle tokens, py::handle logits, py::handle hidden, py::handle seed, int64_t seed_int,
-                           py::handle neighbors, py::handle o_len, py::handle o_nodes, py::handle o_next,
-                           py::handle o_tvd, py::handle o_status, int64_t tree_batch, int64_t tree_n, int64_t L,
-                           uintptr_t parents, int method, uintptr_t iparams, uintptr_t fparams, bool cascade,
-                           bool transport, double eps, double temperature, int64_t top_k, double top_p,
-                           int num_threads) {
-    constexpr int64_t LIMIT = (int64_t{1} << 31) - 1;
-    if (!g_dlpack || !temperature_in_range(temperature)) return false;
-    View tk, lg, hd, sd, nb, a, n, nt, tv, st;
-    if (!read_plain(tokens, 2, tk) || tk.kind != K_I64) return false;
-    const int64_t B = tk.shape[0], N = tk.shape[1];
-    if (B * N >= LIMIT || tree_n != N || (tree_batch != 1 && tree_batch != B)) return false;
-    if (!read_plain(logits, 3, lg) || !(lg.kind == K_F32 || lg.kind == K_BF16 || lg.kind == K_F16)) return false;
-    const int64_t V = lg.shape[2];
-    if (lg.shape[0] != B || lg.shape[1] != N || V >= LIMIT || top_k > V) return false;
-    if (cascade) {
-        if (!read_plain(hidden, 3, hd) || hd.kind < K_F32 || hd.kind > K_F64) return false;
-        if (hd.shape[0] != B || hd.shape[1] != N) return false;
-    } else if (!hidden.is_none()) {
+// An owned reference (nullptr: none, or a failed call whose error was cleared).
+struct Ref {
+    PyObject* p;
+    explicit Ref(PyObject* q) : p(q) {
+        if (!p) PyErr_Clear();
+    }
+    Ref(const Ref&) = delete;
+    Ref& operator=(const Ref&) = delete;
+    ~Ref() { Py_XDECREF(p); }
+    PyObject* release() {
+        PyObject* q = p;
+        p = nullptr;
+        return q;
+    }
+};
+
+static Ref attr(PyObject* o, PyObject* name) { return Ref(PyObject_GetAttr(o, name)); }
+
+// An exact int (not bool) that fits int64.
+static bool exact_int(PyObject* o, int64_t& v) {
+    if (!PyLong_CheckExact(o)) return false;
+    int overflow = 0;
+    v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    return overflow == 0 && !(v == -1 && PyErr_Occurred());
+}
+
+static bool str_is(PyObject* o, PyObject* interned) {
+    return o == interned || PyUnicode_Compare(o, interned) == 0;  // exact str objects only (checked before)
+}
+
+// The tree's and the method's parts the walk reads, from the objects prepared by the general path (a ck.Tree's
+// whole_call; a method packed by an earlier call, without a reference-only option): false otherwise.
+struct CallPlan {
+    int64_t tree_batch, tree_n, L;
+    uintptr_t parents, iparams, fparams;
+    int method;
+    PyObject* neighbors;  // borrowed from the packed method (alive while the caller's method is)
+    double eps;
+};
+
+static bool plan_call(PyObject* parents, PyObject* method, PyObject* eps, CallPlan& c) {
+    if (Py_TYPE(parents) != g_call.tree) return false;
+    Ref wc = attr(parents, g_call.whole_call);  // (batch, num_nodes, L, host parents address) on the CPU
+    if (!wc.p || !PyTuple_CheckExact(wc.p) || PyTuple_GET_SIZE(wc.p) != 4) return false;
+    int64_t ptr;
+    if (!exact_int(PyTuple_GET_ITEM(wc.p, 0), c.tree_batch) || !exact_int(PyTuple_GET_ITEM(wc.p, 1), c.tree_n) ||
+        !exact_int(PyTuple_GET_ITEM(wc.p, 2), c.L) || !exact_int(PyTuple_GET_ITEM(wc.p, 3), ptr))
+        return false;
+    c.parents = static_cast<uintptr_t>(ptr);
+    if (PyObject_IsInstance(method, g_call.method) != 1) {
+        PyErr_Clear();
         return false;
     }
-    if (!seed.is_none() && (!read_plain(seed, 1, sd) || sd.kind != K_I64 || sd.shape[0] != B)) return false;
-    if (!neighbors.is_none() && (!read_plain(neighbors, 2, nb) || nb.kind != K_I64 || nb.shape[0] != V)) return false;
-    if (!read_plain(o_len, 1, a) || a.kind != K_I32 || a.shape[0] != B) return false;
-    if (!read_plain(o_nodes, 2, n) || n.kind != K_I32 || n.shape[0] != B || n.shape[1] != L) return false;
-    if (!read_plain(o_next, 1, nt) || nt.kind != K_I64 || nt.shape[0] != B) return false;
-    if (!read_plain(o_tvd, 1, tv) || tv.kind != K_F32 || tv.shape[0] != B) return false;
-    if (!read_plain(o_status, 1, st) || st.kind != K_I32 || st.shape[0] != B) return false;
+    Ref name = attr(method, g_call.name);
+    if (!name.p || !PyUnicode_CheckExact(name.p) || PyUnicode_GET_LENGTH(name.p) == 0) return false;
+    Ref dict(PyObject_GenericGetDict(method, nullptr));
+    if (!dict.p || !PyDict_Check(dict.p)) return false;
+    PyObject* packed = PyDict_GetItemWithError(dict.p, g_call.packed_name);  // borrowed
+    if (!packed || Py_TYPE(packed) != g_call.packed) {
+        PyErr_Clear();
+        return false;
+    }
+    Ref host = attr(packed, g_call.host), emb = attr(packed, g_call.embeddings), code = attr(packed, g_call.code);
+    if (!host.p || !emb.p || !code.p || emb.p != Py_None) return false;
+    Ref ok = attr(host.p, g_call.whole_call), ip = attr(host.p, g_call.ints_ptr), fp = attr(host.p, g_call.floats_ptr);
+    int64_t m, ipv, fpv;
+    if (ok.p != Py_True || !ip.p || !fp.p || !exact_int(code.p, m) || !exact_int(ip.p, ipv) || !exact_int(fp.p, fpv))
+        return false;
+    c.method = static_cast<int>(m);
+    c.iparams = static_cast<uintptr_t>(ipv);
+    c.fparams = static_cast<uintptr_t>(fpv);
+    Ref nb = attr(packed, g_call.neighbors);
+    if (!nb.p) return false;
+    c.neighbors = nb.p;  // the packed method holds it
+    if (eps == Py_None) {  // the method's default budget (None: unbounded)
+        Ref d = attr(method, g_call.default_eps);
+        if (!d.p) return false;
+        c.eps = d.p == Py_None ? HUGE_VAL : PyFloat_AsDouble(d.p);
+        if (c.eps == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return false;
+        }
+    } else {
+        if (!PyFloat_CheckExact(eps)) return false;
+        c.eps = PyFloat_AS_DOUBLE(eps);
+        if (!(c.eps >= 0.0)) return false;
+    }
+    return true;
+}
+
+// ck.verify(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps, temperature, top_k,
+// top_p, cfg_scale, seed, out, draft_sampling) -- positional, as api.verify passes them -- for the common case:
+// the outputs (out, or fresh ones), or None with nothing read or written unless every argument is in the form
+// the general path would pass on unchanged (cascade_kernels/ops/verify/cpu.py). It never raises for a
+// declined call; errors name nothing, because the general path then runs and names the argument.
+static PyObject* verify_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "verify_call takes ck.verify's 15 arguments, positionally");
+        return nullptr;
+    }
+    PyObject *tokens = args[0], *parents = args[1], *logits = args[2], *method = args[3], *draft = args[4],
+             *hidden = args[5], *residual = args[6], *eps = args[7], *temperature = args[8], *top_k = args[9],
+             *top_p = args[10], *cfg_scale = args[11], *seed = args[12], *out = args[13], *sampling = args[14];
+    constexpr int64_t LIMIT = (int64_t{1} << 31) - 1;
+    if (!g_dlpack || draft != Py_None || cfg_scale != Py_None) Py_RETURN_NONE;
+    if (!PyUnicode_CheckExact(residual) || !PyUnicode_CheckExact(sampling)) Py_RETURN_NONE;
+    const bool transport = str_is(residual, g_call.transport);
+    if (!transport && !str_is(residual, g_call.standard)) Py_RETURN_NONE;  // "peer": reference only
+    if (PySequence_Contains(g_call.samplings, sampling) != 1) {  // (a tuple of str: no error to clear)
+        Py_RETURN_NONE;
+    }
+    CallPlan c;
+    if (!plan_call(parents, method, eps, c)) Py_RETURN_NONE;
+    const bool cascade = c.method == ck::M_CASCADE;
+    if (hidden != Py_None && !cascade) Py_RETURN_NONE;  // (CASCADE without hidden: read_plain declines)
+    int64_t k, seed_int = 0;
+    if (!PyFloat_CheckExact(temperature) || !PyFloat_CheckExact(top_p) || !exact_int(top_k, k)) Py_RETURN_NONE;
+    const double T = PyFloat_AS_DOUBLE(temperature), p = PyFloat_AS_DOUBLE(top_p);
+    if (!temperature_in_range(T) || k < 0 || !(p > 0.0 && p <= 1.0)) Py_RETURN_NONE;  // k <= V: below
+    const bool int_seed = PyLong_CheckExact(seed);
+    if (int_seed ? !exact_int(seed, seed_int) : Py_TYPE(seed) != g_call.tensor) Py_RETURN_NONE;
+    if (out != Py_None && (Py_TYPE(out) != g_call.output || PyTuple_GET_SIZE(out) != 6)) Py_RETURN_NONE;
+
+    View tk, lg, hd, sd, nb, a, n, nt, tv, st;
+    if (!read_plain(tokens, 2, tk) || tk.kind != K_I64) Py_RETURN_NONE;
+    const int64_t B = tk.shape[0], N = tk.shape[1];
+    if (B * N >= LIMIT || c.tree_n != N || (c.tree_batch != 1 && c.tree_batch != B)) Py_RETURN_NONE;
+    if (!read_plain(logits, 3, lg) || !(lg.kind == K_F32 || lg.kind == K_BF16 || lg.kind == K_F16)) Py_RETURN_NONE;
+    const int64_t V = lg.shape[2];
+    if (lg.shape[0] != B || lg.shape[1] != N || V >= LIMIT || k > V) Py_RETURN_NONE;
+    if (cascade) {
+        if (!read_plain(hidden, 3, hd) || hd.kind < K_F32 || hd.kind > K_F64) Py_RETURN_NONE;
+        if (hd.shape[0] != B || hd.shape[1] != N) Py_RETURN_NONE;
+    }
+    if (!int_seed && (!read_plain(seed, 1, sd) || sd.kind != K_I64 || sd.shape[0] != B)) Py_RETURN_NONE;
+    if (c.neighbors != Py_None &&
+        (!read_plain(c.neighbors, 2, nb) || nb.kind != K_I64 || nb.shape[0] != V))
+        Py_RETURN_NONE;
+    Ref fresh(out == Py_None ? PyObject_CallFunction(g_call.new_outputs, "LL", static_cast<long long>(B),
+                                                     static_cast<long long>(c.L))
+                             : nullptr);
+    PyObject* o = out == Py_None ? fresh.p : out;
+    if (!o || Py_TYPE(o) != g_call.output || PyTuple_GET_SIZE(o) != 6) Py_RETURN_NONE;
+    if (!read_plain(PyTuple_GET_ITEM(o, 0), 1, a) || a.kind != K_I32 || a.shape[0] != B) Py_RETURN_NONE;
+    if (!read_plain(PyTuple_GET_ITEM(o, 1), 2, n) || n.kind != K_I32 || n.shape[0] != B || n.shape[1] != c.L)
+        Py_RETURN_NONE;
+    if (!read_plain(PyTuple_GET_ITEM(o, 2), 1, nt) || nt.kind != K_I64 || nt.shape[0] != B) Py_RETURN_NONE;
+    if (!read_plain(PyTuple_GET_ITEM(o, 3), 1, tv) || tv.kind != K_F32 || tv.shape[0] != B) Py_RETURN_NONE;
+    if (!read_plain(PyTuple_GET_ITEM(o, 4), 1, st) || st.kind != K_I32 || st.shape[0] != B) Py_RETURN_NONE;
     const View* outs[] = {&a, &n, &nt, &tv, &st};
     const View* ins[] = {&tk, &lg, &hd, &sd, &nb};  // views not read stay empty (bytes 0)
     for (int i = 0; i < 5; ++i) {  // outputs sharing memory: the general path names them
         for (int j = i + 1; j < 5; ++j)
-            if (overlap(*outs[i], *outs[j])) return false;
+            if (overlap(*outs[i], *outs[j])) Py_RETURN_NONE;
         for (const View* v : ins)
-            if (overlap(*outs[i], *v)) return false;
+            if (overlap(*outs[i], *v)) Py_RETURN_NONE;
+    }
+    int64_t threads = 1;
+    if (B > 1) {
+        Ref t(PyObject_CallNoArgs(g_call.num_threads));
+        if (!t.p || !exact_int(t.p, threads) || threads < 1) Py_RETURN_NONE;
     }
     thread_local std::vector<int64_t> int_seeds;
-    if (seed.is_none()) int_seeds.assign(static_cast<size_t>(B), seed_int);  // an int seed: every sequence's
+    if (int_seed) int_seeds.assign(static_cast<size_t>(B), seed_int);  // an int seed: every sequence's
     ck::VerifyParams P;
-    P.B = B; P.N = N; P.V = V; P.L = L;
+    P.B = B; P.N = N; P.V = V; P.L = c.L;
     P.tokens = static_cast<const int64_t*>(tk.data);
-    P.parents = as_ptr<const int32_t>(parents);
-    P.parents_stride = tree_batch == 1 ? 0 : N;
+    P.parents = as_ptr<const int32_t>(c.parents);
+    P.parents_stride = c.tree_batch == 1 ? 0 : N;
     P.target = lg.data;
     P.target_dtype = float_code(lg.kind);
     P.hidden = cascade ? hd.data : nullptr;
     P.hidden_dtype = cascade ? float_code(hd.kind) : 0;
     P.D = cascade ? hd.shape[2] : 0;
-    P.method = method;
-    P.iparams = as_ptr<const int64_t>(iparams);
-    P.fparams = as_ptr<const double>(fparams);
-    P.neighbors = neighbors.is_none() ? nullptr : static_cast<const int64_t*>(nb.data);
-    P.nb_stride = neighbors.is_none() ? 0 : nb.shape[1];
-    P.transport = transport; P.eps = eps; P.temperature = temperature;
-    P.top_k = top_k; P.top_p = top_p;
-    P.seeds = seed.is_none() ? int_seeds.data() : static_cast<const int64_t*>(sd.data);
+    P.method = c.method;
+    P.iparams = as_ptr<const int64_t>(c.iparams);
+    P.fparams = as_ptr<const double>(c.fparams);
+    P.neighbors = c.neighbors == Py_None ? nullptr : static_cast<const int64_t*>(nb.data);
+    P.nb_stride = c.neighbors == Py_None ? 0 : nb.shape[1];
+    P.transport = transport; P.eps = c.eps; P.temperature = T;
+    P.top_k = k; P.top_p = p;
+    P.seeds = int_seed ? int_seeds.data() : static_cast<const int64_t*>(sd.data);
     P.accept_len = static_cast<int32_t*>(const_cast<void*>(a.data));
     P.accepted_nodes = static_cast<int32_t*>(const_cast<void*>(n.data));
     P.next_token = static_cast<int64_t*>(const_cast<void*>(nt.data));
     P.tvd = static_cast<float*>(const_cast<void*>(tv.data));
     P.status = static_cast<int32_t*>(const_cast<void*>(st.data));
-    P.num_threads = B == 1 ? 1 : num_threads;
-    py::gil_scoped_release release;
+    P.num_threads = static_cast<int>(std::min<int64_t>(threads, 1 << 16));
+    Py_BEGIN_ALLOW_THREADS
     ck::verify_cpu(P);
-    return true;
+    Py_END_ALLOW_THREADS
+    if (fresh.p) return fresh.release();
+    PyObject* backend = PyTuple_GET_ITEM(out, 5);
+    if (PyUnicode_CheckExact(backend) && str_is(backend, g_call.cpu)) {
+        Py_INCREF(out);
+        return out;
+    }
+    return PyObject_CallOneArg(g_call.as_cpu, out);
 }
+
+static PyMethodDef k_call_defs[] = {
+    {"verify_call", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(verify_call)), METH_FASTCALL,
+     "ck.verify's common case, its 15 arguments positionally (cpu.py): the outputs, or None when not in that "
+     "form."},
+    {nullptr, nullptr, 0, nullptr}};
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "cascade_kernels C++ CPU backend (raw data pointers; see cascade_kernels/ops/verify/cpu.py)";
     m.def("verify", &verify_py, "Verify a batch of draft trees into caller-allocated outputs (docs/CONTRACT.md).");
-    m.def("set_exchange_api", &set_exchange_api,
-          "Register torch's DLPack C exchange API capsule and the torch.Tensor type for verify_call; False if "
-          "unusable.");
-    m.def("verify_call", &verify_call_py,
-          "ck.verify's common case with the tensors as objects (cpu.py:verify_call); False when not in that form.");
+    m.def("set_call_entry", &set_call_entry,
+          "Register torch's DLPack C exchange API capsule and the types and callables verify_call recognises "
+          "(cpu.py); False if the capsule is unusable.");
+    if (PyModule_AddFunctions(m.ptr(), k_call_defs) != 0) throw py::error_already_set();
     m.def("uniform", [](int64_t seed, uint32_t stream, int64_t index) { return ck::uniform(seed, stream, index); },
           "Philox uniform(seed, stream, index), as cascade_kernels.philox.uniform.");
     m.def("isa", []() { return std::string(ck::kernels_isa()); }, "Instruction set of the row kernels in use.");

@@ -269,14 +269,15 @@ def _outcome(kw):
 @pytest.mark.skipif("cpu" not in ck.available_backends(), reason="C++ extension not built")
 @pytest.mark.parametrize("B", [1, 3])
 def test_cpu_fast_entry_agrees_with_the_general_path(monkeypatch, B):
-    """ops/verify/cpu.py:verify_call (the whole call for the common case) against the general path on random
+    """_C.verify_call (the whole call for the common case, cpu.verify.call) against the general path on random
     argument sets: the same outputs (and backend name), or the same exception; it is taken often enough."""
     from cascade_kernels.ops.verify import cpu
 
     taken = []
+    entry = cpu.verify.call
 
     def counting(*a):
-        res = cpu.verify_call(*a)
+        res = entry(*a)
         taken.append(res is not None)
         return res
 
@@ -295,3 +296,32 @@ def test_cpu_fast_entry_agrees_with_the_general_path(monkeypatch, B):
             same = torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
             assert (a is b is None) or same, (kw, fast, general)
     assert 50 < sum(taken) < len(taken), (sum(taken), len(taken))
+
+
+@pytest.mark.skipif("cpu" not in ck.available_backends(), reason="C++ extension not built")
+def test_cpu_fast_entry_holds_no_references():
+    """_C.verify_call reads Python objects with C calls: taken or declined, it leaves every argument's reference
+    count (and that of the objects it reads through them) as it found them."""
+    from cascade_kernels.ops.verify import cpu
+
+    tokens, logits, hidden = _inputs(B=2)
+    tree = ck.prepare_tree(EAGLE)
+    method = ck.Cascade(tau_pos=0.2, tau_seq=0.2)
+    out = ck.verify(tokens, tree, logits, method=method, hidden=hidden, backend="cpu")
+    other = out._replace(backend="reference")
+    packed = method.packed
+    watched = (tokens, logits, hidden, tree, method, out, other, packed, packed.host, tree.whole_call)
+
+    def calls():
+        for o, eps, residual in ((out, None, "transport"), (other, 0.3, "standard"), (None, None, "transport"),
+                                 (out, None, "peer"), (out, -1.0, "transport")):
+            res = cpu.verify.call(tokens, tree, logits, method, None, hidden, residual, eps, 1.0, 0, 1.0, None, 5,
+                                  o, "iid")
+            assert (res is None) == (residual == "peer" or eps == -1.0)
+            assert res is None or res.backend == "cpu"
+
+    calls()
+    before = [sys.getrefcount(o) for o in watched]
+    for _ in range(200):
+        calls()
+    assert [sys.getrefcount(o) for o in watched] == before

@@ -5,8 +5,9 @@ Backends (``reference.py``, ``cpu.py``, ``triton.py`` beside this file) expose `
 caller-visible tensors that they fill in place. Under ``torch.compile`` the call goes through the
 ``cascade_kernels::verify`` custom op (``torch.library``), whose fake implementation gives the output
 shapes, so a compiled decode step has no graph break. Once the C++ backend serves CPU tensors, an eager
-call first tries its whole-call entry (``cpu.verify_call``): it takes arguments already in the normal form
-that the checks below produce and hands anything else back to them.
+call first tries its whole-call entry (``_C.verify_call``, see ``cpu.py``): it takes arguments already in the
+normal form that the checks below produce and hands anything else back to them. Traced by torch.compile, that
+entry declines (its polyfill, ``cpu._declines``), so the call does not first ask whether it is being traced.
 """
 from typing import List, Optional, Tuple
 
@@ -19,7 +20,7 @@ from ...types import VerifyArgs, VerifyOutput
 from ...validation import check_verify_inputs, check_verify_values, needs_reference
 
 CHECKS = ("fast", "full")
-_is_compiling = torch.compiler.is_compiling  # bound once (a decode step reaches it with cold caches)
+_is_compiling = torch.compiler.is_compiling
 
 
 def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None, hidden=None,
@@ -42,7 +43,7 @@ def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None,
     Returns accept_len [B], accepted_nodes [B, L] (root first, -1 padded), next_token [B], tvd [B],
     status [B] (``ck.STATUS_*`` bits) and the backend used.
     """
-    if check == "fast" and backend.__class__ is str and not _is_compiling():
+    if check == "fast" and backend.__class__ is str:  # (traced by torch.compile, the entry declines: cpu.py)
         hit = _backend._resolved.get(("verify", backend, "cpu"))
         if hit is not None and hit[0] == "cpu":  # the C++ backend serves CPU tensors: its whole-call entry
             res = hit[1].call(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,
@@ -120,7 +121,7 @@ def _verify_op(tokens: torch.Tensor, parents: torch.Tensor, target_logits: torch
                                                             torch.Tensor]:
     tree = prepare_tree(parents, device=target_logits.device)
     ip, fp = tuple(iparams), tuple(fparams)
-    packed = PackedMethod(method_code, ip, fp, neighbors, host_params(ip, fp), peer_neighbors, embeddings)
+    packed = PackedMethod(method_code, ip, fp, neighbors, host_params(method_code, ip, fp), peer_neighbors, embeddings)
     args = VerifyArgs(tokens, tree, target_logits, draft_logits, hidden, packed, transport, eps, temperature, top_k,
                       top_p, cfg_scale, seed, residual, draft_sampling)
     _, impl = _backend.resolve("verify", backend, target_logits.device, needs_reference(args))
