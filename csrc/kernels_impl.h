@@ -331,6 +331,30 @@ static float k_row_exp_sum(const RowSrc& r, int64_t n, float* dst, double* wsum)
     return k_dispatch<KRowExpSum>(r, n, dst, wsum);
 }
 
+// Kernels::row_sum_bound. Each weight exp(y), y = scaled - shift <= 0, is bounded by 2^floor(t) (1 + frac(t))
+// >= 2^t, t = y log2(e) (2^f lies below its chord on [0, 1]): the float whose bits are trunc(t 2^23) + 127 2^23
+// (truncation toward zero only raises it), t clamped at -124 (above every weight that small). No exponential:
+// a cheap pass that lets a walk skip the weights of a row whose first child is surely accepted.
+template <int DT, bool CFG, bool T1>
+struct KRowSumBound {
+    static double run(const RowSrc& r, int64_t n) {
+        const float c = 0x1p23f * 1.44269504f, lo = -124.0f * 0x1p23f;
+        k_v8f acc = k_bc(0.0f);
+        int64_t i = 0;
+        for (; i + K_LANES <= n; i += K_LANES) {
+            k_v8f t = (k_scaledv<DT, CFG, T1>(r, i) - r.shift) * c;
+            t = t < k_bc(lo) ? k_bc(lo) : t;
+            acc += reinterpret_cast<k_v8f>(__builtin_convertvector(t, k_v8i) + (127 << 23));
+        }
+        double s = 0.0;
+        for (int l = 0; l < K_LANES; ++l) s += acc[l];
+        for (; i < n; ++i) s += __builtin_exp(static_cast<double>(k_row_scaled_at(r, i) - r.shift));
+        return s;
+    }
+};
+
+static double k_row_sum_bound(const RowSrc& r, int64_t n) { return k_dispatch<KRowSumBound>(r, n); }
+
 template <int DT, bool CFG, bool T1>
 struct KRowCompactGe {
     static int64_t run(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx) {
@@ -980,7 +1004,8 @@ static int64_t k_keep_pairs_ge(float* vals, int32_t* idx, int64_t n, float t) {
     return m;
 }
 
-static const Kernels k_table = {k_row_max,   k_row_exp_sum,   k_row_compact_ge, k_row_scaled_at, k_row_sample,
+static const Kernels k_table = {k_row_max,   k_row_exp_sum,   k_row_sum_bound,  k_row_weight_at,
+                                k_row_compact_ge, k_row_scaled_at, k_row_sample,
                                 k_exp_sum,   k_div_sum,       k_sub_sum,        k_cool_sum,      k_max_div,
                                 k_keep_ge_sum, k_chain_div,   k_prefix_blocks,  k_chain_prefix,  k_sum_f64,
                                 k_dots,      k_kth_largest,   k_keep_pairs_ge,  K_ISA_NAME};

@@ -9,7 +9,11 @@
 //      one vectorised compaction of the entries above it straight from the logits, a radix select
 //      (8 bits of the order-preserving key per pass, from the top of the candidates' key range) over
 //      them, exponentials only for the <= k survivors (kept as a sparse list); no probability row is
-//      written;
+//      written. When the first child's acceptance U < q(x) cannot depend on anything but q(x) (Exact, or
+//      CASCADE with none of its blocks; deterministic drafting, no top-k / top-p, no bad token) and a cheap
+//      upper bound of the weights' sum (no exponentials: 2^t below its chord) already puts U below q(x),
+//      the second pass is skipped and the walk moves on (Walker::accepts_without_weights): a deep walk
+//      reads each accepted row with two light passes instead of writing its weights;
 //   2. q(x) of each drafted child from those statistics;
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
 //      (of the <= k survivors when top-k is on); the kept row is written once.
@@ -173,8 +177,10 @@ class Walker {
     const int32_t* par_ = nullptr;
     int32_t cos_parent_ = -1;  // the parent whose children's pairwise cosines are in wk_.cos_cache
 
-    bool process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
-                     Dist& out, int64_t probe = -1, double probe_u = 0.0);
+    enum class Row { INVALID, READY, PROBE_ACCEPTED };
+    Row process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
+                    Dist& out, int64_t probe = -1, double probe_u = 0.0, bool plain_probe = false);
+    bool accepts_without_weights(const RowSrc& r, int64_t x, double u);
     int64_t topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx);
     void densify(Dist& q, float* buf);
     int64_t nan_safe_argmax_target(int64_t node);
@@ -194,6 +200,8 @@ class Walker {
     float residual(const Dist& q, const Dist* p, int64_t x, const Relaxation& rel, bool sampled, float* dst);
     bool lazy_reject(Dist& q, int64_t x);
     void collect_live(const std::vector<int32_t>& nodes, const Dist& q, int64_t x, std::vector<int64_t>& out);
+    bool cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes);
+    bool plain_first_child(int32_t u);
 };
 
 // The top-k survivors (scaled logit >= the k-th largest, ties kept as the reference's `scaled >= kth`;
@@ -232,13 +240,15 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 // drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
 // exp(x - max), which bounds q(x) since the row's sum is >= 1), the float64 sum of the weights that the
 // rejection needs is taken in the same pass (a guess: either way the results are the same).
-bool Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
-                         Dist& out, int64_t probe, double probe_u) {
+Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand,
+                                int32_t* cidx, Dist& out, int64_t probe, double probe_u, bool plain_probe) {
     const float s = static_cast<float>(P_.cfg_scale);
     const RowStats st = K_->row_max(c, u, dtype, s, V_);
     // Validity is judged on the whole row, before top-k masks anything (docs/CONTRACT.md).
-    if (st.has_nan || !std::isfinite(st.max)) return false;
+    if (st.has_nan || !std::isfinite(st.max)) return Row::INVALID;
     const RowSrc r{c, u, dtype, s, T, st.max, T == 1.0f ? st.max : 0.0f};
+    if (plain_probe && P_.top_k == 0 && P_.top_p >= 1.0 && accepts_without_weights(r, probe, probe_u))
+        return Row::PROBE_ACCEPTED;
     float S_total;
     int64_t nk = 0;  // top-k survivors in cand / cidx (index order)
     // the float64 sum of the weights only if a child is rejected (lazy_reject): a walk that accepts at once
@@ -305,7 +315,23 @@ bool Walker::process_row(const void* c, const void* u, int dtype, float T, float
         }
         out = Dist(dense, kept, ksum);
     }
-    return true;
+    return Row::READY;
+}
+
+// Whether U < q(x) = w(x) / S (float32, S the sum row_exp_sum would return) is certain without the weights: S is
+// bounded above by row_sum_bound with a margin for the float32 sums (at most V / 8 + 64 additions per lane
+// here and in row_exp_sum, relative error gamma each way), its t product and k_exp's error (1e-4 covers
+// both); float division is monotone, so w(x) / S_up <= q(x). About one cheap pass instead of the exponentials
+// and stores of the weights.
+bool Walker::accepts_without_weights(const RowSrc& r, int64_t x, double u) {
+    const float w = K_->row_weight_at(r, x);
+    if (!(u < w)) return false;  // q(x) <= w(x): the row's max weighs 1
+    const double gamma = (static_cast<double>(V_) / 8.0 + 64.0) * 0x1p-24;
+    if (gamma > 1e-3) return false;
+    const double bound = K_->row_sum_bound(r, V_) * (1.0 + gamma) / (1.0 - gamma) * (1.0 + gamma) * (1.0 + 1e-4);
+    float s_up = static_cast<float>(bound);
+    if (static_cast<double>(s_up) < bound) s_up = std::nextafter(s_up, F_INF);
+    return u < static_cast<double>(w / s_up);
 }
 
 // The base weights as a dense row in buf (one pass); the divisors and the removed list are kept.
@@ -554,6 +580,53 @@ void Walker::collect_live(const std::vector<int32_t>& nodes, const Dist& q, int6
     out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
+// CASCADE's block blk of candidate node child (0: siblings at cosine >= tau_pos, 1: its children at cosine >=
+// tau_seq) into nodes; false when the method does not use that block.
+bool Walker::cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes) {
+    nodes.clear();
+    if (blk == 0) {
+        if (!P_.iparams[IP_USE_INTERCHANGE]) return false;
+        const int32_t parent = par_[child];
+        const float tau = static_cast<float>(P_.fparams[FP_TAU_POS]);
+        const int32_t k0 = wk_.kid_start[parent], k1 = wk_.kid_start[parent + 1];
+        int32_t ci = 0;
+        while (k0 + ci < k1 && wk_.kid_list[k0 + ci] != child) ++ci;
+        auto& cos = wk_.cos_row;
+        cos.resize(k1 - k0);
+        sibling_cosines(parent, ci, cos.data());
+        for (int32_t k = k0; k < k1; ++k) {
+            const int32_t s = wk_.kid_list[k];
+            if (s != child && cos[k - k0] >= tau) nodes.push_back(s);
+        }
+    } else {
+        if (!P_.iparams[IP_USE_CONVERGENCE]) return false;
+        const float tau = static_cast<float>(P_.fparams[FP_TAU_SEQ]);
+        const int32_t k0 = wk_.kid_start[child], k1 = wk_.kid_start[child + 1];
+        auto& cos = wk_.cos_row;
+        cos.resize(k1 - k0);
+        cosines(child, wk_.kid_list.data() + k0, k1 - k0, cos.data());
+        for (int32_t k = k0; k < k1; ++k)
+            if (cos[k - k0] >= tau) nodes.push_back(wk_.kid_list[k]);
+    }
+    return true;
+}
+
+// Whether node u's first child x (drafted deterministically) has r(x) = q(x) and no charge whatever the row:
+// Exact, or CASCADE with both of its blocks empty; and no child of u carries a bad token (which needs the row).
+// Then its acceptance can be decided without the row's weights (process_row's plain_probe).
+bool Walker::plain_first_child(int32_t u) {
+    const int32_t k0 = wk_.kid_start[u], k1 = wk_.kid_start[u + 1];
+    for (int32_t k = k0; k < k1; ++k) {
+        const int64_t t = tok_[wk_.kid_list[k]];
+        if (t < -1 || t >= V_) return false;
+    }
+    if (P_.method == M_EXACT) return true;
+    if (P_.method != M_CASCADE) return false;
+    for (int blk = 0; blk < 2; ++blk)
+        if (cascade_block(wk_.kid_list[k0], blk, wk_.nodes) && !wk_.nodes.empty()) return false;
+    return true;
+}
+
 // CONTRACT §4: the absorbed set (into wk_.absorbed), r(x) and the charge of candidate x at node child.
 Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
     Relaxation rel;
@@ -625,33 +698,9 @@ Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
         }
         case M_CASCADE: {
             double charge = 0.0;
-            const int32_t parent = par_[child];
             auto& nodes = wk_.nodes;
             for (int blk = 0; blk < 2; ++blk) {
-                nodes.clear();
-                if (blk == 0) {
-                    if (!P_.iparams[IP_USE_INTERCHANGE]) continue;
-                    const float tau = static_cast<float>(P_.fparams[FP_TAU_POS]);
-                    const int32_t k0 = wk_.kid_start[parent], k1 = wk_.kid_start[parent + 1];
-                    int32_t ci = 0;
-                    while (k0 + ci < k1 && wk_.kid_list[k0 + ci] != child) ++ci;
-                    auto& cos = wk_.cos_row;
-                    cos.resize(k1 - k0);
-                    sibling_cosines(parent, ci, cos.data());
-                    for (int32_t k = k0; k < k1; ++k) {
-                        const int32_t s = wk_.kid_list[k];
-                        if (s != child && cos[k - k0] >= tau) nodes.push_back(s);
-                    }
-                } else {
-                    if (!P_.iparams[IP_USE_CONVERGENCE]) continue;
-                    const float tau = static_cast<float>(P_.fparams[FP_TAU_SEQ]);
-                    const int32_t k0 = wk_.kid_start[child], k1 = wk_.kid_start[child + 1];
-                    auto& cos = wk_.cos_row;
-                    cos.resize(k1 - k0);
-                    cosines(child, wk_.kid_list.data() + k0, k1 - k0, cos.data());
-                    for (int32_t k = k0; k < k1; ++k)
-                        if (cos[k - k0] >= tau) nodes.push_back(wk_.kid_list[k]);
-                }
+                if (!cascade_block(child, blk, nodes)) continue;
                 collect_live(nodes, q, x, wk_.block);
                 float mass = 0.0f;
                 for (int64_t t : wk_.block) mass += q.at(t);
@@ -843,10 +892,17 @@ void Walker::run(int64_t b) {
             }
         }
         Dist qu;
-        if (!process_row(c, un, P_.target_dtype, T, A, wk_.C.get(), wk_.CI.get(), qu, probe, probe_u)) {
+        const Row got = process_row(c, un, P_.target_dtype, T, A, wk_.C.get(), wk_.CI.get(), qu, probe, probe_u,
+                                    probe >= 0 && plain_first_child(u));
+        if (got == Row::INVALID) {
             next = nan_safe_argmax_target(u);
             status |= STATUS_NONFINITE_TARGET;
             break;
+        }
+        if (got == Row::PROBE_ACCEPTED) {  // (no charge: tvd unchanged)
+            u = kl[ks[u]];
+            path.push_back(u);
+            continue;
         }
         bool any_child = false, bad_token = false;
         for (int32_t k = ks[u]; k < ks[u + 1]; ++k) {
@@ -866,7 +922,7 @@ void Walker::run(int64_t b) {
         Dist pd;
         if (sampled) {
             const void* dr = row_ptr(P_.draft, P_.draft_dtype, row, V_);
-            if (!process_row(dr, nullptr, P_.draft_dtype, T, Pb, wk_.DC.get(), wk_.DCI.get(), pd)) {
+            if (process_row(dr, nullptr, P_.draft_dtype, T, Pb, wk_.DC.get(), wk_.DCI.get(), pd) == Row::INVALID) {
                 status |= STATUS_NONFINITE_DRAFT;
                 next = final_token(qu, greedy, u_sample);
                 break;

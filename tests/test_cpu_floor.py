@@ -2,6 +2,7 @@
 top-k by sampled threshold + radix select (ties, -inf, -0.0, k near V), lazy deterministic residuals
 (wide nodes past the removed-list and divisor-chain limits, an emptied residual), the thread pool, and
 untrusted method parameters."""
+import math
 import os
 import subprocess
 import sys
@@ -128,6 +129,30 @@ def test_near_one_mass_rejection_folds_row():
     inputs = dict(tokens=tokens, parents=star(2), target_logits=logits, seed=torch.arange(B) * 977)
     same(inputs)
     same(inputs, method=ck.Cool())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("method", ["exact", "cascade"])
+def test_first_child_acceptance_at_the_threshold(temperature, method):
+    """A walk accepts the first child without the row's weights when a cheap upper bound of their sum already
+    puts U below q(x) (Walker::accepts_without_weights). The drafted logit is swept across U's threshold in
+    steps of 1e-5, so each sequence lands in one regime: surely accepted, within the bound's margin (the
+    weights decide), or rejected; each must agree with the reference."""
+    g = torch.Generator().manual_seed(11)
+    V, B, seed = 3000, 81, 4242
+    u = float(ck.philox.uniform(torch.tensor([seed]), ck.philox.ACCEPT, torch.tensor([1]))[0])
+    base = torch.randn(V, generator=g, dtype=torch.float64)
+    rest = float(torch.exp(base[1:] / temperature).sum())
+    a0 = temperature * math.log(u * rest / (1 - u))  # q(token 0) = U at logit a0
+    logits = torch.randn(B, 2, V, generator=g)
+    logits[:, 0] = base.float()
+    logits[:, 0, 0] = torch.tensor([a0 + (k - B // 2) * 1e-5 for k in range(B)])
+    inputs = dict(tokens=torch.zeros(B, 2, dtype=torch.int64), parents=chain_tree(1),
+                  target_logits=logits, seed=torch.full((B,), seed))
+    if method == "cascade":  # orthogonal states: nothing absorbed, so r(x) = q(x) and the bound applies
+        inputs["hidden"] = torch.eye(2).expand(B, 2, 2).contiguous()
+    ref, out = same(inputs, method=ck.Cascade() if method == "cascade" else ck.Exact(), temperature=temperature)
+    assert 0 < int(ref.accept_len.sum()) < B  # the sweep crosses the threshold
 
 
 @pytest.mark.parametrize("threads", [2, 3])
