@@ -34,8 +34,9 @@ struct Kernels {
     // *wsum = sum_f64(dst, V), bit for bit.
     float (*row_exp_sum)(const RowSrc& r, int64_t V, float* dst, double* wsum);
     // An upper bound of the sum of the weights, within a few per cent (exact real arithmetic on the bounds; the
-    // caller adds the margin for this pass's and row_exp_sum's float32 sums and exponentials).
-    double (*row_sum_bound)(const RowSrc& r, int64_t V);
+    // caller adds the margin for this pass's and row_exp_sum's float32 sums and exponentials); *above = the
+    // number of scaled logits > v.
+    double (*row_sum_bound)(const RowSrc& r, int64_t V, float v, int64_t* above);
     // The weight of one entry, as row_exp_sum writes it.
     float (*row_weight_at)(const RowSrc& r, int64_t i);
     // Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count.

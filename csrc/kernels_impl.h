@@ -334,26 +334,41 @@ static float k_row_exp_sum(const RowSrc& r, int64_t n, float* dst, double* wsum)
 // Kernels::row_sum_bound. Each weight exp(y), y = scaled - shift <= 0, is bounded by 2^floor(t) (1 + frac(t))
 // >= 2^t, t = y log2(e) (2^f lies below its chord on [0, 1]): the float whose bits are trunc(t 2^23) + 127 2^23
 // (truncation toward zero only raises it), t clamped at -124 (above every weight that small). No exponential:
-// a cheap pass that lets a walk skip the weights of a row whose first child is surely accepted.
+// a cheap pass that lets a walk skip the weights of a row whose first child is surely accepted. Also counts
+// the scaled logits above v (top-k: whether an entry of value v survives).
 template <int DT, bool CFG, bool T1>
 struct KRowSumBound {
-    static double run(const RowSrc& r, int64_t n) {
+    static double run(const RowSrc& r, int64_t n, float v, int64_t* above) {
         const float c = 0x1p23f * 1.44269504f, lo = -124.0f * 0x1p23f;
         k_v8f acc = k_bc(0.0f);
+        k_v8i cnt = k_v8i{};
         int64_t i = 0;
         for (; i + K_LANES <= n; i += K_LANES) {
-            k_v8f t = (k_scaledv<DT, CFG, T1>(r, i) - r.shift) * c;
+            const k_v8f x = k_scaledv<DT, CFG, T1>(r, i);
+            cnt -= x > k_bc(v);  // (a true lane is -1)
+            k_v8f t = (x - r.shift) * c;
             t = t < k_bc(lo) ? k_bc(lo) : t;
             acc += reinterpret_cast<k_v8f>(__builtin_convertvector(t, k_v8i) + (127 << 23));
         }
         double s = 0.0;
-        for (int l = 0; l < K_LANES; ++l) s += acc[l];
-        for (; i < n; ++i) s += __builtin_exp(static_cast<double>(k_row_scaled_at(r, i) - r.shift));
+        int64_t a = 0;
+        for (int l = 0; l < K_LANES; ++l) {
+            s += acc[l];
+            a += cnt[l];
+        }
+        for (; i < n; ++i) {
+            const float x = k_row_scaled_at(r, i);
+            a += x > v ? 1 : 0;
+            s += __builtin_exp(static_cast<double>(x - r.shift));
+        }
+        *above = a;
         return s;
     }
 };
 
-static double k_row_sum_bound(const RowSrc& r, int64_t n) { return k_dispatch<KRowSumBound>(r, n); }
+static double k_row_sum_bound(const RowSrc& r, int64_t n, float v, int64_t* above) {
+    return k_dispatch<KRowSumBound>(r, n, v, above);
+}
 
 template <int DT, bool CFG, bool T1>
 struct KRowCompactGe {

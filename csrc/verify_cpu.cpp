@@ -10,10 +10,10 @@
 //      (8 bits of the order-preserving key per pass, from the top of the candidates' key range) over
 //      them, exponentials only for the <= k survivors (kept as a sparse list); no probability row is
 //      written. When the first child's acceptance U < q(x) cannot depend on anything but q(x) (Exact, or
-//      CASCADE with none of its blocks; deterministic drafting, no top-k / top-p, no bad token) and a cheap
-//      upper bound of the weights' sum (no exponentials: 2^t below its chord) already puts U below q(x),
-//      the second pass is skipped and the walk moves on (Walker::accepts_without_weights): a deep walk
-//      reads each accepted row with two light passes instead of writing its weights;
+//      CASCADE with none of its blocks; deterministic drafting, no top-p, no bad token) and a cheap upper
+//      bound of the weights' sum (no exponentials: 2^t below its chord; with top-k, x surely among the
+//      survivors) already puts U below q(x), the second pass is skipped and the walk moves on
+//      (Walker::accepts_without_weights): a deep walk reads each accepted row with two light passes;
 //   2. q(x) of each drafted child from those statistics;
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
 //      (of the <= k survivors when top-k is on); the kept row is written once.
@@ -247,7 +247,7 @@ Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T
     // Validity is judged on the whole row, before top-k masks anything (docs/CONTRACT.md).
     if (st.has_nan || !std::isfinite(st.max)) return Row::INVALID;
     const RowSrc r{c, u, dtype, s, T, st.max, T == 1.0f ? st.max : 0.0f};
-    if (plain_probe && P_.top_k == 0 && P_.top_p >= 1.0 && accepts_without_weights(r, probe, probe_u))
+    if (plain_probe && P_.top_p >= 1.0 && accepts_without_weights(r, probe, probe_u))
         return Row::PROBE_ACCEPTED;
     float S_total;
     int64_t nk = 0;  // top-k survivors in cand / cidx (index order)
@@ -318,17 +318,21 @@ Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T
     return Row::READY;
 }
 
-// Whether U < q(x) = w(x) / S (float32, S the sum row_exp_sum would return) is certain without the weights: S is
-// bounded above by row_sum_bound with a margin for the float32 sums (at most V / 8 + 64 additions per lane
-// here and in row_exp_sum, relative error gamma each way), its t product and k_exp's error (1e-4 covers
-// both); float division is monotone, so w(x) / S_up <= q(x). About one cheap pass instead of the exponentials
-// and stores of the weights.
+// Whether U < q(x) = w(x) / S (float32; S the sum of the weights, or with top-k of the survivors' weights) is
+// certain without the weights: S is bounded above by row_sum_bound with a margin for the float32 sums (at most
+// V / 8 + 64 additions per lane here and in the weights' pass, relative error gamma each way), its t product
+// and k_exp's error (1e-4 covers both); float division is monotone, so w(x) / S_up <= q(x). With top-k, x
+// survives when fewer than k scaled logits exceed its own (then the k-th largest is at most x's). About one
+// cheap pass instead of the exponentials and stores of the weights (or top-k's select and compaction).
 bool Walker::accepts_without_weights(const RowSrc& r, int64_t x, double u) {
     const float w = K_->row_weight_at(r, x);
     if (!(u < w)) return false;  // q(x) <= w(x): the row's max weighs 1
     const double gamma = (static_cast<double>(V_) / 8.0 + 64.0) * 0x1p-24;
     if (gamma > 1e-3) return false;
-    const double bound = K_->row_sum_bound(r, V_) * (1.0 + gamma) / (1.0 - gamma) * (1.0 + gamma) * (1.0 + 1e-4);
+    int64_t above = 0;
+    const double sum = K_->row_sum_bound(r, V_, P_.top_k > 0 ? K_->row_scaled_at(r, x) : F_INF, &above);
+    if (P_.top_k > 0 && above >= P_.top_k) return false;
+    const double bound = sum * (1.0 + gamma) / (1.0 - gamma) * (1.0 + gamma) * (1.0 + 1e-4);
     float s_up = static_cast<float>(bound);
     if (static_cast<double>(s_up) < bound) s_up = std::nextafter(s_up, F_INF);
     return u < static_cast<double>(w / s_up);

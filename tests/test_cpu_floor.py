@@ -131,9 +131,9 @@ def test_near_one_mass_rejection_folds_row():
     same(inputs, method=ck.Cool())
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 0), (1.0, 100)])
 @pytest.mark.parametrize("method", ["exact", "cascade"])
-def test_first_child_acceptance_at_the_threshold(temperature, method):
+def test_first_child_acceptance_at_the_threshold(temperature, top_k, method):
     """A walk accepts the first child without the row's weights when a cheap upper bound of their sum already
     puts U below q(x) (Walker::accepts_without_weights). The drafted logit is swept across U's threshold in
     steps of 1e-5, so each sequence lands in one regime: surely accepted, within the bound's margin (the
@@ -142,7 +142,8 @@ def test_first_child_acceptance_at_the_threshold(temperature, method):
     V, B, seed = 3000, 81, 4242
     u = float(ck.philox.uniform(torch.tensor([seed]), ck.philox.ACCEPT, torch.tensor([1]))[0])
     base = torch.randn(V, generator=g, dtype=torch.float64)
-    rest = float(torch.exp(base[1:] / temperature).sum())
+    others = torch.exp(base[1:] / temperature)
+    rest = float(others.topk(top_k - 1).values.sum() if top_k else others.sum())  # x is the row's max
     a0 = temperature * math.log(u * rest / (1 - u))  # q(token 0) = U at logit a0
     logits = torch.randn(B, 2, V, generator=g)
     logits[:, 0] = base.float()
@@ -151,8 +152,27 @@ def test_first_child_acceptance_at_the_threshold(temperature, method):
                   target_logits=logits, seed=torch.full((B,), seed))
     if method == "cascade":  # orthogonal states: nothing absorbed, so r(x) = q(x) and the bound applies
         inputs["hidden"] = torch.eye(2).expand(B, 2, 2).contiguous()
-    ref, out = same(inputs, method=ck.Cascade() if method == "cascade" else ck.Exact(), temperature=temperature)
+    ref, out = same(inputs, method=ck.Cascade() if method == "cascade" else ck.Exact(), temperature=temperature,
+                    top_k=top_k)
     assert 0 < int(ref.accept_len.sum()) < B  # the sweep crosses the threshold
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_first_child_outside_top_k_is_never_accepted_early(top_k):
+    """With top-k, the early acceptance also needs x among the survivors: here one or two tokens sit just above
+    the drafted one (x is the third largest), so top_k <= 2 masks it (q(x) = 0: always rejected) while its
+    weight alone would often pass the bound; top_k = 3 keeps it."""
+    g = torch.Generator().manual_seed(5)
+    V, B = 3000, 48
+    logits = torch.randn(B, 2, V, generator=g)
+    logits[:, 0, 0] = 6.0
+    logits[:, 0, 1] = 6.0 + torch.linspace(1e-3, 0.3, B)
+    logits[:, 0, 2] = 6.5
+    inputs = dict(tokens=torch.zeros(B, 2, dtype=torch.int64), parents=chain_tree(1), target_logits=logits,
+                  seed=torch.arange(B) * 31)
+    ref, _ = same(inputs, top_k=top_k)
+    accepted = int(ref.accept_len.sum())
+    assert accepted == 0 if top_k < 3 else accepted > 0
 
 
 @pytest.mark.parametrize("threads", [2, 3])
