@@ -179,8 +179,8 @@ class Walker {
 
     enum class Row { INVALID, READY, PROBE_ACCEPTED };
     Row process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
-                    Dist& out, int64_t probe = -1, double probe_u = 0.0, bool plain_probe = false);
-    bool accepts_without_weights(const RowSrc& r, int64_t x, double u);
+                    Dist& out, int64_t probe = -1, double probe_u = 0.0, int32_t probe_parent = -1);
+    bool accepts_without_weights(const RowSrc& r, int64_t x, double u, int32_t parent);
     int64_t topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx);
     void densify(Dist& q, float* buf);
     int64_t nan_safe_argmax_target(int64_t node);
@@ -231,7 +231,7 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
     return K_->keep_pairs_ge(cand, cidx, c, K_->kth_largest(tmp, c, k));
 }
 
-// CONTRACT §2 steps 1-5 on one row; false when the row is not a distribution (docs/CONTRACT.md).
+// CONTRACT §2 steps 1-5 on one row; INVALID when the row is not a distribution (docs/CONTRACT.md).
 // One read-only pass for the max and the NaN flag, then one more pass over the logits: without top-k it
 // writes the weights exp(x - max) into `dense` and sums them (one exponential per entry, reused by the final
 // token: storing them costs less than recomputing them); with top-k it compacts the candidates, and only
@@ -239,15 +239,17 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 // `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try (deterministic
 // drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
 // exp(x - max), which bounds q(x) since the row's sum is >= 1), the float64 sum of the weights that the
-// rejection needs is taken in the same pass (a guess: either way the results are the same).
+// rejection needs is taken in the same pass (a guess: either way the results are the same). probe_parent: the
+// node whose row this is, when probe is its first child: PROBE_ACCEPTED (nothing written) when that child is
+// surely accepted (accepts_without_weights).
 Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand,
-                                int32_t* cidx, Dist& out, int64_t probe, double probe_u, bool plain_probe) {
+                                int32_t* cidx, Dist& out, int64_t probe, double probe_u, int32_t probe_parent) {
     const float s = static_cast<float>(P_.cfg_scale);
     const RowStats st = K_->row_max(c, u, dtype, s, V_);
     // Validity is judged on the whole row, before top-k masks anything (docs/CONTRACT.md).
     if (st.has_nan || !std::isfinite(st.max)) return Row::INVALID;
     const RowSrc r{c, u, dtype, s, T, st.max, T == 1.0f ? st.max : 0.0f};
-    if (plain_probe && P_.top_p >= 1.0 && accepts_without_weights(r, probe, probe_u))
+    if (probe_parent >= 0 && P_.top_p >= 1.0 && accepts_without_weights(r, probe, probe_u, probe_parent))
         return Row::PROBE_ACCEPTED;
     float S_total;
     int64_t nk = 0;  // top-k survivors in cand / cidx (index order)
@@ -323,10 +325,12 @@ Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T
 // V / 8 + 64 additions per lane here and in the weights' pass, relative error gamma each way), its t product
 // and k_exp's error (1e-4 covers both); float division is monotone, so w(x) / S_up <= q(x). With top-k, x
 // survives when fewer than k scaled logits exceed its own (then the k-th largest is at most x's). About one
-// cheap pass instead of the exponentials and stores of the weights (or top-k's select and compaction).
-bool Walker::accepts_without_weights(const RowSrc& r, int64_t x, double u) {
+// cheap pass instead of the exponentials and stores of the weights (or top-k's select and compaction). x is
+// parent's first child, checked for plain_first_child only once U < w(x) (the cosines it may need).
+bool Walker::accepts_without_weights(const RowSrc& r, int64_t x, double u, int32_t parent) {
     const float w = K_->row_weight_at(r, x);
     if (!(u < w)) return false;  // q(x) <= w(x): the row's max weighs 1
+    if (!plain_first_child(parent)) return false;
     const double gamma = (static_cast<double>(V_) / 8.0 + 64.0) * 0x1p-24;
     if (gamma > 1e-3) return false;
     int64_t above = 0;
@@ -617,7 +621,7 @@ bool Walker::cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes) 
 
 // Whether node u's first child x (drafted deterministically) has r(x) = q(x) and no charge whatever the row:
 // Exact, or CASCADE with both of its blocks empty; and no child of u carries a bad token (which needs the row).
-// Then its acceptance can be decided without the row's weights (process_row's plain_probe).
+// Then its acceptance can be decided without the row's weights (accepts_without_weights).
 bool Walker::plain_first_child(int32_t u) {
     const int32_t k0 = wk_.kid_start[u], k1 = wk_.kid_start[u + 1];
     for (int32_t k = k0; k < k1; ++k) {
@@ -897,7 +901,7 @@ void Walker::run(int64_t b) {
         }
         Dist qu;
         const Row got = process_row(c, un, P_.target_dtype, T, A, wk_.C.get(), wk_.CI.get(), qu, probe, probe_u,
-                                    probe >= 0 && plain_first_child(u));
+                                    probe >= 0 ? u : -1);
         if (got == Row::INVALID) {
             next = nan_safe_argmax_target(u);
             status |= STATUS_NONFINITE_TARGET;
