@@ -234,7 +234,8 @@ struct CallPlan {
     int64_t tree_batch, tree_n, L;
     uintptr_t parents, iparams, fparams;
     int method;
-    PyObject* neighbors;  // borrowed from the packed method (alive while the caller's method is)
+    PyObject* packed;     // borrowed from the method's __dict__ (the caller holds a reference while the GIL is out)
+    PyObject* neighbors;  // borrowed from the packed method
     double eps;
 };
 
@@ -260,6 +261,7 @@ static bool plan_call(PyObject* parents, PyObject* method, PyObject* eps, CallPl
         PyErr_Clear();
         return false;
     }
+    c.packed = packed;
     Ref host = attr(packed, g_call.host), emb = attr(packed, g_call.embeddings), code = attr(packed, g_call.code);
     if (!host.p || !emb.p || !code.p || emb.p != Py_None) return false;
     Ref ok = attr(host.p, g_call.whole_call), ip = attr(host.p, g_call.ints_ptr), fp = attr(host.p, g_call.floats_ptr);
@@ -288,16 +290,22 @@ static bool plan_call(PyObject* parents, PyObject* method, PyObject* eps, CallPl
     return true;
 }
 
+// The GIL released for the walk and taken back however the walk ends (an exception included).
+struct GilReleased {
+    PyThreadState* state = PyEval_SaveThread();
+    GilReleased() = default;
+    GilReleased(const GilReleased&) = delete;
+    GilReleased& operator=(const GilReleased&) = delete;
+    ~GilReleased() { PyEval_RestoreThread(state); }
+};
+
 // ck.verify(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps, temperature, top_k,
 // top_p, cfg_scale, seed, out, draft_sampling) -- positional, as api.verify passes them -- for the common case:
 // the outputs (out, or fresh ones), or None with nothing read or written unless every argument is in the form
-// the general path would pass on unchanged (cascade_kernels/ops/verify/cpu.py). It never raises for a
-// declined call; errors name nothing, because the general path then runs and names the argument.
-static PyObject* verify_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs != 15) {
-        PyErr_SetString(PyExc_TypeError, "verify_call takes ck.verify's 15 arguments, positionally");
-        return nullptr;
-    }
+// the general path would pass on unchanged (cascade_kernels/ops/verify/cpu.py). A declined call raises
+// nothing (the general path then runs and names the argument); an error of the callbacks (new outputs, the
+// thread count) or of the walk (C++, e.g. out of memory) propagates.
+static PyObject* verify_call_impl(PyObject* const* args) {
     PyObject *tokens = args[0], *parents = args[1], *logits = args[2], *method = args[3], *draft = args[4],
              *hidden = args[5], *residual = args[6], *eps = args[7], *temperature = args[8], *top_k = args[9],
              *top_p = args[10], *cfg_scale = args[11], *seed = args[12], *out = args[13], *sampling = args[14];
@@ -311,6 +319,8 @@ static PyObject* verify_call(PyObject*, PyObject* const* args, Py_ssize_t nargs)
     }
     CallPlan c;
     if (!plan_call(parents, method, eps, c)) Py_RETURN_NONE;
+    Py_INCREF(c.packed);  // held while the GIL is out: another thread could replace method.__dict__["packed"]
+    Ref packed(c.packed);
     const bool cascade = c.method == ck::M_CASCADE;
     if (hidden != Py_None && !cascade) Py_RETURN_NONE;  // (CASCADE without hidden: read_plain declines)
     int64_t k, seed_int = 0;
@@ -336,9 +346,11 @@ static PyObject* verify_call(PyObject*, PyObject* const* args, Py_ssize_t nargs)
     if (c.neighbors != Py_None &&
         (!read_plain(c.neighbors, 2, nb) || nb.kind != K_I64 || nb.shape[0] != V))
         Py_RETURN_NONE;
-    Ref fresh(out == Py_None ? PyObject_CallFunction(g_call.new_outputs, "LL", static_cast<long long>(B),
-                                                     static_cast<long long>(c.L))
-                             : nullptr);
+    PyObject* made = nullptr;  // (an error in the callbacks propagates: KeyboardInterrupt, MemoryError)
+    if (out == Py_None &&
+        !(made = PyObject_CallFunction(g_call.new_outputs, "LL", static_cast<long long>(B), static_cast<long long>(c.L))))
+        return nullptr;
+    Ref fresh(made);
     PyObject* o = out == Py_None ? fresh.p : out;
     if (!o || Py_TYPE(o) != g_call.output || PyTuple_GET_SIZE(o) != 6) Py_RETURN_NONE;
     if (!read_plain(PyTuple_GET_ITEM(o, 0), 1, a) || a.kind != K_I32 || a.shape[0] != B) Py_RETURN_NONE;
@@ -357,8 +369,10 @@ static PyObject* verify_call(PyObject*, PyObject* const* args, Py_ssize_t nargs)
     }
     int64_t threads = 1;
     if (B > 1) {
-        Ref t(PyObject_CallNoArgs(g_call.num_threads));
-        if (!t.p || !exact_int(t.p, threads) || threads < 1) Py_RETURN_NONE;
+        PyObject* got = PyObject_CallNoArgs(g_call.num_threads);
+        if (!got) return nullptr;
+        Ref t(got);
+        if (!exact_int(t.p, threads) || threads < 1) Py_RETURN_NONE;
     }
     thread_local std::vector<int64_t> int_seeds;
     if (int_seed) int_seeds.assign(static_cast<size_t>(B), seed_int);  // an int seed: every sequence's
@@ -386,9 +400,10 @@ static PyObject* verify_call(PyObject*, PyObject* const* args, Py_ssize_t nargs)
     P.tvd = static_cast<float*>(const_cast<void*>(tv.data));
     P.status = static_cast<int32_t*>(const_cast<void*>(st.data));
     P.num_threads = static_cast<int>(std::min<int64_t>(threads, 1 << 16));
-    Py_BEGIN_ALLOW_THREADS
-    ck::verify_cpu(P);
-    Py_END_ALLOW_THREADS
+    {
+        GilReleased nogil;
+        ck::verify_cpu(P);
+    }
     if (fresh.p) return fresh.release();
     PyObject* backend = PyTuple_GET_ITEM(out, 5);
     if (PyUnicode_CheckExact(backend) && str_is(backend, g_call.cpu)) {
@@ -396,6 +411,21 @@ static PyObject* verify_call(PyObject*, PyObject* const* args, Py_ssize_t nargs)
         return out;
     }
     return PyObject_CallOneArg(g_call.as_cpu, out);
+}
+
+static PyObject* verify_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "verify_call takes ck.verify's 15 arguments, positionally");
+        return nullptr;
+    }
+    try {  // C++ errors become Python exceptions, as pybind11 makes them for the other entries
+        return verify_call_impl(args);
+    } catch (const std::bad_alloc&) {
+        return PyErr_NoMemory();
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+        return nullptr;
+    }
 }
 
 static PyMethodDef k_call_defs[] = {

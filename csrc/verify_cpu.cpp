@@ -332,7 +332,7 @@ bool Walker::accepts_without_weights(const RowSrc& r, int64_t x, double u, int32
     if (!(u < w)) return false;  // q(x) <= w(x): the row's max weighs 1
     if (!plain_first_child(parent)) return false;
     const double gamma = (static_cast<double>(V_) / 8.0 + 64.0) * 0x1p-24;
-    if (gamma > 1e-3) return false;
+    if (gamma > 1e-2) return false;  // (V above ~1.3M: the margin alone would not cover the sums)
     int64_t above = 0;
     const double sum = K_->row_sum_bound(r, V_, P_.top_k > 0 ? K_->row_scaled_at(r, x) : F_INF, &above);
     if (P_.top_k > 0 && above >= P_.top_k) return false;

@@ -6,8 +6,9 @@ caller-visible tensors that they fill in place. Under ``torch.compile`` the call
 ``cascade_kernels::verify`` custom op (``torch.library``), whose fake implementation gives the output
 shapes, so a compiled decode step has no graph break. Once the C++ backend serves CPU tensors, an eager
 call first tries its whole-call entry (``_C.verify_call``, see ``cpu.py``): it takes arguments already in the
-normal form that the checks below produce and hands anything else back to them. Traced by torch.compile, that
-entry declines (its polyfill, ``cpu._declines``), so the call does not first ask whether it is being traced.
+normal form that the checks below produce and hands anything else back to them. It is not tried while
+TorchDynamo traces the call (``torch.compiler.is_dynamo_compiling``: one frame returning False in eager mode;
+under non-strict ``torch.export`` the entry declines fake tensors).
 """
 from typing import List, Optional, Tuple
 
@@ -21,6 +22,7 @@ from ...validation import check_verify_inputs, check_verify_values, needs_refere
 
 CHECKS = ("fast", "full")
 _is_compiling = torch.compiler.is_compiling
+_is_dynamo_compiling = getattr(torch.compiler, "is_dynamo_compiling", _is_compiling)  # (torch < 2.3: the latter)
 
 
 def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None, hidden=None,
@@ -43,7 +45,7 @@ def verify(tokens, parents, target_logits, *, method=Exact(), draft_logits=None,
     Returns accept_len [B], accepted_nodes [B, L] (root first, -1 padded), next_token [B], tvd [B],
     status [B] (``ck.STATUS_*`` bits) and the backend used.
     """
-    if check == "fast" and backend.__class__ is str:  # (traced by torch.compile, the entry declines: cpu.py)
+    if check == "fast" and backend.__class__ is str and not _is_dynamo_compiling():
         hit = _backend._resolved.get(("verify", backend, "cpu"))
         if hit is not None and hit[0] == "cpu":  # the C++ backend serves CPU tensors: its whole-call entry
             res = hit[1].call(tokens, parents, target_logits, method, draft_logits, hidden, residual, eps,

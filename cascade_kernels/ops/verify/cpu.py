@@ -56,10 +56,7 @@ def _as_cpu(out: VerifyOutput) -> VerifyOutput:
     return out._replace(backend="cpu")
 
 
-@torch.compiler.substitute_in_graph(_C.verify_call, skip_signature_check=True)
 def _declines(*args) -> None:
-    """What a traced call (torch.compile) sees of the whole-call entry: it declines, so api.verify goes on to
-    its traced path; api.verify therefore tries the entry without asking whether it is being traced."""
     return None
 
 
