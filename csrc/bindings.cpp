@@ -352,7 +352,7 @@ static PyObject* verify_call_impl(PyObject* const* args) {
         return nullptr;
     Ref fresh(made);
     PyObject* o = out == Py_None ? fresh.p : out;
-    if (!o || Py_TYPE(o) != g_call.output || PyTuple_GET_SIZE(o) != 6) Py_RETURN_NONE;
+    if (Py_TYPE(o) != g_call.output || PyTuple_GET_SIZE(o) != 6) Py_RETURN_NONE;  // (the callback's result)
     if (!read_plain(PyTuple_GET_ITEM(o, 0), 1, a) || a.kind != K_I32 || a.shape[0] != B) Py_RETURN_NONE;
     if (!read_plain(PyTuple_GET_ITEM(o, 1), 2, n) || n.kind != K_I32 || n.shape[0] != B || n.shape[1] != c.L)
         Py_RETURN_NONE;

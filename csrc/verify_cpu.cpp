@@ -202,6 +202,7 @@ class Walker {
     void collect_live(const std::vector<int32_t>& nodes, const Dist& q, int64_t x, std::vector<int64_t>& out);
     bool cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes);
     bool plain_first_child(int32_t u);
+    bool bad_child_token(int32_t u) const;
 };
 
 // The top-k survivors (scaled logit >= the k-th largest, ties kept as the reference's `scaled >= kth`;
@@ -623,16 +624,21 @@ bool Walker::cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes) 
 // Exact, or CASCADE with both of its blocks empty; and no child of u carries a bad token (which needs the row).
 // Then its acceptance can be decided without the row's weights (accepts_without_weights).
 bool Walker::plain_first_child(int32_t u) {
-    const int32_t k0 = wk_.kid_start[u], k1 = wk_.kid_start[u + 1];
-    for (int32_t k = k0; k < k1; ++k) {
-        const int64_t t = tok_[wk_.kid_list[k]];
-        if (t < -1 || t >= V_) return false;
-    }
+    if (bad_child_token(u)) return false;
     if (P_.method == M_EXACT) return true;
     if (P_.method != M_CASCADE) return false;
     for (int blk = 0; blk < 2; ++blk)
-        if (cascade_block(wk_.kid_list[k0], blk, wk_.nodes) && !wk_.nodes.empty()) return false;
+        if (cascade_block(wk_.kid_list[wk_.kid_start[u]], blk, wk_.nodes) && !wk_.nodes.empty()) return false;
     return true;
+}
+
+// Whether a child of node u carries a token id outside [-1, V) (STATUS_BAD_TOKEN: the walk stops at u).
+bool Walker::bad_child_token(int32_t u) const {
+    for (int32_t k = wk_.kid_start[u]; k < wk_.kid_start[u + 1]; ++k) {
+        const int64_t t = tok_[wk_.kid_list[k]];
+        if (t < -1 || t >= V_) return true;
+    }
+    return false;
 }
 
 // CONTRACT §4: the absorbed set (into wk_.absorbed), r(x) and the charge of candidate x at node child.
@@ -912,13 +918,9 @@ void Walker::run(int64_t b) {
             path.push_back(u);
             continue;
         }
-        bool any_child = false, bad_token = false;
-        for (int32_t k = ks[u]; k < ks[u + 1]; ++k) {
-            const int64_t t = tok_[kl[k]];
-            any_child |= t >= 0;
-            bad_token |= t < -1 || t >= V_;
-        }
-        if (bad_token) {
+        bool any_child = false;
+        for (int32_t k = ks[u]; k < ks[u + 1]; ++k) any_child |= tok_[kl[k]] >= 0;
+        if (bad_child_token(u)) {
             status |= STATUS_BAD_TOKEN;
             next = final_token(qu, greedy, u_sample);
             break;
