@@ -457,6 +457,16 @@ PYBIND11_MODULE(_C, m) {
     m.def("kth_largest",
           [](uintptr_t v, int64_t n, int64_t k) { return ck::kth_largest(as_ptr<const float>(v), n, k); },
           "The k-th largest of n floats (no NaN) at address v, as the top-k select takes it (tests).");
+    m.def("max_compact",
+          [](uintptr_t c, uintptr_t u, int dtype, float s, float t, int64_t n) {
+              const ck::MaxCompact m = ck::max_compact(as_ptr<const void>(c), u ? as_ptr<const void>(u) : nullptr,
+                                                       dtype, s, t, n);
+              return py::make_tuple(py::make_tuple(m.max, m.has_nan, m.vals, m.idx),
+                                    py::make_tuple(m.plain_max, m.plain_has_nan, m.plain_vals, m.plain_idx));
+          },
+          "((max, has_nan, values, ids) of the one-pass max and top-k compaction (T == 1) of the guided row "
+          "(c, u: 0 without CFG, dtype code, scale s) at threshold t, (the same by row_max and row_compact_ge)) "
+          "(tests: they must agree bit for bit).");
     m.def("dots",
           [](uintptr_t a, const std::vector<uintptr_t>& b, int64_t n) {
               std::vector<const float*> rows;

@@ -41,6 +41,9 @@ struct Kernels {
     float (*row_weight_at)(const RowSrc& r, int64_t i);
     // Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count.
     int64_t (*row_compact_ge)(const RowSrc& r, float t, int64_t V, float* vals, int32_t* idx);
+    // row_compact_ge and row_max in one read of the row, for T == 1 (r.T must be 1): *st = the guided row's max
+    // and NaN flag, bit for bit as row_max gives them (r.m and r.shift are not read).
+    int64_t (*row_max_compact_ge)(const RowSrc& r, float t, int64_t V, float* vals, int32_t* idx, RowStats* st);
     // The scaled logit of one entry.
     float (*row_scaled_at)(const RowSrc& r, int64_t i);
     // out[j] = the scaled logit of entry j * stride + (j * 7) % stride, j in [0, ns) (a strided sample).

@@ -370,52 +370,96 @@ static double k_row_sum_bound(const RowSrc& r, int64_t n, float v, int64_t* abov
     return k_dispatch<KRowSumBound>(r, n, v, above);
 }
 
-template <int DT, bool CFG, bool T1>
-struct KRowCompactGe {
-    static int64_t run(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx) {
-        int64_t c = 0, i = 0;
+// Appends the lanes of x (entries i .. i + K_LANES - 1) that are >= t to vals / idx at c. AVX-512: branch-free
+// (with a few per cent of a row kept, whether a group keeps any is a coin flip that a branch would mispredict;
+// a benchmark repeating one row hides it: the predictor learns the row); compress into a register, then a
+// plain store (compress-to-memory is slow on some cores), reaching vals + c + 15 <= vals + i + 15. Elsewhere a
+// group without a kept lane is skipped, the others written lane by lane without a branch.
+static inline void k_compact_group(const k_v8f& x, int64_t i, float t, float* vals, int32_t* idx, int64_t& c) {
 #if defined(K_USE_AVX512)
-        const __m512 tv = _mm512_set1_ps(t);
-        const __m512i step = _mm512_set1_epi32(16);
-        __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        for (; i + 16 <= n; i += 16, iv = _mm512_add_epi32(iv, step)) {
-            const k_v8f xs = k_scaledv<DT, CFG, T1>(r, i);
-            __m512 x;
-            __builtin_memcpy(&x, &xs, sizeof(x));
-            const __mmask16 m = _mm512_cmp_ps_mask(x, tv, _CMP_GE_OQ);
-            if (m) {
-                // compress into a register, then a plain store (compress-to-memory is slow on some cores)
-                _mm512_storeu_ps(vals + c, _mm512_maskz_compress_ps(m, x));
-                _mm512_storeu_si512(reinterpret_cast<void*>(idx + c), _mm512_maskz_compress_epi32(m, iv));
-                c += __builtin_popcount(static_cast<unsigned>(m));
-            }
-        }
+    __m512 xv;
+    __builtin_memcpy(&xv, &x, sizeof(xv));
+    const __mmask16 m = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(t), _CMP_GE_OQ);
+    const __m512i iv = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i)),
+                                        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    _mm512_storeu_ps(vals + c, _mm512_maskz_compress_ps(m, xv));
+    _mm512_storeu_si512(reinterpret_cast<void*>(idx + c), _mm512_maskz_compress_epi32(m, iv));
+    c += __builtin_popcount(static_cast<unsigned>(m));
 #else
-        for (; i + K_LANES <= n; i += K_LANES) {
-            const k_v8f x = k_scaledv<DT, CFG, T1>(r, i);
-            const k_v8i m = x >= k_bc(t);
-            int any = 0;
-            for (int l = 0; l < K_LANES; ++l) any |= m[l];
-            if (!any) continue;
+    const k_v8i m = x >= k_bc(t);
+    if (!k_any(m)) return;
+    for (int l = 0; l < K_LANES; ++l) {
+        vals[c] = x[l];
+        idx[c] = static_cast<int32_t>(i + l);
+        c += m[l] ? 1 : 0;
+    }
+#endif
+}
+
+// Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count. MAX (T == 1
+// only: the scaled logit is the guided one) also gives the guided row's max and NaN flag in *st, in KRowMax's
+// order (four accumulators over blocks of 4 K_LANES, then the lanes, then the tail): the same RowStats bit for
+// bit, from the same single read of the row.
+template <int DT, bool CFG, bool T1, bool MAX>
+struct KCompactGe {
+    static int64_t run(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx, RowStats* st) {
+        int64_t c = 0, i = 0;
+        k_v8f m0 = k_bc(-__builtin_inff()), m1 = m0, m2 = m0, m3 = m0;
+        k_v8i nan = k_v8i{};
+        for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
+            const k_v8f x0 = k_scaledv<DT, CFG, T1>(r, i), x1 = k_scaledv<DT, CFG, T1>(r, i + K_LANES);
+            const k_v8f x2 = k_scaledv<DT, CFG, T1>(r, i + 2 * K_LANES);
+            const k_v8f x3 = k_scaledv<DT, CFG, T1>(r, i + 3 * K_LANES);
+            if (MAX) {
+                m0 = x0 > m0 ? x0 : m0;
+                m1 = x1 > m1 ? x1 : m1;
+                m2 = x2 > m2 ? x2 : m2;
+                m3 = x3 > m3 ? x3 : m3;
+                nan |= (x0 != x0) | (x1 != x1) | (x2 != x2) | (x3 != x3);
+            }
+            k_compact_group(x0, i, t, vals, idx, c);
+            k_compact_group(x1, i + K_LANES, t, vals, idx, c);
+            k_compact_group(x2, i + 2 * K_LANES, t, vals, idx, c);
+            k_compact_group(x3, i + 3 * K_LANES, t, vals, idx, c);
+        }
+        float mx = -__builtin_inff();
+        int any = 0;
+        if (MAX) {
+            m0 = m1 > m0 ? m1 : m0;
+            m2 = m3 > m2 ? m3 : m2;
+            m0 = m2 > m0 ? m2 : m0;
             for (int l = 0; l < K_LANES; ++l) {
-                vals[c] = x[l];
-                idx[c] = static_cast<int32_t>(i + l);
-                c += m[l] ? 1 : 0;
+                mx = m0[l] > mx ? m0[l] : mx;
+                any |= nan[l];
             }
         }
-#endif
-        for (; i < n; ++i) {
+        for (; i < n; ++i) {  // (T == 1 with MAX: x is the guided logit, as KRowMax's tail computes it)
             const float x = k_row_scaled_at(r, i);
+            if (MAX) {
+                mx = x > mx ? x : mx;
+                any |= x != x;
+            }
             vals[c] = x;
             idx[c] = static_cast<int32_t>(i);
             c += x >= t ? 1 : 0;
         }
+        if (MAX) *st = RowStats{mx, any != 0};
         return c;
     }
 };
 
+template <int DT, bool CFG, bool T1>
+struct KRowCompactGe : KCompactGe<DT, CFG, T1, false> {};
+
+template <int DT, bool CFG, bool T1>
+struct KRowMaxCompactGe : KCompactGe<DT, CFG, true, true> {};
+
 static int64_t k_row_compact_ge(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx) {
-    return k_dispatch<KRowCompactGe>(r, t, n, vals, idx);
+    return k_dispatch<KRowCompactGe>(r, t, n, vals, idx, static_cast<RowStats*>(nullptr));
+}
+
+static int64_t k_row_max_compact_ge(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx, RowStats* st) {
+    return k_dispatch<KRowMaxCompactGe>(r, t, n, vals, idx, st);
 }
 
 template <int DT, bool CFG, bool T1>
@@ -1020,7 +1064,7 @@ static int64_t k_keep_pairs_ge(float* vals, int32_t* idx, int64_t n, float t) {
 }
 
 static const Kernels k_table = {k_row_max,   k_row_exp_sum,   k_row_sum_bound,  k_row_weight_at,
-                                k_row_compact_ge, k_row_scaled_at, k_row_sample,
+                                k_row_compact_ge, k_row_max_compact_ge, k_row_scaled_at, k_row_sample,
                                 k_exp_sum,   k_div_sum,       k_sub_sum,        k_cool_sum,      k_max_div,
                                 k_keep_ge_sum, k_chain_div,   k_prefix_blocks,  k_chain_prefix,  k_sum_f64,
                                 k_dots,      k_kth_largest,   k_keep_pairs_ge,  K_ISA_NAME};

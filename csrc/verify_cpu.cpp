@@ -9,8 +9,10 @@
 //      one vectorised compaction of the entries above it straight from the logits, a radix select
 //      (8 bits of the order-preserving key per pass, from the top of the candidates' key range) over
 //      them, exponentials only for the <= k survivors (kept as a sparse list); no probability row is
-//      written. When the first child's acceptance U < q(x) cannot depend on anything but q(x) (Exact, or
-//      CASCADE with none of its blocks; deterministic drafting, no top-p, no bad token) and a cheap upper
+//      written. At T == 1 the scaled logits are the guided ones, so top-k's compaction and the max share
+//      one pass (row_max_compact_ge) unless the row's first child may be accepted early. When the first
+//      child's acceptance U < q(x) cannot depend on anything but q(x) (Exact, or CASCADE with none of its
+//      blocks; deterministic drafting, no top-p, no bad token) and a cheap upper
 //      bound of the weights' sum (no exponentials: 2^t below its chord; with top-k, x surely among the
 //      survivors) already puts U below q(x), the second pass is skipped and the walk moves on
 //      (Walker::accepts_without_weights): a deep walk reads each accepted row with two light passes;
@@ -181,7 +183,9 @@ class Walker {
     Row process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
                     Dist& out, int64_t probe = -1, double probe_u = 0.0, int32_t probe_parent = -1);
     bool accepts_without_weights(const RowSrc& r, int64_t x, double u, int32_t parent);
-    int64_t topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx);
+    int64_t draw_sample(const RowSrc& r, int64_t k);
+    float sample_guess(int64_t rk);
+    int64_t topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx, int64_t nc);
     void densify(Dist& q, float* buf);
     int64_t nan_safe_argmax_target(int64_t node);
     void materialize(Dist& q);
@@ -205,38 +209,53 @@ class Walker {
     bool bad_child_token(int32_t u) const;
 };
 
-// The top-k survivors (scaled logit >= the k-th largest, ties kept as the reference's `scaled >= kth`;
-// 1 <= k <= V) into cand / cidx in index order; returns their count. A threshold t from a strided sample
-// of the scaled logits, one vectorised compaction of the entries >= t straight from the logits, a radix
-// select among those candidates (a copy), then the survivors filtered in place; all entries are candidates
-// when the sample's guess is short. The row is read once (twice in that rare case).
-int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx) {
-    if (k == 1) return K_->row_compact_ge(r, r.shift, V_, cand, cidx);  // shift = the scaled row's max
-    float* tmp = wk_.S.get();
-    int64_t c = -1;
+// Draws a strided sample of the scaled logits into wk_.sample; returns the rank rk in it of top-k's threshold
+// guess, a few standard deviations above the number of survivors expected there (so that at least k entries are
+// >= the sample's rk-th largest with high probability), or 0 when a sample does not pay (rows under 4096
+// entries, k close to V; nothing drawn) or holds a NaN.
+int64_t Walker::draw_sample(const RowSrc& r, int64_t k) {
     const int64_t ns = std::min<int64_t>(V_, 1024);
     const double expect = static_cast<double>(k) * ns / static_cast<double>(V_);
     const int64_t rk = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect) + 8.0));
-    if (V_ >= 4096 && rk < ns) {
-        auto& smp = wk_.sample;
-        smp.resize(static_cast<size_t>(ns));
-        const int64_t stride = V_ / ns;
-        K_->row_sample(r, ns, stride, smp.data());
-        // radix select, branch-free: a comparison sort's branches on random data mispredict about half
-        // the time (which a benchmark repeating one input hides: the predictor learns it)
-        c = K_->row_compact_ge(r, K_->kth_largest(smp.data(), ns, rk), V_, cand, cidx);
-        if (c < k) c = -1;
+    if (V_ < 4096 || rk >= ns) return 0;
+    auto& smp = wk_.sample;
+    smp.resize(static_cast<size_t>(ns));
+    K_->row_sample(r, ns, V_ / ns, smp.data());
+    for (float x : smp)
+        if (x != x) return 0;
+    return rk;
+}
+
+// The sample's rk-th largest: radix select, branch-free (a comparison sort's branches on random data mispredict
+// about half the time, which a benchmark repeating one input hides: the predictor learns it).
+float Walker::sample_guess(int64_t rk) {
+    return K_->kth_largest(wk_.sample.data(), static_cast<int64_t>(wk_.sample.size()), rk);
+}
+
+// The top-k survivors (scaled logit >= the k-th largest, ties kept as the reference's `scaled >= kth`;
+// 1 <= k <= V) into cand / cidx in index order; returns their count. nc: the count of candidates already in cand /
+// cidx (the entries >= the sample's guess, compacted with the row's max by process_row), or -1: then they are
+// compacted here, from a sample's guess. All entries are candidates when the guess is short (fewer than k). A
+// radix select among the candidates (a copy), then the survivors filtered in place. The row is read once (twice
+// in that rare case).
+int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx, int64_t nc) {
+    if (k == 1) return K_->row_compact_ge(r, r.shift, V_, cand, cidx);  // shift = the scaled row's max
+    if (nc < 0) {
+        const int64_t rk = draw_sample(r, k);
+        if (rk > 0) nc = K_->row_compact_ge(r, sample_guess(rk), V_, cand, cidx);
     }
-    if (c < 0) c = K_->row_compact_ge(r, -F_INF, V_, cand, cidx);  // every entry
-    std::memcpy(tmp, cand, sizeof(float) * static_cast<size_t>(c));
-    return K_->keep_pairs_ge(cand, cidx, c, K_->kth_largest(tmp, c, k));
+    if (nc < k) nc = K_->row_compact_ge(r, -F_INF, V_, cand, cidx);  // every entry
+    float* tmp = wk_.S.get();
+    std::memcpy(tmp, cand, sizeof(float) * static_cast<size_t>(nc));
+    return K_->keep_pairs_ge(cand, cidx, nc, K_->kth_largest(tmp, nc, k));
 }
 
 // CONTRACT §2 steps 1-5 on one row; INVALID when the row is not a distribution (docs/CONTRACT.md).
 // One read-only pass for the max and the NaN flag, then one more pass over the logits: without top-k it
 // writes the weights exp(x - max) into `dense` and sums them (one exponential per entry, reused by the final
 // token: storing them costs less than recomputing them); with top-k it compacts the candidates, and only
-// the <= k survivors get exponentials (SPARSE, in cand / cidx). Top-p writes the kept probabilities into
+// the <= k survivors get exponentials (SPARSE, in cand / cidx). With top-k at T == 1 one pass does both the max
+// and the compaction, from a sample's guess of the threshold (the sample needs no max). Top-p writes the kept probabilities into
 // `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try (deterministic
 // drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
 // exp(x - max), which bounds q(x) since the row's sum is >= 1), the float64 sum of the weights that the
@@ -246,19 +265,38 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand,
                                 int32_t* cidx, Dist& out, int64_t probe, double probe_u, int32_t probe_parent) {
     const float s = static_cast<float>(P_.cfg_scale);
-    const RowStats st = K_->row_max(c, u, dtype, s, V_);
+    const int64_t k = P_.top_k > 0 ? std::min<int64_t>(P_.top_k, V_) : 0;
+    const bool probe_first = probe_parent >= 0 && P_.top_p >= 1.0;
+    RowStats st;
+    int64_t nk = -1;  // top-k: candidates compacted by the statistics pass, then the survivors (index order)
+    if (k > 1 && T == 1.0f) {
+        // T == 1: the scaled logits are the guided ones, so top-k's candidates (from a sample's guess) can be
+        // compacted in the pass that finds the max. Not when the first child may be accepted without the
+        // weights (that needs the max first), unless 64 sampled logits already put U above its weight
+        const RowSrc g{c, u, dtype, s, 1.0f, 0.0f, 0.0f};
+        bool may_probe = false;
+        if (probe_first && V_ >= 4096) {
+            float smp[64];
+            K_->row_sample(g, 64, V_ / 64, smp);
+            float m = -F_INF;
+            for (float x : smp) m = x > m ? x : m;
+            may_probe = probe_u < std::exp(static_cast<double>(K_->row_scaled_at(g, probe) - m));
+        }
+        const int64_t rk = may_probe ? 0 : draw_sample(g, k);
+        if (rk > 0) nk = K_->row_max_compact_ge(g, sample_guess(rk), V_, cand, cidx, &st);
+    }
+    if (nk < 0) st = K_->row_max(c, u, dtype, s, V_);
     // Validity is judged on the whole row, before top-k masks anything (docs/CONTRACT.md).
     if (st.has_nan || !std::isfinite(st.max)) return Row::INVALID;
     const RowSrc r{c, u, dtype, s, T, st.max, T == 1.0f ? st.max : 0.0f};
-    if (probe_parent >= 0 && P_.top_p >= 1.0 && accepts_without_weights(r, probe, probe_u, probe_parent))
+    if (nk < 0 && probe_first && accepts_without_weights(r, probe, probe_u, probe_parent))
         return Row::PROBE_ACCEPTED;
     float S_total;
-    int64_t nk = 0;  // top-k survivors in cand / cidx (index order)
     // the float64 sum of the weights only if a child is rejected (lazy_reject): a walk that accepts at once
     // skips it
     double wsum = std::numeric_limits<double>::quiet_NaN();
     if (P_.top_k > 0) {
-        nk = topk_survivors(r, std::min<int64_t>(P_.top_k, V_), cand, cidx);
+        nk = topk_survivors(r, k, cand, cidx, nk);
         S_total = K_->exp_sum(cand, r.shift, nk);  // in place: the survivors' weights
         out = Dist::sparse(cand, cidx, nk, S_total, wsum);
     } else {
@@ -1108,6 +1146,28 @@ std::vector<float> chain_running_sums(const float* w, int64_t n, const std::vect
 float kth_largest(const float* v, int64_t n, int64_t k) {
     std::vector<float> copy(v, v + n);
     return select_kernels()->kth_largest(copy.data(), n, k);
+}
+
+MaxCompact max_compact(const void* c, const void* u, int dtype, float s, float t, int64_t n) {
+    const Kernels* K = select_kernels();
+    const RowSrc r{c, u, dtype, s, 1.0f, 0.0f, 0.0f};
+    MaxCompact out;
+    out.vals.resize(static_cast<size_t>(n) + 16);
+    out.idx.resize(static_cast<size_t>(n) + 16);
+    RowStats st;
+    out.vals.resize(static_cast<size_t>(K->row_max_compact_ge(r, t, n, out.vals.data(), out.idx.data(), &st)));
+    out.idx.resize(out.vals.size());
+    const RowStats plain = K->row_max(c, u, dtype, s, n);
+    out.max = st.max;
+    out.has_nan = st.has_nan;
+    out.plain_max = plain.max;
+    out.plain_has_nan = plain.has_nan;
+    out.plain_vals.resize(static_cast<size_t>(n) + 16);
+    out.plain_idx.resize(static_cast<size_t>(n) + 16);
+    out.plain_vals.resize(
+        static_cast<size_t>(K->row_compact_ge(r, t, n, out.plain_vals.data(), out.plain_idx.data())));
+    out.plain_idx.resize(out.plain_vals.size());
+    return out;
 }
 
 std::vector<double> dots(const float* a, const std::vector<const float*>& b, int64_t n) {

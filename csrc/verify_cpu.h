@@ -58,6 +58,16 @@ std::vector<float> chain_running_sums(const float* w, int64_t n, const std::vect
 // Tests: Kernels::kth_largest on a copy of v[0..n).
 float kth_largest(const float* v, int64_t n, int64_t k);
 
+// Tests: Kernels::row_max_compact_ge over the guided row (c, u: nullptr without CFG; T == 1) beside
+// Kernels::row_max and Kernels::row_compact_ge on the same row: both must give the same bits.
+struct MaxCompact {
+    float max = 0.0f, plain_max = 0.0f;
+    bool has_nan = false, plain_has_nan = false;
+    std::vector<float> vals, plain_vals;
+    std::vector<int32_t> idx, plain_idx;
+};
+MaxCompact max_compact(const void* c, const void* u, int dtype, float s, float t, int64_t n);
+
 // Tests: Kernels::dots of a[0..n) with the rows b[j][0..n) (CASCADE's cosines of one node), in one call.
 std::vector<double> dots(const float* a, const std::vector<const float*>& b, int64_t n);
 

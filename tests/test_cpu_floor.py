@@ -377,6 +377,51 @@ def test_topk_sample_guess_short_falls_back():
         same(inputs, top_k=k, temperature=0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_one_pass_max_and_compaction_equal_the_two_passes(dtype):
+    """Top-k at T = 1 takes the row's max and compacts the candidates (>= the sample's guess) in one pass: the
+    max (its sign of zero too) and the NaN flag must be row_max's bits, and the candidates row_compact_ge's,
+    which equal numpy's in index order: odd lengths (the scalar tails), CFG, ties, -0.0 / +0.0 maxima, +-inf,
+    NaN, and thresholds from -inf to +inf."""
+    import struct
+
+    import numpy as np
+
+    from cascade_kernels import _C
+    bits = lambda x: struct.pack("<f", x)  # noqa: E731
+    code = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[dtype]
+    g = torch.Generator().manual_seed(5)
+    for trial in range(48):
+        n = [1, 15, 16, 63, 64, 65, 129, 1000, 4099, 16384][trial % 10]
+        c = torch.randn(n, generator=g)
+        if trial % 4 == 1:
+            c = torch.round(c * 2) / 2  # ties at the threshold
+        if trial % 6 == 2:  # a maximum of zeros of both signs: the sign the max keeps depends on the order
+            c = -c.abs() - 1.0
+            c[torch.randint(0, n, (3,), generator=g)] = 0.0
+            c[torch.randint(0, n, (3,), generator=g)] = -0.0
+        if trial % 7 == 3:
+            c[int(torch.randint(0, n, (1,), generator=g))] = float("inf") if trial % 2 else -float("inf")
+        if trial % 9 == 4:
+            c[int(torch.randint(0, n, (1,), generator=g))] = float("nan")
+        c = c.to(dtype).contiguous()
+        cfg = trial % 5 == 0
+        u = torch.randn(n, generator=g).to(dtype).contiguous() if cfg else None
+        finite = c.float()[torch.isfinite(c.float())]
+        for t in (-float("inf"), float(finite.quantile(0.9)) if finite.numel() else 0.0, 0.0, float("inf")):
+            (fmax, fnan, fv, fi), (pmax, pnan, pv, pi) = _C.max_compact(
+                c.data_ptr(), u.data_ptr() if cfg else 0, code, 1.5, t, n)
+            assert (bits(fmax), fnan) == (bits(pmax), pnan), (trial, n, t, fmax, pmax)
+            assert (fi, [bits(x) for x in fv]) == (pi, [bits(x) for x in pv]), (trial, n, t)
+            if not cfg:
+                x = c.float().numpy()
+                keep = np.nonzero(x >= t)[0]
+                assert fi == keep.tolist() and np.array_equal(np.array(fv, np.float32), x[keep]), (trial, n, t)
+                assert fnan == bool(np.isnan(x).any())
+                if not np.isnan(x).all():
+                    assert fmax == np.nanmax(x), (trial, n)
+
+
 @pytest.mark.parametrize("kind", ["normal", "ties", "narrow", "signs-zeros-inf", "sizes"])
 def test_kth_largest_is_exact(kind):
     """The top-k select (8-bit radix passes from the top of the keys' range) equals the k-th largest by
