@@ -10,10 +10,11 @@ B=1 grid: N in {26 (EAGLE tree ck.MC_SIM_7B_63), 60 (ck.DEEP_CHOICES)}, V in {16
 CASCADE (D=1280), "shallow" (random logits: the walk stops at the root) and "deep" (each node's first
 child's token gets +25, so the walk follows the first-child chain to a leaf), top_k in {0, 2000}. The tree
 is prepared once (``ck.prepare_tree``), as users pass it. Per case, in one process and interleaved
-(medians over rounds, each round in its own seeded random order): the ``cpu`` backend with one thread,
-one-thread ``torch.softmax`` over only the rows the walk visited (gathered beforehand, contiguous: the
-floor), the peers' ``evaluate_posterior`` on the same logits, and (separately, few repetitions) the
-reference backend.
+(medians over rounds whose orders form a Williams design: each fn follows every other equally often): the
+``cpu`` backend with one thread, one-thread ``torch.softmax`` over only the rows the walk visited (gathered
+beforehand, contiguous: the floor), the peers' ``evaluate_posterior`` on the same logits, and (separately, few
+repetitions) the reference backend. The same calls again, each right after ``flush_caches()`` (a 64 MB read
+and a sort: as a decode loop calls verify after the model's forward), in a second table.
 
 Peers (benchmark-only, never vendored): set ``CK_PEERS_DIR`` to a folder holding
 ``EAGLE/eagle/model/utils.py`` (github.com/SafeAILab/EAGLE) and ``LANTERN/models/ea_model_llamagen.py``
@@ -95,24 +96,61 @@ def whole_call(inputs, method, top_k, out):
     return lambda: ck.verify(t, p, lg, method=m, hidden=h, top_k=top_k, seed=s, backend="cpu", out=out)
 
 
-def interleaved(fns, reps=30, budget_s=3.0):
-    """Median seconds per call of each fn, timed in rounds (one call of each per round). Each round takes
-    its own seeded random order, so every fn follows every other: a call that runs right after a peer's
-    (which allocates and touches several MB with top-k) starts with colder caches, and a fixed order
-    would charge that to whichever fn comes after the peers."""
+def williams_orders(n):
+    """Orders of range(n) (a Williams design) in which each item follows every other equally often: n orders
+    when n is even, 2n when odd."""
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    orders = [[(x + r) % n for x in first] for r in range(n)]
+    return orders + [o[::-1] for o in orders] if n % 2 else orders
+
+
+def interleaved(fns, reps=40, budget_s=3.0, before=None):
+    """Median seconds per call of each fn, timed in rounds (one call of each per round). The rounds' orders
+    form a Williams design, repeated whole: every fn follows every other equally often. A call that runs
+    right after a peer's (which allocates and touches several MB with top-k) starts with colder caches: a
+    fixed order would charge that to whichever fn comes after the peers, and random orders give each fn a
+    share of such predecessors that varies from run to run. ``before``: run (untimed) before every timed
+    call, the same for every fn (flush_caches)."""
     for f in fns.values():
         f()
-    names, rng = list(fns), random.Random(0)
+    names = list(fns)
+    random.Random(0).shuffle(names)
+    orders = williams_orders(len(names))
     times = {k: [] for k in fns}
     start = time.perf_counter()
     r = 0
-    while r < 5 or (r < reps and time.perf_counter() - start < budget_s):
-        for k in rng.sample(names, len(names)):
+    while r < len(orders) or r % len(orders) or (r < reps and time.perf_counter() - start < budget_s):
+        for j in orders[r % len(orders)]:
+            if before is not None:
+                before()
             t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
+            fns[names[j]]()
+            times[names[j]].append(time.perf_counter() - t0)
         r += 1
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+_FLUSH = {}
+
+
+def flush_caches():
+    """What a decode loop does between two verify calls, in miniature and the same before every fn: a 64 MB
+    read (more than this machine's 32 MB L3: the model's forward streams gigabytes of weights) and a sort of a
+    64K row (other code: it evicts the verify code's lines and retrains the branch predictor). The rows a call
+    reads then come from memory, and a branch that the same input repeated had taught the predictor
+    mispredicts as it would on new data."""
+    if not _FLUSH:
+        g = torch.Generator().manual_seed(2)
+        _FLUSH["big"] = torch.randn(16 << 20, generator=g)
+        _FLUSH["row"] = torch.randn(65536, generator=g)
+    _FLUSH["big"].sum()
+    torch.sort(_FLUSH["row"])
 
 
 def backend_call(inputs, method, top_k, out):
@@ -250,6 +288,12 @@ def run_case(N, V, method, top_k, deep, peers, *, with_reference=True):
         res[f"{name}_s"] = med.get(name)
         res[f"{name}_over_cpu"] = med[name] / med["cpu"] if name in med else None
     res["cpu_over_floor"] = res["cpu_s"] / res["floor_s"]
+    cold = interleaved({k: f for k, f in fns.items() if k != "backend"}, reps=20, budget_s=3.0,
+                       before=flush_caches)
+    res["cold"] = {f"{k}_s": v for k, v in cold.items()}
+    res["cold"]["cpu_over_floor"] = cold["cpu"] / cold["floor"]
+    for name in ("eagle", "lantern"):
+        res["cold"][f"{name}_over_cpu"] = cold[name] / cold["cpu"] if name in cold else None
     if with_reference:
         ref = call(inputs, method, "reference", False, top_k)
         for name in ("accept_len", "accepted_nodes", "next_token", "status"):
@@ -384,6 +428,11 @@ def evaluate_targets(results, scaling, peers_note):
             s["t2_over_t1"] = s["t2_s"] / s["t1_s"]
         line("B=64 with a busy loop on the other core: 2 threads <= 1.2x one thread's time", busy, "t2_over_t1",
              lambda v: v <= 1.2, max)
+    cold = [dict(r["cold"], top_k=r["top_k"], case=r["case"]) for r in results if r.get("cold")]
+    line("(after a cache flush) no top-k: cpu <= 2.5x floor", [r for r in cold if not r["top_k"]],
+         "cpu_over_floor", lambda v: v <= 2.5, max)
+    line("(after a cache flush) top-k 2000: cpu <= 2x floor", [r for r in cold if r["top_k"]], "cpu_over_floor",
+         lambda v: v <= 2.0, max)
     if peers_note:
         out.append(f"peers: {peers_note}")
     eg = [r for r in results if r.get("eagle_over_cpu") and not r["top_k"]]
@@ -392,6 +441,12 @@ def evaluate_targets(results, scaling, peers_note):
         rows = [r for r in results if r.get(f"{name}_over_cpu") and r["top_k"]]
         line(f"top-k 2000: >= 20x faster than {name} evaluate_posterior", rows, f"{name}_over_cpu",
              lambda v: v >= 20, min)
+    line("(after a cache flush) no top-k: >= 4x faster than EAGLE main",
+         [r for r in cold if r.get("eagle_over_cpu") and not r["top_k"]], "eagle_over_cpu", lambda v: v >= 4, min)
+    for name in ("eagle", "lantern"):
+        line(f"(after a cache flush) top-k 2000: >= 20x faster than {name}",
+             [r for r in cold if r.get(f"{name}_over_cpu") and r["top_k"]], f"{name}_over_cpu", lambda v: v >= 20,
+             min)
     return out
 
 
@@ -400,8 +455,8 @@ def write_markdown(path, info, results, scaling, command, targets, note):
              f"Command: `{command}`", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), "",
              note, "",
-             "Times are medians in ms over interleaved rounds (cpu, floor, peers: one call each per round, in a "
-             "seeded random order, in one process); one thread (`torch.set_num_threads(1)`). `floor` = "
+             "Times are medians in ms over interleaved rounds (cpu, backend, floor, peers: one call each per round, "
+             "the rounds' orders a Williams design, so each fn follows every other equally often; in one process); one thread (`torch.set_num_threads(1)`). `floor` = "
              "torch.softmax over the visited rows only (gathered, contiguous). cpu = the whole ck.verify call (prepared tree, preallocated out); "
              "backend = cascade_kernels/ops/verify/cpu.py + C++ on arguments validated once (ck.verify without "
              "its Python checks). eagle = EAGLE main `evaluate_posterior` (sampling branch, "
@@ -419,6 +474,21 @@ def write_markdown(path, info, results, scaling, command, targets, note):
             f"{ms(r['eagle_s'])} | {fmt(r['eagle_over_cpu'], '.1f')} | {ms(r['lantern_s'])} | "
             f"{fmt(r['lantern_over_cpu'], '.1f')} | {fmt(r['reference_s'] and r['reference_s'] * 1e3, '.1f')} | "
             f"{fmt(r['speedup_vs_reference'], '.0f')} |")
+    lines += ["", "## After a cache flush", "",
+              "The same calls, each timed right after `flush_caches()` (untimed, the same before every fn: a 64 MB "
+              "read, more than the L3, and a sort of a 64K row), as a decode loop calls verify after the model's "
+              "forward: rows and code come from memory and the branch predictor has not learnt the input. Medians "
+              "in ms over interleaved rounds.", "",
+              "| N | V | method | top-k | case | cpu ms | floor ms | cpu/floor | eagle ms | eagle/cpu | lantern ms | "
+              "lantern/cpu |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r["cold"]
+        ms = lambda x: fmt(x and x * 1e3, ".3f")  # noqa: E731
+        lines.append(
+            f"| {r['N']} | {r['V']} | {r['method']} | {r['top_k'] or 'off'} | {r['case']} | {ms(c['cpu_s'])} | "
+            f"{ms(c['floor_s'])} | {c['cpu_over_floor']:.2f} | {ms(c.get('eagle_s'))} | "
+            f"{fmt(c['eagle_over_cpu'], '.1f')} | {ms(c.get('lantern_s'))} | {fmt(c['lantern_over_cpu'], '.1f')} |")
     if scaling:
         lines += ["", "## B=64 thread scaling", "",
                   "`busy` = `python -c \"while 1: pass\"` pinned with taskset to the last core during the "
