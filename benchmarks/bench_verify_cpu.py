@@ -112,11 +112,12 @@ def williams_orders(n):
 
 def interleaved(fns, reps=40, budget_s=3.0, before=None):
     """Median seconds per call of each fn, timed in rounds (one call of each per round). The rounds' orders
-    form a Williams design, repeated whole: every fn follows every other equally often. A call that runs
-    right after a peer's (which allocates and touches several MB with top-k) starts with colder caches: a
-    fixed order would charge that to whichever fn comes after the peers, and random orders give each fn a
-    share of such predecessors that varies from run to run. ``before``: run (untimed) before every timed
-    call, the same for every fn (flush_caches)."""
+    form a Williams design, repeated whole, and the first call of a round is not timed (its predecessor, the
+    last call of the round before, is outside the design): every timed call follows each other fn equally
+    often, never itself. A call that runs right after a peer's (which allocates and touches several MB with
+    top-k) starts with colder caches: a fixed order would charge that to whichever fn comes after the peers,
+    and random orders give each fn a share of such predecessors that varies from run to run. ``before``: run
+    (untimed) before every timed call, the same for every fn (flush_caches)."""
     for f in fns.values():
         f()
     names = list(fns)
@@ -126,12 +127,13 @@ def interleaved(fns, reps=40, budget_s=3.0, before=None):
     start = time.perf_counter()
     r = 0
     while r < len(orders) or r % len(orders) or (r < reps and time.perf_counter() - start < budget_s):
-        for j in orders[r % len(orders)]:
+        for pos, j in enumerate(orders[r % len(orders)]):
             if before is not None:
                 before()
             t0 = time.perf_counter()
             fns[names[j]]()
-            times[names[j]].append(time.perf_counter() - t0)
+            if pos > 0:
+                times[names[j]].append(time.perf_counter() - t0)
         r += 1
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -141,10 +143,11 @@ _FLUSH = {}
 
 def flush_caches():
     """What a decode loop does between two verify calls, in miniature and the same before every fn: a 64 MB
-    read (more than this machine's 32 MB L3: the model's forward streams gigabytes of weights) and a sort of a
-    64K row (other code: it evicts the verify code's lines and retrains the branch predictor). The rows a call
-    reads then come from memory, and a branch that the same input repeated had taught the predictor
-    mispredicts as it would on new data."""
+    read (more than the 32 MB L3 of the machine measured: the model's forward streams gigabytes of weights) and
+    a sort of a 64K row (other code: it evicts our code's lines and retrains the branch predictor). The rows a
+    call reads then come from memory, and a branch that the same input repeated had taught the predictor
+    mispredicts as it would on new data. (The flush's own torch calls leave torch's dispatch code warm, which
+    torch.softmax and the peers reuse.)"""
     if not _FLUSH:
         g = torch.Generator().manual_seed(2)
         _FLUSH["big"] = torch.randn(16 << 20, generator=g)
@@ -428,11 +431,6 @@ def evaluate_targets(results, scaling, peers_note):
             s["t2_over_t1"] = s["t2_s"] / s["t1_s"]
         line("B=64 with a busy loop on the other core: 2 threads <= 1.2x one thread's time", busy, "t2_over_t1",
              lambda v: v <= 1.2, max)
-    cold = [dict(r["cold"], top_k=r["top_k"], case=r["case"]) for r in results if r.get("cold")]
-    line("(after a cache flush) no top-k: cpu <= 2.5x floor", [r for r in cold if not r["top_k"]],
-         "cpu_over_floor", lambda v: v <= 2.5, max)
-    line("(after a cache flush) top-k 2000: cpu <= 2x floor", [r for r in cold if r["top_k"]], "cpu_over_floor",
-         lambda v: v <= 2.0, max)
     if peers_note:
         out.append(f"peers: {peers_note}")
     eg = [r for r in results if r.get("eagle_over_cpu") and not r["top_k"]]
@@ -441,23 +439,45 @@ def evaluate_targets(results, scaling, peers_note):
         rows = [r for r in results if r.get(f"{name}_over_cpu") and r["top_k"]]
         line(f"top-k 2000: >= 20x faster than {name} evaluate_posterior", rows, f"{name}_over_cpu",
              lambda v: v >= 20, min)
-    line("(after a cache flush) no top-k: >= 4x faster than EAGLE main",
-         [r for r in cold if r.get("eagle_over_cpu") and not r["top_k"]], "eagle_over_cpu", lambda v: v >= 4, min)
-    for name in ("eagle", "lantern"):
-        line(f"(after a cache flush) top-k 2000: >= 20x faster than {name}",
-             [r for r in cold if r.get(f"{name}_over_cpu") and r["top_k"]], f"{name}_over_cpu", lambda v: v >= 20,
-             min)
     return out
 
 
-def write_markdown(path, info, results, scaling, command, targets, note):
+def evaluate_cold(results):
+    """Issue 11's ratio targets applied to the cache-flushed table: for information, not the issue's targets
+    (a cost every call pays after a flush pulls every ratio toward 1)."""
+    cold = [dict(r["cold"], top_k=r["top_k"], case=r["case"]) for r in results if r.get("cold")]
+    nok = [r for r in cold if not r["top_k"]]
+    out = []
+    for name, rows, key, ok, worst in (
+            ("deep, no top-k: cpu <= 1.5x floor", [r for r in nok if r["case"] == "deep"], "cpu_over_floor",
+             lambda v: v <= 1.5, max),
+            ("shallow, no top-k: cpu <= 2.5x floor", [r for r in nok if r["case"] == "shallow"], "cpu_over_floor",
+             lambda v: v <= 2.5, max),
+            ("top-k 2000: cpu <= 2x floor", [r for r in cold if r["top_k"]], "cpu_over_floor", lambda v: v <= 2.0,
+             max),
+            ("no top-k: >= 4x faster than EAGLE main", [r for r in nok if r.get("eagle_over_cpu")], "eagle_over_cpu",
+             lambda v: v >= 4, min),
+            ("top-k 2000: >= 20x faster than eagle", [r for r in cold if r["top_k"] and r.get("eagle_over_cpu")],
+             "eagle_over_cpu", lambda v: v >= 20, min),
+            ("top-k 2000: >= 20x faster than lantern", [r for r in cold if r["top_k"] and r.get("lantern_over_cpu")],
+             "lantern_over_cpu", lambda v: v >= 20, min)):
+        if rows:
+            vals = [r[key] for r in rows]
+            out.append(f"{name}: {sum(map(ok, vals))}/{len(vals)} cases (worst {worst(vals):.2f}x, median "
+                       f"{statistics.median(vals):.2f}x)")
+    return out
+
+
+def write_markdown(path, info, results, scaling, command, targets, cold_targets, note):
     lines = ["# ck.verify on the CPU: C++ backend vs softmax floor, reference and the peers' code", "",
              f"Command: `{command}`", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), "",
              note, "",
              "Times are medians in ms over interleaved rounds (cpu, backend, floor, peers: one call each per round, "
-             "the rounds' orders a Williams design, so each fn follows every other equally often; in one process); one thread (`torch.set_num_threads(1)`). `floor` = "
-             "torch.softmax over the visited rows only (gathered, contiguous). cpu = the whole ck.verify call (prepared tree, preallocated out); "
+             "the rounds' orders a Williams design and a round's first call untimed, so each timed call follows "
+             "every other fn equally often; in one process); one thread (`torch.set_num_threads(1)`). `floor` = "
+             "torch.softmax over the visited rows only (gathered, contiguous). cpu = the whole ck.verify call "
+             "(prepared tree, preallocated out); "
              "backend = cascade_kernels/ops/verify/cpu.py + C++ on arguments validated once (ck.verify without "
              "its Python checks). eagle = EAGLE main `evaluate_posterior` (sampling branch, "
              "logits_processor = identity or top-k); lantern = LANTERN `EaModel.evaluate_posterior` with "
@@ -499,6 +519,10 @@ def write_markdown(path, info, results, scaling, command, targets, note):
             lines.append(f"| {s['N']} | {s['V']} | {s['method']} | {s['case']} | {s['load']} | {s['t1_s'] * 1e3:.2f} "
                          f"| {s['t2_s'] * 1e3:.2f} | {s['speedup_2t']:.2f} |")
     lines += ["", "## Targets (issue 11)", ""] + [f"- {t}" for t in targets]
+    if cold_targets:
+        lines += ["", "## The same ratios after a cache flush (for information: not issue 11's targets)", "",
+                  "A cost every call pays after the flush pulls every ratio toward 1.", ""]
+        lines += [f"- {t}" for t in cold_targets]
     open(path, "w").write("\n".join(lines) + "\n")
 
 
@@ -529,13 +553,16 @@ def main(argv=None):
                               flush=True)
     scaling = [] if args.quick else thread_scaling()
     targets = evaluate_targets(results, scaling, peers_note)
+    cold_targets = evaluate_cold(results)
     command = "python " + " ".join([os.path.relpath(__file__)] + (argv if argv is not None else sys.argv[1:]))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "verify_cpu.json"), "w") as f:
         json.dump(dict(machine=info, command=command, note=args.note, total_s=time.time() - t0, targets=targets,
+                       targets_after_flush=cold_targets,
                        results=results, thread_scaling=scaling), f, indent=1)
-    write_markdown(os.path.join(args.out, "verify_cpu.md"), info, results, scaling, command, targets, args.note)
-    print("\n".join(targets))
+    write_markdown(os.path.join(args.out, "verify_cpu.md"), info, results, scaling, command, targets, cold_targets,
+                   args.note)
+    print("\n".join(targets + ["after a cache flush:"] + cold_targets))
 
 
 # ----------------------------------------------------------------------------------------------------

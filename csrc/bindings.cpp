@@ -459,10 +459,10 @@ PYBIND11_MODULE(_C, m) {
           "The k-th largest of n floats (no NaN) at address v, as the top-k select takes it (tests).");
     m.def("max_compact",
           [](uintptr_t c, uintptr_t u, int dtype, float s, float t, int64_t n) {
-              const ck::MaxCompact m = ck::max_compact(as_ptr<const void>(c), u ? as_ptr<const void>(u) : nullptr,
-                                                       dtype, s, t, n);
-              return py::make_tuple(py::make_tuple(m.max, m.has_nan, m.vals, m.idx),
-                                    py::make_tuple(m.plain_max, m.plain_has_nan, m.plain_vals, m.plain_idx));
+              const ck::MaxCompact mc = ck::max_compact(as_ptr<const void>(c), u ? as_ptr<const void>(u) : nullptr,
+                                                        dtype, s, t, n);
+              return py::make_tuple(py::make_tuple(mc.max, mc.has_nan, mc.vals, mc.idx),
+                                    py::make_tuple(mc.plain_max, mc.plain_has_nan, mc.plain_vals, mc.plain_idx));
           },
           "((max, has_nan, values, ids) of the one-pass max and top-k compaction (T == 1) of the guided row "
           "(c, u: 0 without CFG, dtype code, scale s) at threshold t, (the same by row_max and row_compact_ge)) "

@@ -242,7 +242,8 @@ static inline auto k_dispatch(const RowSrc& r, A... a) -> decltype(F<0, false, f
 }
 
 // Max over the non-NaN guided logits (x > m is false for a NaN x) and whether any is NaN; four independent
-// accumulators (the max is order-independent).
+// accumulators (the max is order-independent but for the sign of a zero max: KCompactGe<..., MAX> repeats this
+// order, keep the two in step).
 template <int DT, bool CFG, bool T1>
 struct KRowMax {
     static RowStats run(const RowSrc& r, int64_t n) {
@@ -373,8 +374,8 @@ static double k_row_sum_bound(const RowSrc& r, int64_t n, float v, int64_t* abov
 // Appends the lanes of x (entries i .. i + K_LANES - 1) that are >= t to vals / idx at c. AVX-512: branch-free
 // (with a few per cent of a row kept, whether a group keeps any is a coin flip that a branch would mispredict;
 // a benchmark repeating one row hides it: the predictor learns the row); compress into a register, then a
-// plain store (compress-to-memory is slow on some cores), reaching vals + c + 15 <= vals + i + 15. Elsewhere a
-// group without a kept lane is skipped, the others written lane by lane without a branch.
+// plain store (compress-to-memory is slow on some cores), reaching vals + c + 15 <= vals + i + 15 < vals + n.
+// Elsewhere a group without a kept lane is skipped, the others written lane by lane without a branch.
 static inline void k_compact_group(const k_v8f& x, int64_t i, float t, float* vals, int32_t* idx, int64_t& c) {
 #if defined(K_USE_AVX512)
     __m512 xv;
@@ -452,7 +453,7 @@ template <int DT, bool CFG, bool T1>
 struct KRowCompactGe : KCompactGe<DT, CFG, T1, false> {};
 
 template <int DT, bool CFG, bool T1>
-struct KRowMaxCompactGe : KCompactGe<DT, CFG, true, true> {};
+struct KRowMaxCompactGe : KCompactGe<DT, CFG, true, true> {};  // (r.T is not read: T == 1 by contract)
 
 static int64_t k_row_compact_ge(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx) {
     return k_dispatch<KRowCompactGe>(r, t, n, vals, idx, static_cast<RowStats*>(nullptr));

@@ -10,7 +10,8 @@
 //      (8 bits of the order-preserving key per pass, from the top of the candidates' key range) over
 //      them, exponentials only for the <= k survivors (kept as a sparse list); no probability row is
 //      written. At T == 1 the scaled logits are the guided ones, so top-k's compaction and the max share
-//      one pass (row_max_compact_ge) unless the row's first child may be accepted early. When the first
+//      one pass (row_max_compact_ge) when the sample pays (k > 1, V >= 4096, k not close to V, no NaN in
+//      it) and the row's first child cannot be accepted early. When the first
 //      child's acceptance U < q(x) cannot depend on anything but q(x) (Exact, or CASCADE with none of its
 //      blocks; deterministic drafting, no top-p, no bad token) and a cheap upper
 //      bound of the weights' sum (no exponentials: 2^t below its chord; with top-k, x surely among the
@@ -183,6 +184,7 @@ class Walker {
     Row process_row(const void* c, const void* u, int dtype, float T, float* dense, float* cand, int32_t* cidx,
                     Dist& out, int64_t probe = -1, double probe_u = 0.0, int32_t probe_parent = -1);
     bool accepts_without_weights(const RowSrc& r, int64_t x, double u, int32_t parent);
+    int64_t sample_rank(int64_t k) const;
     int64_t draw_sample(const RowSrc& r, int64_t k);
     float sample_guess(int64_t rk);
     int64_t topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx, int64_t nc);
@@ -209,15 +211,21 @@ class Walker {
     bool bad_child_token(int32_t u) const;
 };
 
-// Draws a strided sample of the scaled logits into wk_.sample; returns the rank rk in it of top-k's threshold
-// guess, a few standard deviations above the number of survivors expected there (so that at least k entries are
-// >= the sample's rk-th largest with high probability), or 0 when a sample does not pay (rows under 4096
-// entries, k close to V; nothing drawn) or holds a NaN.
-int64_t Walker::draw_sample(const RowSrc& r, int64_t k) {
+// The rank rk of top-k's threshold guess in a strided sample of 1024 scaled logits: a few standard deviations
+// above the number of survivors expected there (so that at least k entries are >= the sample's rk-th largest with
+// high probability); 0 when a sample does not pay (rows under 4096 entries, k close to V).
+int64_t Walker::sample_rank(int64_t k) const {
     const int64_t ns = std::min<int64_t>(V_, 1024);
     const double expect = static_cast<double>(k) * ns / static_cast<double>(V_);
     const int64_t rk = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect) + 8.0));
-    if (V_ < 4096 || rk >= ns) return 0;
+    return V_ < 4096 || rk >= ns ? 0 : rk;
+}
+
+// Draws that sample into wk_.sample; returns sample_rank(k), or 0 (nothing drawn or a NaN in the sample).
+int64_t Walker::draw_sample(const RowSrc& r, int64_t k) {
+    const int64_t rk = sample_rank(k);
+    if (rk == 0) return 0;
+    const int64_t ns = 1024;
     auto& smp = wk_.sample;
     smp.resize(static_cast<size_t>(ns));
     K_->row_sample(r, ns, V_ / ns, smp.data());
@@ -236,8 +244,8 @@ float Walker::sample_guess(int64_t rk) {
 // 1 <= k <= V) into cand / cidx in index order; returns their count. nc: the count of candidates already in cand /
 // cidx (the entries >= the sample's guess, compacted with the row's max by process_row), or -1: then they are
 // compacted here, from a sample's guess. All entries are candidates when the guess is short (fewer than k). A
-// radix select among the candidates (a copy), then the survivors filtered in place. The row is read once (twice
-// in that rare case).
+// radix select among the candidates (a copy), then the survivors filtered in place. The row is read here once
+// when nc < 0, not at all otherwise (once more in either case when the guess is short: rare).
 int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t* cidx, int64_t nc) {
     if (k == 1) return K_->row_compact_ge(r, r.shift, V_, cand, cidx);  // shift = the scaled row's max
     if (nc < 0) {
@@ -254,8 +262,9 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 // One read-only pass for the max and the NaN flag, then one more pass over the logits: without top-k it
 // writes the weights exp(x - max) into `dense` and sums them (one exponential per entry, reused by the final
 // token: storing them costs less than recomputing them); with top-k it compacts the candidates, and only
-// the <= k survivors get exponentials (SPARSE, in cand / cidx). With top-k at T == 1 one pass does both the max
-// and the compaction, from a sample's guess of the threshold (the sample needs no max). Top-p writes the kept probabilities into
+// the <= k survivors get exponentials (SPARSE, in cand / cidx). With top-k at T == 1 one pass does both the
+// max and the compaction, from a sample's guess of the threshold (the sample needs no max), under
+// draw_sample's conditions and when the first child cannot be accepted early. Top-p writes the kept probabilities into
 // `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try (deterministic
 // drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
 // exp(x - max), which bounds q(x) since the row's sum is >= 1), the float64 sum of the weights that the
@@ -267,15 +276,15 @@ Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T
     const float s = static_cast<float>(P_.cfg_scale);
     const int64_t k = P_.top_k > 0 ? std::min<int64_t>(P_.top_k, V_) : 0;
     const bool probe_first = probe_parent >= 0 && P_.top_p >= 1.0;
-    RowStats st;
+    RowStats st{};
     int64_t nk = -1;  // top-k: candidates compacted by the statistics pass, then the survivors (index order)
-    if (k > 1 && T == 1.0f) {
+    if (k > 1 && T == 1.0f && sample_rank(k) > 0) {
         // T == 1: the scaled logits are the guided ones, so top-k's candidates (from a sample's guess) can be
         // compacted in the pass that finds the max. Not when the first child may be accepted without the
         // weights (that needs the max first), unless 64 sampled logits already put U above its weight
         const RowSrc g{c, u, dtype, s, 1.0f, 0.0f, 0.0f};
         bool may_probe = false;
-        if (probe_first && V_ >= 4096) {
+        if (probe_first) {
             float smp[64];
             K_->row_sample(g, 64, V_ / 64, smp);
             float m = -F_INF;
