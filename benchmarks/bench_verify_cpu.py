@@ -397,16 +397,26 @@ def fmt(x, spec=".3g"):
     return "—" if x is None else format(x, spec)
 
 
+def target_line(name, rows, key, ok, worst_fn, verdict=True):
+    """One target's summary over rows (None when there are none): cases meeting ok(row[key]), the worst by
+    worst_fn and the median; with verdict, MET or MISSED first."""
+    if not rows:
+        return None
+    vals = [r[key] for r in rows]
+    met = sum(ok(v) for v in vals)
+    if verdict:
+        return (f"{name}: {'MET' if met == len(rows) else 'MISSED'} ({met}/{len(rows)} cases; worst "
+                f"{worst_fn(vals):.2f}x, median {statistics.median(vals):.2f}x)")
+    return f"{name}: {met}/{len(rows)} cases (worst {worst_fn(vals):.2f}x, median {statistics.median(vals):.2f}x)"
+
+
 def evaluate_targets(results, scaling, peers_note):
     out = []
 
-    def line(name, rows, key, ok, worst_fn, unit="x"):
-        if not rows:
-            return
-        vals = [r[key] for r in rows]
-        met = sum(ok(v) for v in vals)
-        out.append(f"{name}: {'MET' if met == len(rows) else 'MISSED'} ({met}/{len(rows)} cases; worst "
-                   f"{worst_fn(vals):.2f}{unit}, median {statistics.median(vals):.2f}{unit})")
+    def line(*args):
+        text = target_line(*args)
+        if text:
+            out.append(text)
 
     nok = [r for r in results if not r["top_k"]]
     tk = [r for r in results if r["top_k"]]
@@ -461,10 +471,9 @@ def evaluate_cold(results):
              "eagle_over_cpu", lambda v: v >= 20, min),
             ("top-k 2000: >= 20x faster than lantern", [r for r in cold if r["top_k"] and r.get("lantern_over_cpu")],
              "lantern_over_cpu", lambda v: v >= 20, min)):
-        if rows:
-            vals = [r[key] for r in rows]
-            out.append(f"{name}: {sum(map(ok, vals))}/{len(vals)} cases (worst {worst(vals):.2f}x, median "
-                       f"{statistics.median(vals):.2f}x)")
+        text = target_line(name, rows, key, ok, worst, verdict=False)
+        if text:
+            out.append(text)
     return out
 
 

@@ -11,11 +11,11 @@
 //      them, exponentials only for the <= k survivors (kept as a sparse list); no probability row is
 //      written. At T == 1 the scaled logits are the guided ones, so top-k's compaction and the max share
 //      one pass (row_max_compact_ge) when the sample pays (k > 1, V >= 4096, k not close to V, no NaN in
-//      it) and the row's first child cannot be accepted early. When the first
-//      child's acceptance U < q(x) cannot depend on anything but q(x) (Exact, or CASCADE with none of its
-//      blocks; deterministic drafting, no top-p, no bad token) and a cheap upper
-//      bound of the weights' sum (no exponentials: 2^t below its chord; with top-k, x surely among the
-//      survivors) already puts U below q(x), the second pass is skipped and the walk moves on
+//      it) and the row's first child cannot be accepted early. When the first child's acceptance
+//      U < q(x) cannot depend on anything but q(x) (Exact, or CASCADE with none of its blocks;
+//      deterministic drafting, no top-p, no bad token) and a cheap upper bound of the weights' sum (no
+//      exponentials: 2^t below its chord; with top-k, x surely among the survivors) already puts U below
+//      q(x), the second pass is skipped and the walk moves on
 //      (Walker::accepts_without_weights): a deep walk reads each accepted row with two light passes;
 //   2. q(x) of each drafted child from those statistics;
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
@@ -264,8 +264,8 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 // token: storing them costs less than recomputing them); with top-k it compacts the candidates, and only
 // the <= k survivors get exponentials (SPARSE, in cand / cidx). With top-k at T == 1 one pass does both the
 // max and the compaction, from a sample's guess of the threshold (the sample needs no max), under
-// draw_sample's conditions and when the first child cannot be accepted early. Top-p writes the kept probabilities into
-// `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try (deterministic
+// draw_sample's conditions and when the first child cannot be accepted early. Top-p writes the kept
+// probabilities into `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try (deterministic
 // drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
 // exp(x - max), which bounds q(x) since the row's sum is >= 1), the float64 sum of the weights that the
 // rejection needs is taken in the same pass (a guess: either way the results are the same). probe_parent: the
