@@ -236,31 +236,19 @@ struct CallPlan {
     int method;
     PyObject* packed;     // borrowed from the method's __dict__ (the caller holds a reference while the GIL is out)
     PyObject* neighbors;  // borrowed from the packed method
-    double eps;
+    double default_eps;   // the method's budget when the call passes none (HUGE_VAL: unbounded)
 };
 
-static bool plan_call(PyObject* parents, PyObject* method, PyObject* eps, CallPlan& c) {
-    if (Py_TYPE(parents) != g_call.tree) return false;
-    Ref wc = attr(parents, g_call.whole_call);  // (batch, num_nodes, L, host parents address) on the CPU
-    if (!wc.p || !PyTuple_CheckExact(wc.p) || PyTuple_GET_SIZE(wc.p) != 4) return false;
+static bool read_plan(PyObject* method, PyObject* wc, PyObject* packed, CallPlan& c) {
+    if (!PyTuple_CheckExact(wc) || PyTuple_GET_SIZE(wc) != 4) return false;
     int64_t ptr;
-    if (!exact_int(PyTuple_GET_ITEM(wc.p, 0), c.tree_batch) || !exact_int(PyTuple_GET_ITEM(wc.p, 1), c.tree_n) ||
-        !exact_int(PyTuple_GET_ITEM(wc.p, 2), c.L) || !exact_int(PyTuple_GET_ITEM(wc.p, 3), ptr))
+    if (!exact_int(PyTuple_GET_ITEM(wc, 0), c.tree_batch) || !exact_int(PyTuple_GET_ITEM(wc, 1), c.tree_n) ||
+        !exact_int(PyTuple_GET_ITEM(wc, 2), c.L) || !exact_int(PyTuple_GET_ITEM(wc, 3), ptr))
         return false;
     c.parents = static_cast<uintptr_t>(ptr);
-    if (PyObject_IsInstance(method, g_call.method) != 1) {
-        PyErr_Clear();
-        return false;
-    }
     Ref name = attr(method, g_call.name);
     if (!name.p || !PyUnicode_CheckExact(name.p) || PyUnicode_GET_LENGTH(name.p) == 0) return false;
-    Ref dict(PyObject_GenericGetDict(method, nullptr));
-    if (!dict.p || !PyDict_Check(dict.p)) return false;
-    PyObject* packed = PyDict_GetItemWithError(dict.p, g_call.packed_name);  // borrowed
-    if (!packed || Py_TYPE(packed) != g_call.packed) {
-        PyErr_Clear();
-        return false;
-    }
+    if (Py_TYPE(packed) != g_call.packed) return false;
     c.packed = packed;
     Ref host = attr(packed, g_call.host), emb = attr(packed, g_call.embeddings), code = attr(packed, g_call.code);
     if (!host.p || !emb.p || !code.p || emb.p != Py_None) return false;
@@ -274,20 +262,108 @@ static bool plan_call(PyObject* parents, PyObject* method, PyObject* eps, CallPl
     Ref nb = attr(packed, g_call.neighbors);
     if (!nb.p) return false;
     c.neighbors = nb.p;  // the packed method holds it
-    if (eps == Py_None) {  // the method's default budget (None: unbounded)
-        Ref d = attr(method, g_call.default_eps);
-        if (!d.p) return false;
-        c.eps = d.p == Py_None ? HUGE_VAL : PyFloat_AsDouble(d.p);
-        if (c.eps == -1.0 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return false;
-        }
-    } else {
-        if (!PyFloat_CheckExact(eps)) return false;
-        c.eps = PyFloat_AS_DOUBLE(eps);
-        if (!(c.eps >= 0.0)) return false;
+    Ref d = attr(method, g_call.default_eps);  // None: unbounded
+    if (!d.p) return false;
+    c.default_eps = d.p == Py_None ? HUGE_VAL : PyFloat_AsDouble(d.p);
+    if (c.default_eps == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
     }
     return true;
+}
+
+// The plans of the last few (tree, method) pairs. A decode loop passes the same prepared tree and method objects
+// every step, and a step calls with cold caches, where each of read_plan's dozen attribute lookups (one of them a
+// Python property) costs cache misses. An entry is keyed by weak references to the two objects (a dead object's
+// never matches, and its death empties the entry) and is used only while the tree's whole_call and the method's
+// __dict__["packed"] are still the objects it was read from (it holds them), so it is what read_plan would read
+// again: those are immutable, and so are the method's name and default_eps (methods are frozen dataclasses).
+struct PlanEntry {
+    PyObject *tree = nullptr, *method = nullptr;      // weak references (callback: forget_plans)
+    PyObject *whole_call = nullptr, *packed = nullptr;  // held
+    CallPlan plan{};
+};
+constexpr int PLAN_ENTRIES = 4;  // a loop comparing methods alternates a few of them
+static PlanEntry g_plans[PLAN_ENTRIES];
+static int g_plan_next = 0;  // the entry the next new pair replaces (round robin)
+static PyObject* g_forget = nullptr;  // forget_plans as a Python callable (the weak references' callback)
+
+static void clear_entry(PlanEntry& e) {
+    Py_CLEAR(e.tree);
+    Py_CLEAR(e.method);
+    Py_CLEAR(e.whole_call);
+    Py_CLEAR(e.packed);
+}
+
+// The weak references' callback: a tree or a method died; the entry keyed by it goes.
+static PyObject* forget_plans(PyObject*, PyObject* ref) {
+    for (PlanEntry& e : g_plans)
+        if (e.tree == ref || e.method == ref) clear_entry(e);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef k_forget_def = {"forget_plans", forget_plans, METH_O, nullptr};
+
+// The tree's whole_call and the method's packed form (owned references), or false.
+static bool plan_sources(PyObject* parents, PyObject* method, Ref& wc, Ref& packed) {
+    wc.p = PyObject_GetAttr(parents, g_call.whole_call);  // (batch, num_nodes, L, host parents address) on the CPU
+    Ref dict(PyObject_GenericGetDict(method, nullptr));
+    if (!wc.p || !dict.p || !PyDict_Check(dict.p)) {
+        PyErr_Clear();
+        return false;
+    }
+    packed.p = PyDict_GetItemWithError(dict.p, g_call.packed_name);  // (borrowed: a reference taken below)
+    if (!packed.p) {
+        PyErr_Clear();
+        return false;
+    }
+    Py_INCREF(packed.p);
+    return true;
+}
+
+static bool plan_call(PyObject* parents, PyObject* method, CallPlan& c) {
+    if (Py_TYPE(parents) != g_call.tree) return false;
+    Ref wc(nullptr), packed(nullptr);
+    for (const PlanEntry& e : g_plans)
+        if (e.tree && PyWeakref_GetObject(e.tree) == parents && PyWeakref_GetObject(e.method) == method) {
+            if (!plan_sources(parents, method, wc, packed)) return false;
+            if (e.whole_call == wc.p && e.packed == packed.p) {
+                c = e.plan;
+                return true;
+            }
+            break;
+        }
+    if (PyObject_IsInstance(method, g_call.method) != 1) {
+        PyErr_Clear();
+        return false;
+    }
+    if (!wc.p && !plan_sources(parents, method, wc, packed)) return false;
+    if (!read_plan(method, wc.p, packed.p, c)) return false;
+    PlanEntry& e = g_plans[g_plan_next];
+    clear_entry(e);
+    e.tree = PyWeakref_NewRef(parents, g_forget);
+    e.method = e.tree ? PyWeakref_NewRef(method, g_forget) : nullptr;
+    if (!e.method) {  // (a method type without weak references: no entry)
+        PyErr_Clear();
+        clear_entry(e);
+        return true;
+    }
+    e.whole_call = wc.release();
+    e.packed = packed.release();
+    e.plan = c;
+    g_plan_next = (g_plan_next + 1) % PLAN_ENTRIES;
+    return true;
+}
+
+// The call's TVD budget: eps (a float >= 0), or the method's default when None; false otherwise.
+static bool call_eps(PyObject* eps, const CallPlan& c, double& out) {
+    if (eps == Py_None) {
+        out = c.default_eps;
+        return true;
+    }
+    if (!PyFloat_CheckExact(eps)) return false;
+    out = PyFloat_AS_DOUBLE(eps);
+    return out >= 0.0;
 }
 
 // The GIL released for the walk and taken back however the walk ends (an exception included).
@@ -318,7 +394,8 @@ static PyObject* verify_call_impl(PyObject* const* args) {
         Py_RETURN_NONE;
     }
     CallPlan c;
-    if (!plan_call(parents, method, eps, c)) Py_RETURN_NONE;
+    double budget;
+    if (!plan_call(parents, method, c) || !call_eps(eps, c, budget)) Py_RETURN_NONE;
     Py_INCREF(c.packed);  // held while the GIL is out: another thread could replace method.__dict__["packed"]
     Ref packed(c.packed);
     const bool cascade = c.method == ck::M_CASCADE;
@@ -391,7 +468,7 @@ static PyObject* verify_call_impl(PyObject* const* args) {
     P.fparams = as_ptr<const double>(c.fparams);
     P.neighbors = c.neighbors == Py_None ? nullptr : static_cast<const int64_t*>(nb.data);
     P.nb_stride = c.neighbors == Py_None ? 0 : nb.shape[1];
-    P.transport = transport; P.eps = c.eps; P.temperature = T;
+    P.transport = transport; P.eps = budget; P.temperature = T;
     P.top_k = k; P.top_p = p;
     P.seeds = int_seed ? int_seeds.data() : static_cast<const int64_t*>(sd.data);
     P.accept_len = static_cast<int32_t*>(const_cast<void*>(a.data));
@@ -441,6 +518,7 @@ PYBIND11_MODULE(_C, m) {
           "Register torch's DLPack C exchange API capsule and the types and callables verify_call recognises "
           "(cpu.py); False if the capsule is unusable.");
     if (PyModule_AddFunctions(m.ptr(), k_call_defs) != 0) throw py::error_already_set();
+    if (!(g_forget = PyCFunction_New(&k_forget_def, nullptr))) throw py::error_already_set();
     m.def("uniform", [](int64_t seed, uint32_t stream, int64_t index) { return ck::uniform(seed, stream, index); },
           "Philox uniform(seed, stream, index), as cascade_kernels.philox.uniform.");
     m.def("isa", []() { return std::string(ck::kernels_isa()); }, "Instruction set of the row kernels in use.");

@@ -1,6 +1,8 @@
 """The call path: prepared trees and their cache, no host synchronisation, torch.compile, out=, codes."""
+import gc
 import sys
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -301,7 +303,8 @@ def test_cpu_fast_entry_agrees_with_the_general_path(monkeypatch, B):
 @pytest.mark.skipif("cpu" not in ck.available_backends(), reason="C++ extension not built")
 def test_cpu_fast_entry_holds_no_references():
     """_C.verify_call reads Python objects with C calls: taken or declined, it leaves every argument's reference
-    count (and that of the objects it reads through them) as it found them."""
+    count (and that of the objects it reads through them) as it found them, once the pair's plan is kept (the
+    first calls below)."""
     from cascade_kernels.ops.verify import cpu
 
     tokens, logits, hidden = _inputs(B=2)
@@ -325,3 +328,54 @@ def test_cpu_fast_entry_holds_no_references():
     for _ in range(200):
         calls()
     assert [sys.getrefcount(o) for o in watched] == before
+
+
+@pytest.mark.skipif("cpu" not in ck.available_backends(), reason="C++ extension not built")
+def test_cpu_fast_entry_plans_follow_the_objects(monkeypatch):
+    """_C.verify_call keeps the plans of the last (tree, method) pairs: a plan serves only while the tree's
+    whole_call and the method's packed form are the objects it was read from, more pairs than it keeps are
+    read again, and a dead tree or method is neither kept alive nor matched."""
+    from cascade_kernels.ops.verify import cpu
+    from cascade_kernels.trees import Tree
+
+    tokens, logits, hidden = _inputs(B=2, V=40, seed=3)
+
+    def run(tree, method, fast=True):
+        monkeypatch.setattr(cpu.verify, "call", cpu._C.verify_call if fast else (lambda *a: None))
+        out = ck.verify(tokens, tree, logits, method=method, hidden=hidden, seed=11, backend="cpu")
+        return tuple(t.clone() for t in out[:5])
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    loose, strict = ck.Cascade(tau_pos=-1.0, tau_seq=-1.0, eps=1.0), ck.Cascade(tau_pos=2.0, tau_seq=2.0, eps=1.0)
+    tree = ck.prepare_tree(EAGLE)
+    first = run(tree, loose)
+    assert same(first, run(tree, loose)) and same(first, run(tree, loose, fast=False))
+    assert not same(first, run(tree, strict, fast=False))  # the two methods decide differently here
+    loose.__dict__["packed"] = strict.packed  # another packed form: the plan read from the old one is not used
+    assert same(run(tree, loose), run(tree, strict, fast=False))
+    del loose.__dict__["packed"]
+
+    # more pairs than the plans kept, in turns: each call still follows its own tree and method
+    trees = [ck.prepare_tree(EAGLE), ck.prepare_tree(EAGLE.clone())]
+    methods = [ck.Exact(), ck.Cascade(eps=0.1), ck.Cascade(tau_pos=0.1, eps=1.0), ck.Cool(),
+               ck.Lantern(ck.lantern_neighbors(torch.randn(40, 3, generator=torch.Generator().manual_seed(1)), k=4))]
+    expect = {(i, j): run(t, m, fast=False) for i, t in enumerate(trees) for j, m in enumerate(methods)}
+    for _ in range(2):
+        for (i, j), res in expect.items():
+            assert same(run(trees[i], methods[j]), res), (i, j)
+
+    # a kept plan holds neither the tree nor the method, and goes when either dies
+    method = ck.Cascade(tau_pos=0.3, tau_seq=0.3, eps=0.7)
+    packed = method.packed
+    tree = Tree(EAGLE.numpy()[None].astype(np.int32), torch.device("cpu"))  # (not in prepare_tree's cache)
+    whole_call = tree.whole_call
+    before = sys.getrefcount(packed), sys.getrefcount(whole_call)
+    run(tree, method)
+    assert (sys.getrefcount(packed), sys.getrefcount(whole_call)) == (before[0] + 1, before[1] + 1)  # the plan's
+    dead_tree, dead_method = weakref.ref(tree), weakref.ref(method)
+    del tree, method
+    gc.collect()
+    assert dead_tree() is None and dead_method() is None
+    assert (sys.getrefcount(packed), sys.getrefcount(whole_call)) == (before[0] - 1, before[1] - 1)

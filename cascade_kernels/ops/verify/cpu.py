@@ -13,9 +13,11 @@ prepared tree (``Tree.whole_call``), a method packed by an earlier call without 
 anything else, which then takes the general path (whose errors name the argument). A decode step reaches it
 with cold caches, where each Python-level operation costs about a cache miss, so it is one C function
 (csrc/bindings.cpp): it reads the Python objects with C calls and each tensor with one call of torch's DLPack
-C exchange API (data, device, dtype, shape, strides), and runs the walk only when all of them are in form. It
-never raises for a call it declines and never accepts what the general path would reject;
-tests/test_call_path.py fuzzes the two paths against each other.
+C exchange API (data, device, dtype, shape, strides), and runs the walk only when all of them are in form. What it
+reads from the tree and the method (a dozen attribute lookups) it keeps for the last few (tree, method) pairs,
+keyed by weak references and used only while the tree's ``whole_call`` and the method's packed form are the
+objects it was read from. It never raises for a call it declines and never accepts what the general path would
+reject; tests/test_call_path.py fuzzes the two paths against each other.
 """
 import torch
 from torch import Tensor, get_num_threads
