@@ -126,7 +126,7 @@ struct Work {
     std::vector<int32_t> kid_start, kid_list, depth, path, fill;
     std::vector<int64_t> seen, absorbed, block, nb, excl;
     std::vector<float> masses, norms, sample, cos_cache, cos_row, cos_fresh;
-    std::vector<int32_t> cos_need;
+    std::vector<int32_t> cos_need, cos_at, cos_pos, cos_ids;
     std::vector<const float*> dot_rows;
     std::vector<double> dot_sums;
     std::vector<char> norm_ok;
@@ -200,13 +200,14 @@ class Walker {
     Relaxation relax(Dist& q, int64_t x, int32_t child, double tvd);
     int64_t prefix_within(const std::vector<float>& masses, double cap);
     void cosines(int32_t i, const int32_t* js, int m, float* out);
-    void sibling_cosines(int32_t parent, int32_t ci, float* out);
+    void sibling_cosines(int32_t parent, int32_t ci, const std::vector<int32_t>& pos, float* out);
+    bool absorbable(int64_t t, const Dist& q, int64_t x, bool exact) const;
     float norm(int32_t i);
     bool greedy_accepts(Dist& q, int64_t x, const Relaxation& rel);
     float residual(const Dist& q, const Dist* p, int64_t x, const Relaxation& rel, bool sampled, float* dst);
     bool lazy_reject(Dist& q, int64_t x);
     void collect_live(const std::vector<int32_t>& nodes, const Dist& q, int64_t x, std::vector<int64_t>& out);
-    bool cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes);
+    bool cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes, const Dist* q = nullptr, int64_t x = -1);
     bool plain_first_child(int32_t u);
     bool bad_child_token(int32_t u) const;
 };
@@ -589,81 +590,94 @@ void Walker::cosines(int32_t i, const int32_t* js, int m, float* out) {
     }
 }
 
-// out[k] = the cosine of the parent's children ci and k (positions in its child list; out[ci] unset), each pair
-// computed at most once per visit of the parent (the matrix is symmetric: a later child's row reuses the
-// earlier rows' values); no cache for very wide nodes.
-void Walker::sibling_cosines(int32_t parent, int32_t ci, float* out) {
+// out[j] = the cosine of the parent's children at positions ci and pos[j] in its child list, each pair computed at
+// most once per visit of the parent (the matrix is symmetric: a later child's row reuses the earlier rows'
+// values); no cache for very wide nodes.
+void Walker::sibling_cosines(int32_t parent, int32_t ci, const std::vector<int32_t>& pos, float* out) {
     const int32_t k0 = wk_.kid_start[parent];
     const int32_t n = wk_.kid_start[parent + 1] - k0;
     const int32_t* kids = wk_.kid_list.data() + k0;
-    auto& need = wk_.cos_need;
-    need.clear();
     const bool cached = n <= 128;
     if (cached && cos_parent_ != parent) {
         cos_parent_ = parent;
         wk_.cos_cache.assign(static_cast<size_t>(n) * n, std::numeric_limits<float>::quiet_NaN());
     }
-    for (int32_t k = 0; k < n; ++k) {
-        if (k == ci) continue;
+    auto slot = [&](int32_t k) -> float& {
+        return wk_.cos_cache[static_cast<size_t>(std::min(ci, k)) * n + std::max(ci, k)];
+    };
+    auto& need = wk_.cos_need;
+    auto& at = wk_.cos_at;  // where each of need's cosines goes in out
+    need.clear();
+    at.clear();
+    for (size_t j = 0; j < pos.size(); ++j) {
         uint32_t bits = 0x7fc00000u;  // not yet computed (a computed NaN cosine is recomputed: harmless)
-        if (cached) std::memcpy(&bits, &wk_.cos_cache[static_cast<size_t>(std::min(ci, k)) * n + std::max(ci, k)], 4);
-        if (bits == 0x7fc00000u)
-            need.push_back(kids[k]);
-        else
-            std::memcpy(&out[k], &bits, 4);
+        if (cached) std::memcpy(&bits, &slot(pos[j]), 4);
+        if (bits == 0x7fc00000u) {
+            need.push_back(kids[pos[j]]);
+            at.push_back(static_cast<int32_t>(j));
+        } else {
+            std::memcpy(&out[j], &bits, 4);
+        }
     }
     auto& fresh = wk_.cos_fresh;
     fresh.resize(need.size());
     cosines(kids[ci], need.data(), static_cast<int>(need.size()), fresh.data());
-    size_t f = 0;
-    for (int32_t k = 0; k < n && f < need.size(); ++k) {
-        if (k == ci || kids[k] != need[f]) continue;
-        out[k] = fresh[f++];
-        if (cached) wk_.cos_cache[static_cast<size_t>(std::min(ci, k)) * n + std::max(ci, k)] = out[k];
+    for (size_t f = 0; f < need.size(); ++f) {
+        out[at[f]] = fresh[f];
+        if (cached) slot(pos[at[f]]) = fresh[f];
     }
 }
 
-// Sorted unique tokens (in [0, V)) of ``nodes`` with q > 0, not x and not already absorbed.
+// Whether candidate x's relaxation may absorb token t: in [0, V), not x, not absorbed already and q(t) > 0, or
+// with exact false, q's base weight of t is not zero and t not removed from it: cheaper (no division chain), and
+// true wherever the exact test is.
+bool Walker::absorbable(int64_t t, const Dist& q, int64_t x, bool exact) const {
+    if (t < 0 || t >= V_ || t == x) return false;
+    if (exact ? !(q.at(t) > 0.0f) : q.base(t) == 0.0f || (q.lazy() && q.is_removed(t))) return false;
+    return std::find(wk_.absorbed.begin(), wk_.absorbed.end(), t) == wk_.absorbed.end();
+}
+
+// Sorted unique tokens of ``nodes`` that x's relaxation may absorb.
 void Walker::collect_live(const std::vector<int32_t>& nodes, const Dist& q, int64_t x, std::vector<int64_t>& out) {
     out.clear();
-    for (int32_t n : nodes) {
-        const int64_t t = tok_[n];
-        if (t < 0 || t >= V_ || t == x || !(q.at(t) > 0.0f)) continue;
-        if (std::find(wk_.absorbed.begin(), wk_.absorbed.end(), t) != wk_.absorbed.end()) continue;
-        out.push_back(t);
-    }
+    for (int32_t n : nodes)
+        if (absorbable(tok_[n], q, x, true)) out.push_back(tok_[n]);
     std::sort(out.begin(), out.end());
     out.erase(std::unique(out.begin(), out.end()), out.end());
 }
 
 // CASCADE's block blk of candidate node child (0: siblings at cosine >= tau_pos, 1: its children at cosine >=
-// tau_seq) into nodes; false when the method does not use that block.
-bool Walker::cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes) {
+// tau_seq) into nodes; false when the method does not use that block. With q (relax, for candidate x) holding
+// top-k's survivors, only the nodes whose token x may absorb are tested: relax absorbs the same tokens
+// (collect_live drops the others), without the cosines of the drafted tokens outside the survivors. (Without
+// top-k nearly every token has q > 0: the test would cost more than it saves.)
+bool Walker::cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes, const Dist* q, int64_t x) {
     nodes.clear();
-    if (blk == 0) {
-        if (!P_.iparams[IP_USE_INTERCHANGE]) return false;
-        const int32_t parent = par_[child];
-        const float tau = static_cast<float>(P_.fparams[FP_TAU_POS]);
-        const int32_t k0 = wk_.kid_start[parent], k1 = wk_.kid_start[parent + 1];
-        int32_t ci = 0;
-        while (k0 + ci < k1 && wk_.kid_list[k0 + ci] != child) ++ci;
-        auto& cos = wk_.cos_row;
-        cos.resize(k1 - k0);
-        sibling_cosines(parent, ci, cos.data());
-        for (int32_t k = k0; k < k1; ++k) {
-            const int32_t s = wk_.kid_list[k];
-            if (s != child && cos[k - k0] >= tau) nodes.push_back(s);
-        }
-    } else {
-        if (!P_.iparams[IP_USE_CONVERGENCE]) return false;
-        const float tau = static_cast<float>(P_.fparams[FP_TAU_SEQ]);
-        const int32_t k0 = wk_.kid_start[child], k1 = wk_.kid_start[child + 1];
-        auto& cos = wk_.cos_row;
-        cos.resize(k1 - k0);
-        cosines(child, wk_.kid_list.data() + k0, k1 - k0, cos.data());
-        for (int32_t k = k0; k < k1; ++k)
-            if (cos[k - k0] >= tau) nodes.push_back(wk_.kid_list[k]);
+    if (!P_.iparams[blk == 0 ? IP_USE_INTERCHANGE : IP_USE_CONVERGENCE]) return false;
+    const int32_t owner = blk == 0 ? par_[child] : child;
+    const int32_t k0 = wk_.kid_start[owner], n = wk_.kid_start[owner + 1] - k0;
+    const int32_t* kids = wk_.kid_list.data() + k0;
+    const bool filter = q && q->kind == Dist::SPARSE;
+    auto& pos = wk_.cos_pos;  // positions in owner's child list of the nodes to test
+    pos.clear();
+    int32_t ci = -1;  // child's position among its siblings
+    for (int32_t k = 0; k < n; ++k) {
+        if (kids[k] == child) ci = k;
+        else if (!filter || absorbable(tok_[kids[k]], *q, x, false)) pos.push_back(k);
     }
+    auto& cos = wk_.cos_row;
+    cos.resize(pos.size());
+    if (blk == 0) {
+        sibling_cosines(owner, ci, pos, cos.data());
+    } else {
+        auto& ids = wk_.cos_ids;
+        ids.clear();
+        for (int32_t k : pos) ids.push_back(kids[k]);
+        cosines(child, ids.data(), static_cast<int>(ids.size()), cos.data());
+    }
+    const float tau = static_cast<float>(P_.fparams[blk == 0 ? FP_TAU_POS : FP_TAU_SEQ]);
+    for (size_t j = 0; j < pos.size(); ++j)
+        if (cos[j] >= tau) nodes.push_back(kids[pos[j]]);
     return true;
 }
 
@@ -761,7 +775,7 @@ Relaxation Walker::relax(Dist& q, int64_t x, int32_t child, double tvd) {
             double charge = 0.0;
             auto& nodes = wk_.nodes;
             for (int blk = 0; blk < 2; ++blk) {
-                if (!cascade_block(child, blk, nodes)) continue;
+                if (!cascade_block(child, blk, nodes, &q, x)) continue;
                 collect_live(nodes, q, x, wk_.block);
                 float mass = 0.0f;
                 for (int64_t t : wk_.block) mass += q.at(t);

@@ -103,6 +103,36 @@ def test_wide_nodes_many_lazy_rejections(method, n_kids):
         same(inputs, method=m, **kw)
 
 
+@pytest.mark.parametrize("top_k", [3, 40, 4000])
+def test_cascade_top_k_tests_only_absorbable_nodes(top_k):
+    """With top-k, CASCADE computes cosines only for the siblings and children whose token x may absorb (q > 0
+    among the survivors, not removed, not x, not absorbed): drafted tokens half inside and half outside the
+    survivors, nearly parallel hidden states (every cosine passes tau), repeated tokens, lazy rejections, the
+    budget running out, deterministic and sampled drafting. The relaxation must happen (tvd > 0) and agree with
+    the reference, which tests every node."""
+    g = torch.Generator().manual_seed(top_k)
+    B, V, D = 24, 4096, 16
+    parents = torch.tensor([-1] + [0] * 6 + [1 + i // 2 for i in range(12)], dtype=torch.int32)
+    N = parents.numel()
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    tokens[:, 5] = tokens[:, 2]  # a repeated sibling token
+    logits = torch.randn(B, N, V, generator=g)
+    rows = torch.arange(B)
+    for i in range(1, N):
+        inside = (i + rows) % 2 == 0  # half the drafted tokens among the survivors, half far outside
+        logits[rows, parents[i].item(), tokens[:, i]] = torch.where(inside, 6.0, -30.0)
+    hidden = torch.randn(B, 1, D, generator=g) + 0.01 * torch.randn(B, N, D, generator=g)
+    inputs = dict(tokens=tokens, parents=parents, target_logits=logits, hidden=hidden, seed=rows * 31)
+    relaxed = 0
+    for eps in (0.5, 0.02):
+        method = ck.Cascade(tau_pos=0.9, tau_seq=0.9, eps=eps)
+        for kw in (dict(), dict(temperature=0), dict(temperature=0.7), dict(residual="standard"),
+                   dict(draft_logits=torch.randn(B, N, V, generator=g))):
+            _, out = same(inputs, method=method, top_k=min(top_k, V), **kw)
+            relaxed += int((out.tvd > 0).sum())
+    assert relaxed > 20, relaxed
+
+
 def test_residual_emptied_by_rejections():
     """top_k = 1 keeps one token; rejecting it empties the residual: EMPTY_RESIDUAL, next = argmax."""
     V = 50
