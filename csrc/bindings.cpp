@@ -288,11 +288,26 @@ static PlanEntry g_plans[PLAN_ENTRIES];
 static int g_plan_next = 0;  // the entry the next new pair replaces (round robin)
 static PyObject* g_forget = nullptr;  // forget_plans as a Python callable (the weak references' callback)
 
+// Whether weak reference ref refers to obj (false once its referent died).
+static bool refers_to(PyObject* ref, PyObject* obj) {
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject* got = nullptr;
+    if (PyWeakref_GetRef(ref, &got) < 0) {
+        PyErr_Clear();
+        return false;
+    }
+    Py_XDECREF(got);  // (the caller holds obj: comparing the address after the decref is safe)
+    return got == obj;
+#else
+    return PyWeakref_GetObject(ref) == obj;
+#endif
+}
+
+// Empties e; the references go after e is empty (their deallocation may run Python code, which may call again).
 static void clear_entry(PlanEntry& e) {
-    Py_CLEAR(e.tree);
-    Py_CLEAR(e.method);
-    Py_CLEAR(e.whole_call);
-    Py_CLEAR(e.packed);
+    PyObject* held[] = {e.tree, e.method, e.whole_call, e.packed};
+    e = PlanEntry{};
+    for (PyObject* o : held) Py_XDECREF(o);
 }
 
 // The weak references' callback: a tree or a method died; the entry keyed by it goes.
@@ -307,11 +322,12 @@ static PyMethodDef k_forget_def = {"forget_plans", forget_plans, METH_O, nullptr
 // The tree's whole_call and the method's packed form (owned references), or false.
 static bool plan_sources(PyObject* parents, PyObject* method, Ref& wc, Ref& packed) {
     wc.p = PyObject_GetAttr(parents, g_call.whole_call);  // (batch, num_nodes, L, host parents address) on the CPU
-    Ref dict(PyObject_GenericGetDict(method, nullptr));
-    if (!wc.p || !dict.p || !PyDict_Check(dict.p)) {
+    if (!wc.p) {
         PyErr_Clear();
         return false;
     }
+    Ref dict(PyObject_GenericGetDict(method, nullptr));
+    if (!dict.p || !PyDict_Check(dict.p)) return false;
     packed.p = PyDict_GetItemWithError(dict.p, g_call.packed_name);  // (borrowed: a reference taken below)
     if (!packed.p) {
         PyErr_Clear();
@@ -324,34 +340,40 @@ static bool plan_sources(PyObject* parents, PyObject* method, Ref& wc, Ref& pack
 static bool plan_call(PyObject* parents, PyObject* method, CallPlan& c) {
     if (Py_TYPE(parents) != g_call.tree) return false;
     Ref wc(nullptr), packed(nullptr);
-    for (const PlanEntry& e : g_plans)
-        if (e.tree && PyWeakref_GetObject(e.tree) == parents && PyWeakref_GetObject(e.method) == method) {
-            if (!plan_sources(parents, method, wc, packed)) return false;
-            if (e.whole_call == wc.p && e.packed == packed.p) {
-                c = e.plan;
-                return true;
-            }
-            break;
+    int slot = -1;  // the entry of this pair, else the next to replace
+    for (int i = 0; i < PLAN_ENTRIES && slot < 0; ++i) {
+        const PlanEntry& e = g_plans[i];
+        if (!e.tree || !e.method || !refers_to(e.tree, parents) || !refers_to(e.method, method)) continue;
+        if (!plan_sources(parents, method, wc, packed)) return false;
+        if (e.whole_call == wc.p && e.packed == packed.p) {
+            c = e.plan;
+            return true;
         }
+        slot = i;  // the pair's tree or method changed since: its entry is read again
+    }
     if (PyObject_IsInstance(method, g_call.method) != 1) {
         PyErr_Clear();
         return false;
     }
     if (!wc.p && !plan_sources(parents, method, wc, packed)) return false;
     if (!read_plan(method, wc.p, packed.p, c)) return false;
-    PlanEntry& e = g_plans[g_plan_next];
-    clear_entry(e);
-    e.tree = PyWeakref_NewRef(parents, g_forget);
-    e.method = e.tree ? PyWeakref_NewRef(method, g_forget) : nullptr;
-    if (!e.method) {  // (a method type without weak references: no entry)
+    if (slot < 0) {
+        slot = g_plan_next;
+        g_plan_next = (g_plan_next + 1) % PLAN_ENTRIES;
+    }
+    PlanEntry fresh;
+    fresh.tree = PyWeakref_NewRef(parents, g_forget);
+    fresh.method = fresh.tree ? PyWeakref_NewRef(method, g_forget) : nullptr;
+    if (!fresh.method) {  // (an object without weak references: no entry)
         PyErr_Clear();
-        clear_entry(e);
+        clear_entry(fresh);
         return true;
     }
-    e.whole_call = wc.release();
-    e.packed = packed.release();
-    e.plan = c;
-    g_plan_next = (g_plan_next + 1) % PLAN_ENTRIES;
+    fresh.whole_call = wc.release();
+    fresh.packed = packed.release();
+    fresh.plan = c;
+    std::swap(g_plans[slot], fresh);
+    clear_entry(fresh);  // the entry replaced, once the new one is in place
     return true;
 }
 

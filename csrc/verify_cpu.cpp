@@ -665,6 +665,7 @@ bool Walker::cascade_block(int32_t child, int blk, std::vector<int32_t>& nodes, 
         if (kids[k] == child) ci = k;
         else if (!filter || absorbable(tok_[kids[k]], *q, x, false)) pos.push_back(k);
     }
+    if (blk == 0 && ci < 0) return true;  // (unreachable: child is in its parent's list)
     auto& cos = wk_.cos_row;
     cos.resize(pos.size());
     if (blk == 0) {

@@ -333,38 +333,58 @@ def test_cpu_fast_entry_holds_no_references():
 @pytest.mark.skipif("cpu" not in ck.available_backends(), reason="C++ extension not built")
 def test_cpu_fast_entry_plans_follow_the_objects(monkeypatch):
     """_C.verify_call keeps the plans of the last (tree, method) pairs: a plan serves only while the tree's
-    whole_call and the method's packed form are the objects it was read from, more pairs than it keeps are
-    read again, and a dead tree or method is neither kept alive nor matched."""
+    whole_call and the method's packed form are the objects it was read from, pairs in turns (fewer or more than
+    it keeps) each follow their own tree and method, and a dead tree or method is neither kept alive nor
+    matched."""
     from cascade_kernels.ops.verify import cpu
     from cascade_kernels.trees import Tree
 
     tokens, logits, hidden = _inputs(B=2, V=40, seed=3)
+    N = tokens.shape[1]
+    taken = []
+
+    def entry(*a):
+        res = cpu._C.verify_call(*a)
+        taken.append(res is not None)
+        return res
 
     def run(tree, method, fast=True):
-        monkeypatch.setattr(cpu.verify, "call", cpu._C.verify_call if fast else (lambda *a: None))
-        out = ck.verify(tokens, tree, logits, method=method, hidden=hidden, seed=11, backend="cpu")
+        monkeypatch.setattr(cpu.verify, "call", entry if fast else (lambda *a: None))
+        h = hidden if isinstance(method, ck.Cascade) else None
+        out = ck.verify(tokens, tree, logits, method=method, hidden=h, seed=11, backend="cpu")
         return tuple(t.clone() for t in out[:5])
 
     def same(a, b):
         return all(torch.equal(x, y) for x, y in zip(a, b))
 
+    ck.verify(tokens, EAGLE, logits, backend="cpu")  # resolves the backend: later calls try the entry
     loose, strict = ck.Cascade(tau_pos=-1.0, tau_seq=-1.0, eps=1.0), ck.Cascade(tau_pos=2.0, tau_seq=2.0, eps=1.0)
-    tree = ck.prepare_tree(EAGLE)
-    first = run(tree, loose)
-    assert same(first, run(tree, loose)) and same(first, run(tree, loose, fast=False))
-    assert not same(first, run(tree, strict, fast=False))  # the two methods decide differently here
+    eagle, chain = ck.prepare_tree(EAGLE), ck.prepare_tree(torch.arange(-1, N - 1))
+    star = ck.prepare_tree(torch.tensor([-1] + [0] * (N - 1)))
+    first = run(eagle, loose)
+    assert same(first, run(eagle, loose)) and same(first, run(eagle, loose, fast=False))
+    assert not same(first, run(eagle, strict, fast=False))  # the two methods decide differently here
     loose.__dict__["packed"] = strict.packed  # another packed form: the plan read from the old one is not used
-    assert same(run(tree, loose), run(tree, strict, fast=False))
+    assert same(run(eagle, loose), run(eagle, strict, fast=False))
     del loose.__dict__["packed"]
+    assert same(run(eagle, loose), first)
+    assert not same(run(chain, loose), first)  # the trees decide differently here
+    eagle.whole_call = chain.whole_call  # another tree's: the plan read from the old one is not used
+    assert same(run(eagle, loose), run(chain, loose))
+    eagle.whole_call = ck.prepare_tree(EAGLE.clone()).whole_call
+    assert same(run(eagle, loose), first)
 
-    # more pairs than the plans kept, in turns: each call still follows its own tree and method
-    trees = [ck.prepare_tree(EAGLE), ck.prepare_tree(EAGLE.clone())]
-    methods = [ck.Exact(), ck.Cascade(eps=0.1), ck.Cascade(tau_pos=0.1, eps=1.0), ck.Cool(),
+    # pairs in turns, as many as the plans kept and more: each call follows its own tree and method
+    methods = [ck.Exact(), ck.Cascade(eps=0.1), ck.Cool(),
                ck.Lantern(ck.lantern_neighbors(torch.randn(40, 3, generator=torch.Generator().manual_seed(1)), k=4))]
-    expect = {(i, j): run(t, m, fast=False) for i, t in enumerate(trees) for j, m in enumerate(methods)}
-    for _ in range(2):
-        for (i, j), res in expect.items():
-            assert same(run(trees[i], methods[j]), res), (i, j)
+    for pairs in ([(eagle, methods[1]), (chain, methods[1]), (star, methods[0]), (eagle, methods[3])],
+                  [(t, m) for t in (eagle, chain, star) for m in methods]):
+        expect = [run(t, m, fast=False) for t, m in pairs]
+        taken.clear()
+        for _ in range(3):
+            for (t, m), res in zip(pairs, expect):
+                assert same(run(t, m), res), (t, m)
+        assert all(taken), taken
 
     # a kept plan holds neither the tree nor the method, and goes when either dies
     method = ck.Cascade(tau_pos=0.3, tau_seq=0.3, eps=0.7)

@@ -107,7 +107,8 @@ def test_wide_nodes_many_lazy_rejections(method, n_kids):
 def test_cascade_top_k_tests_only_absorbable_nodes(top_k):
     """With top-k, CASCADE computes cosines only for the siblings and children whose token x may absorb (q > 0
     among the survivors, not removed, not x, not absorbed): drafted tokens half inside and half outside the
-    survivors, nearly parallel hidden states (every cosine passes tau), repeated tokens, lazy rejections, the
+    survivors, hidden states nearly parallel but for every third node's (so some cosines pass tau, some do not),
+    repeated tokens, lazy rejections, the
     budget running out, deterministic and sampled drafting. The relaxation must happen (tvd > 0) and agree with
     the reference, which tests every node."""
     g = torch.Generator().manual_seed(top_k)
@@ -122,6 +123,7 @@ def test_cascade_top_k_tests_only_absorbable_nodes(top_k):
         inside = (i + rows) % 2 == 0  # half the drafted tokens among the survivors, half far outside
         logits[rows, parents[i].item(), tokens[:, i]] = torch.where(inside, 6.0, -30.0)
     hidden = torch.randn(B, 1, D, generator=g) + 0.01 * torch.randn(B, N, D, generator=g)
+    hidden[:, 2::3] = torch.randn(B, len(range(2, N, 3)), D, generator=g)  # these fail tau, the others pass
     inputs = dict(tokens=tokens, parents=parents, target_logits=logits, hidden=hidden, seed=rows * 31)
     relaxed = 0
     for eps in (0.5, 0.02):
