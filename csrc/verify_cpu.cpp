@@ -633,7 +633,7 @@ void Walker::sibling_cosines(int32_t parent, int32_t ci, const std::vector<int32
 // true wherever the exact test is.
 bool Walker::absorbable(int64_t t, const Dist& q, int64_t x, bool exact) const {
     if (t < 0 || t >= V_ || t == x) return false;
-    if (exact ? !(q.at(t) > 0.0f) : q.base(t) == 0.0f || (q.lazy() && q.is_removed(t))) return false;
+    if (exact ? !(q.at(t) > 0.0f) : (q.base(t) == 0.0f || (q.lazy() && q.is_removed(t)))) return false;
     return std::find(wk_.absorbed.begin(), wk_.absorbed.end(), t) == wk_.absorbed.end();
 }
 
