@@ -241,44 +241,56 @@ static inline auto k_dispatch(const RowSrc& r, A... a) -> decltype(F<0, false, f
     }
 }
 
-// Max over the non-NaN guided logits (x > m is false for a NaN x) and whether any is NaN; four independent
-// accumulators (the max is order-independent but for the sign of a zero max: KCompactGe<..., MAX> repeats this
-// order, keep the two in step).
-template <int DT, bool CFG, bool T1>
-struct KRowMax {
-    static RowStats run(const RowSrc& r, int64_t n) {
-        k_v8f m0 = k_bc(-__builtin_inff()), m1 = m0, m2 = m0, m3 = m0;
-        k_v8i nan = k_v8i{};
-        int64_t i = 0;
-        for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
-            const k_v8f g0 = k_scaledv<DT, CFG, true>(r, i), g1 = k_scaledv<DT, CFG, true>(r, i + K_LANES);
-            const k_v8f g2 = k_scaledv<DT, CFG, true>(r, i + 2 * K_LANES);
-            const k_v8f g3 = k_scaledv<DT, CFG, true>(r, i + 3 * K_LANES);
-            m0 = g0 > m0 ? g0 : m0;
-            m1 = g1 > m1 ? g1 : m1;
-            m2 = g2 > m2 ? g2 : m2;
-            m3 = g3 > m3 ? g3 : m3;
-            nan |= (g0 != g0) | (g1 != g1) | (g2 != g2) | (g3 != g3);
-        }
+// The max over the non-NaN guided logits (x > m is false for a NaN x) and whether any is NaN, in one order: four
+// independent vector accumulators over blocks of 4 K_LANES, then their lanes, then the scalar tail. The max is
+// order-independent but for the sign of a zero max, so KRowMax and KCompactGe<..., MAX> both take it from here and
+// give the same RowStats bit for bit.
+struct KMaxAcc {
+    k_v8f m0 = k_bc(-__builtin_inff()), m1 = m0, m2 = m0, m3 = m0;
+    k_v8i nan = k_v8i{};
+    float mx = -__builtin_inff();
+    int any = 0;
+    void add4(const k_v8f& x0, const k_v8f& x1, const k_v8f& x2, const k_v8f& x3) {
+        m0 = x0 > m0 ? x0 : m0;
+        m1 = x1 > m1 ? x1 : m1;
+        m2 = x2 > m2 ? x2 : m2;
+        m3 = x3 > m3 ? x3 : m3;
+        nan |= (x0 != x0) | (x1 != x1) | (x2 != x2) | (x3 != x3);
+    }
+    void fold_lanes() {  // once, after the last add4 and before the first add
         m0 = m1 > m0 ? m1 : m0;
         m2 = m3 > m2 ? m3 : m2;
         m0 = m2 > m0 ? m2 : m0;
-        float m = -__builtin_inff();
-        int any = 0;
         for (int l = 0; l < K_LANES; ++l) {
-            m = m0[l] > m ? m0[l] : m;
+            mx = m0[l] > mx ? m0[l] : mx;
             any |= nan[l];
         }
+    }
+    void add(float x) {
+        mx = x > mx ? x : mx;
+        any |= x != x;
+    }
+    RowStats stats() const { return RowStats{mx, any != 0}; }
+};
+
+template <int DT, bool CFG, bool T1>
+struct KRowMax {
+    static RowStats run(const RowSrc& r, int64_t n) {
+        KMaxAcc acc;
+        int64_t i = 0;
+        for (; i + 4 * K_LANES <= n; i += 4 * K_LANES)
+            acc.add4(k_scaledv<DT, CFG, true>(r, i), k_scaledv<DT, CFG, true>(r, i + K_LANES),
+                     k_scaledv<DT, CFG, true>(r, i + 2 * K_LANES), k_scaledv<DT, CFG, true>(r, i + 3 * K_LANES));
+        acc.fold_lanes();
         for (; i < n; ++i) {
             float g = k_load<DT>(r.c, i);
             if (CFG) {
                 const float un = k_load<DT>(r.u, i);
                 g = un + r.s * (g - un);
             }
-            m = g > m ? g : m;
-            any |= g != g;
+            acc.add(g);
         }
-        return RowStats{m, any != 0};
+        return acc.stats();
     }
 };
 
@@ -398,53 +410,32 @@ static inline void k_compact_group(const k_v8f& x, int64_t i, float t, float* va
 }
 
 // Appends (x_i, i) for every scaled logit x_i >= t to vals / idx in index order; returns the count. MAX (T == 1
-// only: the scaled logit is the guided one) also gives the guided row's max and NaN flag in *st, in KRowMax's
-// order (four accumulators over blocks of 4 K_LANES, then the lanes, then the tail): the same RowStats bit for
-// bit, from the same single read of the row.
+// only: the scaled logit is the guided one) also gives the guided row's max and NaN flag in *st, as KRowMax does
+// (KMaxAcc): the same RowStats bit for bit, from the same single read of the row.
 template <int DT, bool CFG, bool T1, bool MAX>
 struct KCompactGe {
     static int64_t run(const RowSrc& r, float t, int64_t n, float* vals, int32_t* idx, RowStats* st) {
         int64_t c = 0, i = 0;
-        k_v8f m0 = k_bc(-__builtin_inff()), m1 = m0, m2 = m0, m3 = m0;
-        k_v8i nan = k_v8i{};
+        KMaxAcc acc;
         for (; i + 4 * K_LANES <= n; i += 4 * K_LANES) {
             const k_v8f x0 = k_scaledv<DT, CFG, T1>(r, i), x1 = k_scaledv<DT, CFG, T1>(r, i + K_LANES);
             const k_v8f x2 = k_scaledv<DT, CFG, T1>(r, i + 2 * K_LANES);
             const k_v8f x3 = k_scaledv<DT, CFG, T1>(r, i + 3 * K_LANES);
-            if (MAX) {
-                m0 = x0 > m0 ? x0 : m0;
-                m1 = x1 > m1 ? x1 : m1;
-                m2 = x2 > m2 ? x2 : m2;
-                m3 = x3 > m3 ? x3 : m3;
-                nan |= (x0 != x0) | (x1 != x1) | (x2 != x2) | (x3 != x3);
-            }
+            if (MAX) acc.add4(x0, x1, x2, x3);
             k_compact_group(x0, i, t, vals, idx, c);
             k_compact_group(x1, i + K_LANES, t, vals, idx, c);
             k_compact_group(x2, i + 2 * K_LANES, t, vals, idx, c);
             k_compact_group(x3, i + 3 * K_LANES, t, vals, idx, c);
         }
-        float mx = -__builtin_inff();
-        int any = 0;
-        if (MAX) {
-            m0 = m1 > m0 ? m1 : m0;
-            m2 = m3 > m2 ? m3 : m2;
-            m0 = m2 > m0 ? m2 : m0;
-            for (int l = 0; l < K_LANES; ++l) {
-                mx = m0[l] > mx ? m0[l] : mx;
-                any |= nan[l];
-            }
-        }
+        if (MAX) acc.fold_lanes();
         for (; i < n; ++i) {  // (T == 1 with MAX: x is the guided logit, as KRowMax's tail computes it)
             const float x = k_row_scaled_at(r, i);
-            if (MAX) {
-                mx = x > mx ? x : mx;
-                any |= x != x;
-            }
+            if (MAX) acc.add(x);
             vals[c] = x;
             idx[c] = static_cast<int32_t>(i);
             c += x >= t ? 1 : 0;
         }
-        if (MAX) *st = RowStats{mx, any != 0};
+        if (MAX) *st = acc.stats();
         return c;
     }
 };
