@@ -212,11 +212,13 @@ class Walker {
     bool bad_child_token(int32_t u) const;
 };
 
-// The rank rk of top-k's threshold guess in a strided sample of 1024 scaled logits: a few standard deviations
-// above the number of survivors expected there (so that at least k entries are >= the sample's rk-th largest with
-// high probability); 0 when a sample does not pay (rows under 4096 entries, k close to V).
+constexpr int64_t K_TOPK_SAMPLE = 1024;  // the strided sample's size (rows of at least 4096 entries)
+
+// The rank rk of top-k's threshold guess in a strided sample of K_TOPK_SAMPLE scaled logits: a few standard
+// deviations above the number of survivors expected there (so that at least k entries are >= the sample's rk-th
+// largest with high probability); 0 when a sample does not pay (rows under 4096 entries, k close to V).
 int64_t Walker::sample_rank(int64_t k) const {
-    const int64_t ns = std::min<int64_t>(V_, 1024);
+    const int64_t ns = std::min<int64_t>(V_, K_TOPK_SAMPLE);
     const double expect = static_cast<double>(k) * ns / static_cast<double>(V_);
     const int64_t rk = static_cast<int64_t>(std::ceil(expect + 3.0 * std::sqrt(expect) + 8.0));
     return V_ < 4096 || rk >= ns ? 0 : rk;
@@ -226,7 +228,7 @@ int64_t Walker::sample_rank(int64_t k) const {
 int64_t Walker::draw_sample(const RowSrc& r, int64_t k) {
     const int64_t rk = sample_rank(k);
     if (rk == 0) return 0;
-    const int64_t ns = 1024;
+    const int64_t ns = K_TOPK_SAMPLE;
     auto& smp = wk_.sample;
     smp.resize(static_cast<size_t>(ns));
     K_->row_sample(r, ns, V_ / ns, smp.data());
