@@ -11,12 +11,12 @@
 //      them, exponentials only for the <= k survivors (kept as a sparse list); no probability row is
 //      written. At T == 1 the scaled logits are the guided ones, so top-k's compaction and the max share
 //      one pass (row_max_compact_ge) when the sample pays (k > 1, V >= 4096, k not close to V, no NaN in
-//      it) and the row's first child cannot be accepted early. When the first child's acceptance
-//      U < q(x) cannot depend on anything but q(x) (Exact, or CASCADE with none of its blocks;
-//      deterministic drafting, no top-p, no bad token) and a cheap upper bound of the weights' sum (no
-//      exponentials: 2^t below its chord; with top-k, x surely among the survivors) already puts U below
-//      q(x), the second pass is skipped and the walk moves on
-//      (Walker::accepts_without_weights): a deep walk reads each accepted row with two light passes;
+//      it) and 64 sampled logits show that the row's first child cannot be accepted early. When the first
+//      child's acceptance U < q(x) cannot depend on anything but q(x) (Exact, or CASCADE with none of its
+//      blocks; deterministic drafting, no top-p, no bad token) and a cheap upper bound of the weights' sum
+//      (no exponentials: 2^t below its chord; with top-k, x surely among the survivors) already puts U
+//      below q(x), the second pass is skipped and the walk moves on (Walker::accepts_without_weights): a
+//      deep walk reads each accepted row with two light passes;
 //   2. q(x) of each drafted child from those statistics;
 //   3. top-p (optional): the threshold from a progressive partial sort of the non-zero probabilities
 //      (of the <= k survivors when top-k is on); the kept row is written once.
@@ -283,8 +283,10 @@ Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T
     int64_t nk = -1;  // top-k: candidates compacted by the statistics pass, then the survivors (index order)
     if (k > 1 && T == 1.0f && sample_rank(k) > 0) {
         // T == 1: the scaled logits are the guided ones, so top-k's candidates (from a sample's guess) can be
-        // compacted in the pass that finds the max. Not when the first child may be accepted without the
-        // weights (that needs the max first), unless 64 sampled logits already put U above its weight
+        // compacted in the pass that finds the max. Not when the first child may be accepted without the weights
+        // (its test over the whole row costs less than the sample and its select), unless 64 sampled logits
+        // already put U above q(x): q(x) <= e^x / the sum of e^s over the sample, which the survivors' sum
+        // exceeds (k >= 64; over the sample's largest alone otherwise)
         const RowSrc g{c, u, dtype, s, 1.0f, 0.0f, 0.0f};
         bool may_probe = false;
         if (probe_first) {
@@ -292,7 +294,8 @@ Walker::Row Walker::process_row(const void* c, const void* u, int dtype, float T
             K_->row_sample(g, 64, V_ / 64, smp);
             float m = -F_INF;
             for (float x : smp) m = x > m ? x : m;
-            may_probe = probe_u < std::exp(static_cast<double>(K_->row_scaled_at(g, probe) - m));
+            const double sum = k >= 64 ? K_->exp_sum(smp, m, 64) : 1.0;
+            may_probe = probe_u * sum < std::exp(static_cast<double>(K_->row_scaled_at(g, probe) - m));
         }
         const int64_t rk = may_probe ? 0 : draw_sample(g, k);
         if (rk > 0) nk = K_->row_max_compact_ge(g, sample_guess(rk), V_, cand, cidx, &st);
