@@ -95,8 +95,18 @@ struct Dist {
     }
     float base(int64_t i) const {
         if (kind == DENSE) return w[i];
-        const int32_t* e = std::lower_bound(sidx, sidx + n, static_cast<int32_t>(i));
-        return (e != sidx + n && *e == i) ? sw[e - sidx] : 0.0f;
+        if (n == 0) return 0.0f;
+        // a branch-free binary search: the drafted tokens' places among the survivors are random, so a search's
+        // branches would mispredict about half the time
+        const int32_t key = static_cast<int32_t>(i);
+        const int32_t* lo = sidx;
+        for (int64_t len = n; len > 1;) {
+            const int64_t half = len / 2;
+            lo = lo[half] < key ? lo + half : lo;
+            len -= half;
+        }
+        lo += *lo < key ? 1 : 0;  // the first survivor id >= key, or the end
+        return lo != sidx + n && *lo == key ? sw[lo - sidx] : 0.0f;
     }
     float chain(float v) const {
         v = v / d;
