@@ -874,6 +874,7 @@ bool Walker::lazy_reject(Dist& q, int64_t x) {
     }
     const float total = f32(rest / q.scale);
     if (!(total > 0.0f && std::isfinite(total))) return false;
+    if (removed_w == 0.0 && total == 1.0f) return true;  // q is unchanged: nothing removed had weight, and v / 1 == v
     q.removed.insert(q.removed.end(), wk_.patches_ids.begin(), wk_.patches_ids.end());
     q.wsum = rest;
     q.div[q.ndiv++] = total;
