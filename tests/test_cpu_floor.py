@@ -135,6 +135,35 @@ def test_cascade_top_k_tests_only_absorbable_nodes(top_k):
     assert relaxed > 20, relaxed
 
 
+@pytest.mark.parametrize("top_k", [50, 2000])
+@pytest.mark.parametrize("method", ["exact", "cascade"])
+def test_rejections_of_tokens_outside_top_k_then_the_final_token(top_k, method):
+    """Drafted tokens outside top-k have no mass: rejecting them removes nothing, and when the residual's sum rounds
+    to 1 the C++ walk keeps q as it was (no divisor of 1 joins the lazy chain). Twelve children at the root, in
+    each sequence some among the survivors (their rejection removes mass: a divisor that is not 1) and the others
+    far outside, in turns; the final token then comes from the row's survivors. Rows of 8192 (the sampled
+    threshold), Exact and CASCADE, T = 1 and 0.7; each decision as the reference's."""
+    g = torch.Generator().manual_seed(top_k)
+    B, V, n_kids = 32, 8192, 12
+    parents = star(n_kids)
+    tokens = torch.randint(0, V, (B, n_kids + 1), generator=g)
+    logits = torch.randn(B, n_kids + 1, V, generator=g) * 1.5
+    rows = torch.arange(B)
+    for i in range(1, n_kids + 1):
+        inside = (rows + i) % (1 + rows % 4) == 0  # none, every other, every third or every fourth inside
+        logits[rows, 0, tokens[:, i]] = torch.where(inside, 5.0, -40.0)
+    inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=rows * 13)
+    m = ck.Exact()
+    if method == "cascade":
+        inputs["hidden"] = torch.randn(B, n_kids + 1, 16, generator=g)
+        m = ck.Cascade(tau_pos=0.3, tau_seq=0.3, eps=0.05)
+    rejected = 0
+    for temperature in (1.0, 0.7):
+        ref, _ = same(inputs, method=m, top_k=top_k, temperature=temperature)
+        rejected += int((ref.accept_len == 0).sum())
+    assert rejected > B  # most sequences reject every child, and their final token comes from the survivors
+
+
 def test_residual_emptied_by_rejections():
     """top_k = 1 keeps one token; rejecting it empties the residual: EMPTY_RESIDUAL, next = argmax."""
     V = 50
@@ -193,8 +222,8 @@ def test_first_child_acceptance_at_the_threshold(temperature, top_k, method):
 @pytest.mark.parametrize("drafting", ["deterministic", "sampled"])
 def test_one_pass_top_k_rows_match_the_reference(top_k, drafting):
     """Top-k at T = 1 on rows of 8192: the row's max and the candidates come from one pass (no early acceptance
-    possible for the first child: 64 sampled logits put U above its weight), or from two when the first child may
-    be accepted early. Rows with NaN or +inf (invalid: flagged before top-k), -inf entries, ties, a NaN among the
+    possible for the first child: 64 sampled logits put U above its bound e^x / sum of e^s over them), or from two
+    when the first child may be accepted early. Rows with NaN or +inf (invalid: flagged before top-k), -inf entries, ties, a NaN among the
     sampled positions, first children from improbable to likely (so both paths run), Exact and CASCADE."""
     g = torch.Generator().manual_seed(top_k)
     B, V = 24, 8192
