@@ -108,6 +108,15 @@ struct Dist {
         lo += *lo < key ? 1 : 0;  // the first survivor id >= key, or the end
         return lo != sidx + n && *lo == key ? sw[lo - sidx] : 0.0f;
     }
+    // divs[0] = d, then the chain's divisors j < upto but those equal to 1.0f (v / 1.0f == v; a rejection that
+    // removed no mass, such as a drafted token outside top-k, often adds one); returns their count
+    int divisors(float* divs, int upto) const {
+        int n = 0;
+        divs[n++] = d;
+        for (int j = 0; j < upto; ++j)
+            if (div[j] != 1.0f) divs[n++] = div[j];
+        return n;
+    }
     float chain(float v) const {
         v = v / d;
         for (int j = 0; j < ndiv; ++j) v = v / div[j];
@@ -447,9 +456,7 @@ void Walker::materialize(Dist& q) {
     if (!q.lazy()) return;
     float* dst = wk_.W.get();
     float divs[MAX_CHAIN + 1];
-    divs[0] = q.d;
-    for (int j = 0; j + 1 < q.ndiv; ++j) divs[j + 1] = q.div[j];
-    double sum = K_->chain_div(q.w, divs, q.ndiv, dst, 0, V_);
+    double sum = K_->chain_div(q.w, divs, q.divisors(divs, q.ndiv - 1), dst, 0, V_);
     for (int64_t r : q.removed) {
         sum -= dst[r];
         dst[r] = 0.0f;
@@ -462,13 +469,12 @@ void Walker::materialize(Dist& q) {
 const float* Walker::values(const Dist& q) {
     float* S = wk_.S.get();
     float divs[MAX_CHAIN + 1];
-    divs[0] = q.d;
-    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
+    const int nd = q.divisors(divs, q.ndiv);
     if (q.kind == Dist::DENSE) {
-        K_->chain_div(q.w, divs, q.ndiv + 1, S, 0, V_);
+        K_->chain_div(q.w, divs, nd, S, 0, V_);
     } else {
         float* v = wk_.R.get();  // the survivors' values (R: at least V entries)
-        K_->chain_div(q.sw, divs, q.ndiv + 1, v, 0, q.n);
+        K_->chain_div(q.sw, divs, nd, v, 0, q.n);
         std::memset(S, 0, sizeof(float) * static_cast<size_t>(V_));
         for (int64_t j = 0; j < q.n; ++j) S[q.sidx[j]] = v[j];
     }
@@ -513,8 +519,7 @@ int64_t Walker::crossing(const float* w, int64_t n, const float* divs, int ndiv,
 // survivors, the total and the chosen index are those of the dense row.
 int64_t Walker::inverse_cdf(const Dist& q, float u) {
     float divs[MAX_CHAIN + 1];
-    divs[0] = q.d;
-    for (int j = 0; j < q.ndiv; ++j) divs[j + 1] = q.div[j];
+    const int nd = q.divisors(divs, q.ndiv);
     auto& zero = wk_.excl;  // the removed entries' positions (ids, or indices among the survivors)
     zero.clear();
     if (q.kind == Dist::SPARSE) {
@@ -527,7 +532,7 @@ int64_t Walker::inverse_cdf(const Dist& q, float u) {
         auto value = [&](int64_t j) {
             return std::binary_search(zero.begin(), zero.end(), j) ? 0.0f : q.chain(q.sw[j]);
         };
-        for (int64_t j = n > 0 ? crossing(q.sw, n, divs, q.ndiv + 1, zero, u) : 0; j < n; ++j)
+        for (int64_t j = n > 0 ? crossing(q.sw, n, divs, nd, zero, u) : 0; j < n; ++j)
             if (value(j) > 0.0f) return q.sidx[j];
         for (int64_t j = n - 1; j >= 0; --j)  // the last positive value
             if (value(j) > 0.0f) return q.sidx[j];
@@ -535,7 +540,7 @@ int64_t Walker::inverse_cdf(const Dist& q, float u) {
     }
     zero.assign(q.removed.begin(), q.removed.end());
     std::sort(zero.begin(), zero.end());
-    const int64_t i = crossing(q.w, V_, divs, q.ndiv + 1, zero, u);
+    const int64_t i = crossing(q.w, V_, divs, nd, zero, u);
     if (q.at(i) > 0.0f) return i;
     for (int64_t j = i + 1; j < V_; ++j)
         if (q.at(j) > 0.0f) return j;
@@ -874,7 +879,6 @@ bool Walker::lazy_reject(Dist& q, int64_t x) {
     }
     const float total = f32(rest / q.scale);
     if (!(total > 0.0f && std::isfinite(total))) return false;
-    if (removed_w == 0.0 && total == 1.0f) return true;  // q is unchanged: nothing removed had weight, and v / 1 == v
     q.removed.insert(q.removed.end(), wk_.patches_ids.begin(), wk_.patches_ids.end());
     q.wsum = rest;
     q.div[q.ndiv++] = total;

@@ -84,7 +84,8 @@ def test_topk_sampled_drafting_large_vocab():
 @pytest.mark.parametrize("n_kids", [5, 20, 90])
 def test_wide_nodes_many_lazy_rejections(method, n_kids):
     """Up to 90 rejected children at one node: past the 16-divisor chain and the 64-entry removed list
-    (the row is then folded), repeated tokens, deterministic drafting, transport and standard residuals."""
+    (the row is then folded), repeated tokens, deterministic drafting, transport and standard residuals, top-k
+    (children outside it rejected without mass)."""
     g = torch.Generator().manual_seed(n_kids)
     B, V = 8, 300
     parents = star(n_kids)
@@ -99,7 +100,8 @@ def test_wide_nodes_many_lazy_rejections(method, n_kids):
     inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=torch.arange(B) * 7)
     if method == "cascade":
         inputs["hidden"] = hidden
-    for kw in (dict(), dict(temperature=0), dict(residual="standard"), dict(temperature=0.5)):
+    for kw in (dict(), dict(temperature=0), dict(residual="standard"), dict(temperature=0.5),
+               dict(top_k=30), dict(top_k=30, residual="standard")):  # top-k: rejections without mass too
         same(inputs, method=m, **kw)
 
 
@@ -139,10 +141,11 @@ def test_cascade_top_k_tests_only_absorbable_nodes(top_k):
 @pytest.mark.parametrize("method", ["exact", "cascade"])
 def test_rejections_of_tokens_outside_top_k_then_the_final_token(top_k, method):
     """Drafted tokens outside top-k have no mass: rejecting them removes nothing, and when the residual's sum rounds
-    to 1 the C++ walk keeps q as it was (no divisor of 1 joins the lazy chain). Twelve children at the root, in
-    each sequence some among the survivors (their rejection removes mass: a divisor that is not 1) and the others
-    far outside, in turns; the final token then comes from the row's survivors. Rows of 8192 (the sampled
-    threshold), Exact and CASCADE, T = 1 and 0.7; each decision as the reference's."""
+    to 1 the C++ walk's inverse CDF leaves that divisor out (v / 1 == v). Twelve children at the root, in
+    a quarter of the sequences none among the survivors, in the others every second, third or fourth (their
+    rejection removes mass: a divisor that is not 1) and the rest far outside; the final token then comes from
+    the row's survivors. Rows of 8192 (the sampled threshold), Exact and CASCADE, T = 1 and 0.7; each decision as
+    the reference's."""
     g = torch.Generator().manual_seed(top_k)
     B, V, n_kids = 32, 8192, 12
     parents = star(n_kids)
@@ -150,7 +153,8 @@ def test_rejections_of_tokens_outside_top_k_then_the_final_token(top_k, method):
     logits = torch.randn(B, n_kids + 1, V, generator=g) * 1.5
     rows = torch.arange(B)
     for i in range(1, n_kids + 1):
-        inside = (rows + i) % (1 + rows % 4) == 0  # none, every other, every third or every fourth inside
+        # none inside top-k (rows 0, 4, ...), or every other, every third or every fourth child
+        inside = (rows % 4 != 0) & ((rows + i) % (1 + rows % 4) == 0)
         logits[rows, 0, tokens[:, i]] = torch.where(inside, 5.0, -40.0)
     inputs = dict(tokens=tokens, parents=parents, target_logits=logits, seed=rows * 13)
     m = ck.Exact()
