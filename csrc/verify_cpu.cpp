@@ -287,8 +287,8 @@ int64_t Walker::topk_survivors(const RowSrc& r, int64_t k, float* cand, int32_t*
 // the <= k survivors get exponentials (SPARSE, in cand / cidx). With top-k at T == 1 one pass does both the
 // max and the compaction, from a sample's guess of the threshold (the sample needs no max), under
 // draw_sample's conditions and when the first child cannot be accepted early. Top-p writes the kept
-// probabilities into `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try (deterministic
-// drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
+// probabilities into `dense`. probe / probe_u: the token and the acceptance uniform of the first child to try
+// (deterministic drafting), or -1: when that child will be rejected unless a relaxation saves it (probe_u >= its weight
 // exp(x - max), which bounds q(x) since the row's sum is >= 1), the float64 sum of the weights that the
 // rejection needs is taken in the same pass (a guess: either way the results are the same). probe_parent: the
 // node whose row this is, when probe is its first child: PROBE_ACCEPTED (nothing written) when that child is

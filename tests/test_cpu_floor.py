@@ -227,8 +227,9 @@ def test_first_child_acceptance_at_the_threshold(temperature, top_k, method):
 def test_one_pass_top_k_rows_match_the_reference(top_k, drafting):
     """Top-k at T = 1 on rows of 8192: the row's max and the candidates come from one pass (no early acceptance
     possible for the first child: 64 sampled logits put U above its bound e^x / sum of e^s over them), or from two
-    when the first child may be accepted early. Rows with NaN or +inf (invalid: flagged before top-k), -inf entries, ties, a NaN among the
-    sampled positions, first children from improbable to likely (so both paths run), Exact and CASCADE."""
+    when the first child may be accepted early. Rows with NaN or +inf (invalid: flagged before top-k), -inf
+    entries, ties, a NaN among the sampled positions, first children from improbable to likely (so both paths
+    run), Exact and CASCADE."""
     g = torch.Generator().manual_seed(top_k)
     B, V = 24, 8192
     parents = torch.tensor([-1, 0, 0, 0, 1, 1, 2], dtype=torch.int32)
