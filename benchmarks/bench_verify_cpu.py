@@ -14,7 +14,9 @@ is prepared once (``ck.prepare_tree``), as users pass it. Per case, in one proce
 ``cpu`` backend with one thread, one-thread ``torch.softmax`` over only the rows the walk visited (gathered
 beforehand, contiguous: the floor), the peers' ``evaluate_posterior`` on the same logits, and (separately, few
 repetitions) the reference backend. The same calls again, each right after ``flush_caches()`` (a 64 MB read
-and a sort: as a decode loop calls verify after the model's forward), in a second table.
+and a sort: as a decode loop calls verify after the model's forward), in a second table. The grid is measured in
+``--passes`` passes (3), each case's samples pooled over them, so that its figures come from several moments of
+the run.
 
 Peers (benchmark-only, never vendored): set ``CK_PEERS_DIR`` to a folder holding
 ``EAGLE/eagle/model/utils.py`` (github.com/SafeAILab/EAGLE) and ``LANTERN/models/ea_model_llamagen.py``
@@ -24,8 +26,8 @@ extracted with ``ast`` and executed with torch and random: no transformers / mod
 their ``logits_processor`` is the identity (no top-k) or transformers' TopKLogitsWarper rule (top-k).
 
 B=64 thread scaling (the backend alone, blocks of 5 calls per thread count, interleaved with the same blocks of
-torch.softmax over the rows it visits): 1 vs 2 threads, idle and with ``python -c "while 1: pass"`` pinned by ``taskset`` to
-the last core.
+torch.softmax over the rows it visits): 1 vs 2 threads, idle and with ``python -c "while 1: pass"`` pinned by
+``taskset`` to the last core.
 """
 import argparse
 import ast
@@ -110,20 +112,21 @@ def williams_orders(n):
     return orders + [o[::-1] for o in orders] if n % 2 else orders
 
 
-def interleaved(fns, reps=40, budget_s=3.0, before=None):
+def interleaved(fns, reps=40, budget_s=3.0, before=None, times=None):
     """Median seconds per call of each fn, timed in rounds (one call of each per round). The rounds' orders
     form a Williams design, repeated whole, and the first call of a round is not timed (its predecessor, the
     last call of the round before, is outside the design): every timed call follows each other fn equally
     often, never itself. A call that runs right after a peer's (which allocates and touches several MB with
     top-k) starts with colder caches: a fixed order would charge that to whichever fn comes after the peers,
     and random orders give each fn a share of such predecessors that varies from run to run. ``before``: run
-    (untimed) before every timed call, the same for every fn (flush_caches)."""
+    (untimed) before every timed call, the same for every fn (flush_caches). ``times``: a dict of sample lists
+    that this call's samples are added to (the passes of main), the medians taken over all of them."""
     for f in fns.values():
         f()
     names = list(fns)
     random.Random(0).shuffle(names)
     orders = williams_orders(len(names))
-    times = {k: [] for k in fns}
+    times = {k: [] for k in fns} if times is None else times
     start = time.perf_counter()
     r = 0
     while r < len(orders) or r % len(orders) or (r < reps and time.perf_counter() - start < budget_s):
@@ -270,7 +273,9 @@ def peer_calls(peers, inputs, N, V, top_k):
 
 
 # ----------------------------------------------------------------------------------------------------
-def run_case(N, V, method, top_k, deep, peers, *, with_reference=True):
+def prepare_case(N, V, method, top_k, deep, peers, *, with_reference=True):
+    """One grid case's inputs, fns and result record (checked against the reference once); measure_case then
+    adds samples to it pass by pass, finish_case takes the medians."""
     inputs = make_inputs(1, N, V, deep=deep)
     res = dict(B=1, N=N, V=V, method=method, top_k=top_k, case="deep" if deep else "shallow")
     torch.set_num_threads(1)
@@ -278,35 +283,54 @@ def run_case(N, V, method, top_k, deep, peers, *, with_reference=True):
     res["accept_len"] = int(out.accept_len[0])
     rows = visited_rows(inputs, out, False)
     res["visited_rows"] = rows.shape[0]
-    random.seed(0)
     fns = {"cpu": whole_call(inputs, method, top_k, out),
            "backend": backend_call(inputs, method, top_k, out),
            "floor": lambda: torch.softmax(rows, -1)}
     for name, f in peer_calls(peers, inputs, N, V, top_k).items():
         fns[name] = f
-    med = interleaved(fns)
+    reference = None
+    if with_reference:
+        ref = call(inputs, method, "reference", False, top_k)
+        for name in ("accept_len", "accepted_nodes", "next_token", "status"):
+            assert torch.equal(getattr(ref, name), getattr(out, name)), (res, name)
+        reference = lambda: call(inputs, method, "reference", False, top_k)  # noqa: E731
+    return dict(res=res, fns=fns, reference=reference, warm={k: [] for k in fns},
+                cold={k: [] for k in fns if k != "backend"}, ref_times=[])
+
+
+def measure_case(case, reps, ref_calls):
+    """One pass over a case: interleaved rounds (warm, then each call after flush_caches) and ref_calls reference
+    calls, their samples added to the case's."""
+    torch.set_num_threads(1)
+    random.seed(0)
+    fns = case["fns"]
+    interleaved(fns, reps=reps, budget_s=1.5, times=case["warm"])
+    interleaved({k: f for k, f in fns.items() if k != "backend"}, reps=reps // 2, budget_s=1.5,
+                before=flush_caches, times=case["cold"])
+    if case["reference"] is not None:
+        for _ in range(ref_calls):
+            t0 = time.perf_counter()
+            case["reference"]()
+            case["ref_times"].append(time.perf_counter() - t0)
+
+
+def finish_case(case):
+    """The case's result record: medians over every pass's samples, and the ratios of those medians."""
+    res = case["res"]
+    med = {k: statistics.median(v) for k, v in case["warm"].items()}
     res["cpu_s"], res["floor_s"], res["backend_s"] = med["cpu"], med["floor"], med["backend"]
     res["backend_over_floor"] = res["backend_s"] / res["floor_s"]
     for name in ("eagle", "lantern"):
         res[f"{name}_s"] = med.get(name)
         res[f"{name}_over_cpu"] = med[name] / med["cpu"] if name in med else None
     res["cpu_over_floor"] = res["cpu_s"] / res["floor_s"]
-    cold = interleaved({k: f for k, f in fns.items() if k != "backend"}, reps=20, budget_s=3.0,
-                       before=flush_caches)
+    cold = {k: statistics.median(v) for k, v in case["cold"].items()}
     res["cold"] = {f"{k}_s": v for k, v in cold.items()}
     res["cold"]["cpu_over_floor"] = cold["cpu"] / cold["floor"]
     for name in ("eagle", "lantern"):
         res["cold"][f"{name}_over_cpu"] = cold[name] / cold["cpu"] if name in cold else None
-    if with_reference:
-        ref = call(inputs, method, "reference", False, top_k)
-        for name in ("accept_len", "accepted_nodes", "next_token", "status"):
-            assert torch.equal(getattr(ref, name), getattr(out, name)), (res, name)
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            call(inputs, method, "reference", False, top_k)
-            ts.append(time.perf_counter() - t0)
-        res["reference_s"] = statistics.median(ts)
+    if case["ref_times"]:
+        res["reference_s"] = statistics.median(case["ref_times"])
         res["speedup_vs_reference"] = res["reference_s"] / res["cpu_s"]
     else:
         res["reference_s"] = res["speedup_vs_reference"] = None
@@ -498,7 +522,8 @@ def write_markdown(path, info, results, scaling, command, targets, cold_targets,
              "backend = cascade_kernels/ops/verify/cpu.py + C++ on arguments validated once (ck.verify without "
              "its Python checks). eagle = EAGLE main `evaluate_posterior` (sampling branch, "
              "logits_processor = identity or top-k); lantern = LANTERN `EaModel.evaluate_posterior` with "
-             "lantern=True, k=1000, delta=0.1. ref = reference backend (median of 3).", "",
+             "lantern=True, k=1000, delta=0.1. ref = reference backend (median of its calls, 2 per pass). Each "
+             "case's samples are pooled over the run's passes over the grid (command line; 3 by default).", "",
              "| N | V | method | top-k | case | accept | rows | cpu ms | backend ms | floor ms | cpu/floor | "
              "backend/floor | eagle ms | eagle/cpu | lantern ms | lantern/cpu | ref ms | ref/cpu |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -552,27 +577,32 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="V=16384 only, no thread scaling")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--passes", type=int, default=3, help="passes over the grid; each case's samples are pooled")
     ap.add_argument("--note", default="", help="a load note for the report")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
+    if args.passes < 1:
+        ap.error("--passes must be at least 1")
     info = machine_info()
     peers, peers_note = load_peers()
     if peers_note:
         print(peers_note, flush=True)
-    results = []
     t0 = time.time()
-    for N in (26, 60):
-        for V in ((16384,) if args.quick else (16384, 65536)):
-            for method in ("exact", "cascade"):
-                for top_k in (0, 2000):
-                    for deep in (False, True):
-                        r = run_case(N, V, method, top_k, deep, peers, with_reference=not args.no_reference)
-                        results.append(r)
-                        print(f"N={N} V={V} {method} top_k={top_k} {r['case']}: cpu {r['cpu_s'] * 1e3:.3f} ms, "
-                              f"floor {r['floor_s'] * 1e3:.3f} ms ({r['cpu_over_floor']:.2f}x), eagle/cpu "
-                              f"{fmt(r['eagle_over_cpu'], '.1f')}, lantern/cpu {fmt(r['lantern_over_cpu'], '.1f')}, "
-                              f"ref/cpu {fmt(r['speedup_vs_reference'], '.0f')}  [{time.time() - t0:.0f}s]",
-                              flush=True)
+    cases = [prepare_case(N, V, method, top_k, deep, peers, with_reference=not args.no_reference)
+             for N in (26, 60) for V in ((16384,) if args.quick else (16384, 65536))
+             for method in ("exact", "cascade") for top_k in (0, 2000) for deep in (False, True)]
+    # Passes over the whole grid, each case's samples pooled over them: a case's figures then come from
+    # several moments of the run, so a slow spell of the shared machine (seconds) cannot move one case alone.
+    for p in range(args.passes):
+        for case in cases:
+            measure_case(case, reps=max(2, 60 // args.passes), ref_calls=2)
+        print(f"pass {p + 1}/{args.passes} done [{time.time() - t0:.0f}s]", flush=True)
+    results = [finish_case(case) for case in cases]
+    for r in results:
+        print(f"N={r['N']} V={r['V']} {r['method']} top_k={r['top_k']} {r['case']}: cpu {r['cpu_s'] * 1e3:.3f} ms, "
+              f"floor {r['floor_s'] * 1e3:.3f} ms ({r['cpu_over_floor']:.2f}x), eagle/cpu "
+              f"{fmt(r['eagle_over_cpu'], '.1f')}, lantern/cpu {fmt(r['lantern_over_cpu'], '.1f')}, "
+              f"ref/cpu {fmt(r['speedup_vs_reference'], '.0f')}", flush=True)
     scaling = [] if args.quick else thread_scaling()
     targets = evaluate_targets(results, scaling, peers_note)
     cold_targets = evaluate_cold(results)
