@@ -25,7 +25,7 @@ extracted with ``ast`` and executed with torch and random: no transformers / mod
 (root-to-leaf candidates and the logits gathered along them) are built outside the timed region, and
 their ``logits_processor`` is the identity (no top-k) or transformers' TopKLogitsWarper rule (top-k).
 
-B=64 thread scaling (the backend alone, blocks of 5 calls per thread count, interleaved with the same blocks of
+B=64 thread scaling (the backend alone, blocks of 5 calls per thread count, interleaved; then the same blocks of
 torch.softmax over the rows it visits): 1 vs 2 threads, idle and with ``python -c "while 1: pass"`` pinned by
 ``taskset`` to the last core.
 """
@@ -112,21 +112,20 @@ def williams_orders(n):
     return orders + [o[::-1] for o in orders] if n % 2 else orders
 
 
-def interleaved(fns, reps=40, budget_s=3.0, before=None, times=None):
-    """Median seconds per call of each fn, timed in rounds (one call of each per round). The rounds' orders
-    form a Williams design, repeated whole, and the first call of a round is not timed (its predecessor, the
-    last call of the round before, is outside the design): every timed call follows each other fn equally
-    often, never itself. A call that runs right after a peer's (which allocates and touches several MB with
-    top-k) starts with colder caches: a fixed order would charge that to whichever fn comes after the peers,
-    and random orders give each fn a share of such predecessors that varies from run to run. ``before``: run
-    (untimed) before every timed call, the same for every fn (flush_caches). ``times``: a dict of sample lists
-    that this call's samples are added to (the passes of main), the medians taken over all of them."""
+def interleaved(fns, times, reps, budget_s, before=None):
+    """Seconds per call of each fn, added to the sample list times[name], timed in rounds (one call of each per
+    round). The rounds' orders form a Williams design, repeated whole, and the first call of a round is not timed
+    (its predecessor, the last call of the round before, is outside the design): every timed call follows each
+    other fn equally often, never itself. A call that runs right after a peer's (which allocates and touches
+    several MB with top-k) starts with colder caches: a fixed order would charge that to whichever fn comes after
+    the peers, and random orders give each fn a share of such predecessors that varies from run to run.
+    ``before``: run (untimed) before every timed call, the same for every fn (flush_caches). The lists gather the
+    samples of every pass of main over the grid."""
     for f in fns.values():
         f()
     names = list(fns)
     random.Random(0).shuffle(names)
     orders = williams_orders(len(names))
-    times = {k: [] for k in fns} if times is None else times
     start = time.perf_counter()
     r = 0
     while r < len(orders) or r % len(orders) or (r < reps and time.perf_counter() - start < budget_s):
@@ -138,7 +137,6 @@ def interleaved(fns, reps=40, budget_s=3.0, before=None, times=None):
             if pos > 0:
                 times[names[j]].append(time.perf_counter() - t0)
         r += 1
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 _FLUSH = {}
@@ -256,6 +254,18 @@ def peer_inputs(inputs, N):
     return cand, logits
 
 
+_LANTERN_TABLES = {}
+
+
+def lantern_table(V):
+    """The stand-in for LANTERN's nearest_latents ([V, 1001] int64 ids, 525 MB at V=65536), one per V: every case
+    of the grid is kept for its passes, and the table does not depend on the case."""
+    if V not in _LANTERN_TABLES:
+        g = torch.Generator().manual_seed(1)
+        _LANTERN_TABLES[V] = torch.randint(0, V, (V, 1001), generator=g)
+    return _LANTERN_TABLES[V]
+
+
 def peer_calls(peers, inputs, N, V, top_k):
     if not peers:
         return {}
@@ -265,8 +275,7 @@ def peer_calls(peers, inputs, N, V, top_k):
     if "eagle" in peers:
         out["eagle"] = lambda f=peers["eagle"]: f(logits, cand, proc)
     if "lantern" in peers:
-        g = torch.Generator().manual_seed(1)
-        self = types.SimpleNamespace(nearest_latents=torch.randint(0, V, (V, 1001), generator=g))
+        self = types.SimpleNamespace(nearest_latents=lantern_table(V))
         out["lantern"] = lambda f=peers["lantern"]: f(self, logits, cand, proc, lantern=True, lantern_k=1000,
                                                       lantern_delta=0.1)
     return out
@@ -288,26 +297,31 @@ def prepare_case(N, V, method, top_k, deep, peers, *, with_reference=True):
            "floor": lambda: torch.softmax(rows, -1)}
     for name, f in peer_calls(peers, inputs, N, V, top_k).items():
         fns[name] = f
-    reference = None
+    reference = expected = None
     if with_reference:
-        ref = call(inputs, method, "reference", False, top_k)
-        for name in ("accept_len", "accepted_nodes", "next_token", "status"):
-            assert torch.equal(getattr(ref, name), getattr(out, name)), (res, name)
         reference = lambda: call(inputs, method, "reference", False, top_k)  # noqa: E731
-    return dict(res=res, fns=fns, reference=reference, warm={k: [] for k in fns},
+        expected = reference()
+        check_same(expected, out, res)
+    return dict(res=res, fns=fns, reference=reference, expected=expected, out=out, warm={k: [] for k in fns},
                 cold={k: [] for k in fns if k != "backend"}, ref_times=[])
 
 
+def check_same(expected, out, res):
+    for name in ("accept_len", "accepted_nodes", "next_token", "status"):
+        assert torch.equal(getattr(expected, name), getattr(out, name)), (res, name)
+
+
 def measure_case(case, reps, ref_calls):
-    """One pass over a case: interleaved rounds (warm, then each call after flush_caches) and ref_calls reference
-    calls, their samples added to the case's."""
+    """One pass over a case: interleaved rounds (warm, then each call after flush_caches) and, after an untimed
+    one, ref_calls reference calls, their samples added to the case's."""
     torch.set_num_threads(1)
     random.seed(0)
     fns = case["fns"]
-    interleaved(fns, reps=reps, budget_s=1.5, times=case["warm"])
-    interleaved({k: f for k, f in fns.items() if k != "backend"}, reps=reps // 2, budget_s=1.5,
-                before=flush_caches, times=case["cold"])
+    interleaved(fns, case["warm"], reps=reps, budget_s=1.5)
+    interleaved({k: f for k, f in fns.items() if k != "backend"}, case["cold"], reps=reps // 2, budget_s=1.5,
+                before=flush_caches)
     if case["reference"] is not None:
+        case["reference"]()  # untimed: the timed calls follow a reference call, not the flush rounds
         for _ in range(ref_calls):
             t0 = time.perf_counter()
             case["reference"]()
@@ -315,8 +329,11 @@ def measure_case(case, reps, ref_calls):
 
 
 def finish_case(case):
-    """The case's result record: medians over every pass's samples, and the ratios of those medians."""
+    """The case's result record: medians over every pass's samples, and the ratios of those medians (the
+    outputs, rewritten by every timed call, checked against the reference's once more)."""
     res = case["res"]
+    if case["expected"] is not None:
+        check_same(case["expected"], case["out"], res)
     med = {k: statistics.median(v) for k, v in case["warm"].items()}
     res["cpu_s"], res["floor_s"], res["backend_s"] = med["cpu"], med["floor"], med["backend"]
     res["backend_over_floor"] = res["backend_s"] / res["floor_s"]
@@ -347,8 +364,10 @@ def busy_loop():
 
 
 def thread_scaling(B=64, N=26, V=16384):
-    """1 vs 2 threads at B=64, idle and busy; beside the backend, the same run's softmax floor of the rows it
-    visits (torch parallelises it over rows): the 2-thread scaling this machine gives an op of that shape."""
+    """1 vs 2 threads at B=64, idle and busy; after the backend, the softmax floor of the rows it visits (torch
+    parallelises it over rows), timed the same way: the 2-thread scaling this machine gives an op of that shape
+    in that run. Two loops, not one: torch's OpenMP workers keep spinning after an op returns, which under load
+    would slow the backend's block that followed."""
     rows = []
     for method, deep in (("exact", True), ("cascade", False), ("exact", False)):
         inputs = make_inputs(B, N, V, deep=deep)
@@ -374,13 +393,14 @@ def thread_scaling(B=64, N=26, V=16384):
             if load == "busy":
                 time.sleep(0.3)
             try:
-                fns = {"1t": with_threads(backend, 1), "2t": with_threads(backend, 2),
-                       "floor_1t": with_threads(floor, 1), "floor_2t": with_threads(floor, 2)}
-                times = {k: [] for k in fns}
-                for _ in range(40):
-                    for k, f in fns.items():
-                        times[k].append(f() / 5)
-                med = {k: statistics.median(v) for k, v in times.items()}
+                med = {}
+                for name, fn in (("", backend), ("floor_", floor)):
+                    fns = {f"{name}1t": with_threads(fn, 1), f"{name}2t": with_threads(fn, 2)}
+                    times = {k: [] for k in fns}
+                    for _ in range(40):
+                        for k, f in fns.items():
+                            times[k].append(f() / 5)
+                    med.update({k: statistics.median(v) for k, v in times.items()})
             finally:
                 if proc is not None:
                     proc.kill()
@@ -556,8 +576,8 @@ def write_markdown(path, info, results, scaling, command, targets, cold_targets,
                   "`busy` = `python -c \"while 1: pass\"` pinned with taskset to the last core during the "
                   "measurement.", "",
                   "The floor columns time torch.softmax over the rows the walk visits (1 row per sequence shallow, "
-                  "6 deep), interleaved with the backend's blocks in the same run: the 2-thread scaling this "
-                  "machine gives an op of that shape at that moment.", "",
+                  "6 deep; it allocates its output), in the same blocks right after the backend's loop: the "
+                  "2-thread scaling this machine gives an op of that shape at that moment.", "",
                   "| N | V | method | case | load | 1 thread ms | 2 threads ms | 2t speedup | floor 1t ms | "
                   "floor 2t ms | floor 2t speedup |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
