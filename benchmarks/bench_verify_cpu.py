@@ -283,8 +283,8 @@ def peer_calls(peers, inputs, N, V, top_k):
 
 # ----------------------------------------------------------------------------------------------------
 def prepare_case(N, V, method, top_k, deep, peers, *, with_reference=True):
-    """One grid case's inputs, fns and result record (checked against the reference once); measure_case then
-    adds samples to it pass by pass, finish_case takes the medians."""
+    """One grid case's inputs, fns and result record (its outputs checked against the reference's); measure_case
+    then adds samples to it pass by pass, finish_case takes the medians."""
     inputs = make_inputs(1, N, V, deep=deep)
     res = dict(B=1, N=N, V=V, method=method, top_k=top_k, case="deep" if deep else "shallow")
     torch.set_num_threads(1)
@@ -366,8 +366,10 @@ def busy_loop():
 def thread_scaling(B=64, N=26, V=16384):
     """1 vs 2 threads at B=64, idle and busy; after the backend, the softmax floor of the rows it visits (torch
     parallelises it over rows), timed the same way: the 2-thread scaling this machine gives an op of that shape
-    in that run. Two loops, not one: torch's OpenMP workers keep spinning after an op returns, which under load
-    would slow the backend's block that followed."""
+    in that run (idle only). Two loops, not one: torch's OpenMP workers keep spinning for a while after an op
+    returns, which under load would slow the backend's block that followed, and the softmax's own one-thread
+    block after its two-thread one (a gap between blocks instead lets them fall asleep, and waking them then
+    costs more than the op: neither measures the op's scaling, so there is no busy floor)."""
     rows = []
     for method, deep in (("exact", True), ("cascade", False), ("exact", False)):
         inputs = make_inputs(B, N, V, deep=deep)
@@ -394,7 +396,7 @@ def thread_scaling(B=64, N=26, V=16384):
                 time.sleep(0.3)
             try:
                 med = {}
-                for name, fn in (("", backend), ("floor_", floor)):
+                for name, fn in (("", backend), ("floor_", floor))[:1 if proc is not None else 2]:
                     fns = {f"{name}1t": with_threads(fn, 1), f"{name}2t": with_threads(fn, 2)}
                     times = {k: [] for k in fns}
                     for _ in range(40):
@@ -407,13 +409,15 @@ def thread_scaling(B=64, N=26, V=16384):
                     proc.wait()
             for a, b in zip(ref1, out[:5]):
                 assert torch.equal(a, b)
+            floor_1t, floor_2t = med.get("floor_1t"), med.get("floor_2t")
+            floor_speedup = floor_1t / floor_2t if floor_1t else None
             rows.append(dict(B=B, N=N, V=V, method=method, case="deep" if deep else "shallow", load=load,
                              busy_loop=proc is not None, t1_s=med["1t"], t2_s=med["2t"],
-                             speedup_2t=med["1t"] / med["2t"], floor_t1_s=med["floor_1t"],
-                             floor_t2_s=med["floor_2t"], floor_speedup_2t=med["floor_1t"] / med["floor_2t"]))
+                             speedup_2t=med["1t"] / med["2t"], floor_t1_s=floor_1t, floor_t2_s=floor_2t,
+                             floor_speedup_2t=floor_speedup))
             print(f"  B={B} {method} {'deep' if deep else 'shallow'} {load}: 1t {med['1t'] * 1e3:.2f} ms, "
-                  f"2t {med['2t'] * 1e3:.2f} ms, 2t speedup {med['1t'] / med['2t']:.2f}x "
-                  f"(softmax floor {med['floor_1t'] / med['floor_2t']:.2f}x)", flush=True)
+                  f"2t {med['2t'] * 1e3:.2f} ms, 2t speedup {med['1t'] / med['2t']:.2f}x"
+                  + (f" (softmax floor {floor_speedup:.2f}x)" if floor_speedup else ""), flush=True)
     torch.set_num_threads(1)
     return rows
 
@@ -576,15 +580,17 @@ def write_markdown(path, info, results, scaling, command, targets, cold_targets,
                   "`busy` = `python -c \"while 1: pass\"` pinned with taskset to the last core during the "
                   "measurement.", "",
                   "The floor columns time torch.softmax over the rows the walk visits (1 row per sequence shallow, "
-                  "6 deep; it allocates its output), in the same blocks right after the backend's loop: the "
-                  "2-thread scaling this machine gives an op of that shape at that moment.", "",
+                  "6 deep; it allocates its output), in the same blocks right after the backend's loop: the 2-thread "
+                  "scaling this machine gives an op of that shape at that moment (idle only: under load its "
+                  "OpenMP workers, which spin for a while after each op, distort its own blocks).", "",
                   "| N | V | method | case | load | 1 thread ms | 2 threads ms | 2t speedup | floor 1t ms | "
                   "floor 2t ms | floor 2t speedup |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in scaling:
-            lines.append(f"| {s['N']} | {s['V']} | {s['method']} | {s['case']} | {s['load']} | {s['t1_s'] * 1e3:.2f} "
-                         f"| {s['t2_s'] * 1e3:.2f} | {s['speedup_2t']:.2f} | {s['floor_t1_s'] * 1e3:.2f} "
-                         f"| {s['floor_t2_s'] * 1e3:.2f} | {s['floor_speedup_2t']:.2f} |")
+            ms = lambda x: fmt(x and x * 1e3, ".2f")  # noqa: E731
+            lines.append(f"| {s['N']} | {s['V']} | {s['method']} | {s['case']} | {s['load']} | {ms(s['t1_s'])} "
+                         f"| {ms(s['t2_s'])} | {s['speedup_2t']:.2f} | {ms(s['floor_t1_s'])} | {ms(s['floor_t2_s'])} "
+                         f"| {fmt(s['floor_speedup_2t'], '.2f')} |")
     lines += ["", "## Targets (issue 11)", ""] + [f"- {t}" for t in targets]
     if cold_targets:
         lines += ["", "## The same ratios after a cache flush (for information: not issue 11's targets)", "",
