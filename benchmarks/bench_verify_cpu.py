@@ -396,7 +396,8 @@ def thread_scaling(B=64, N=26, V=16384):
                 time.sleep(0.3)
             try:
                 med = {}
-                for name, fn in (("", backend), ("floor_", floor))[:1 if proc is not None else 2]:
+                loops = [("", backend)] if proc is not None else [("", backend), ("floor_", floor)]
+                for name, fn in loops:
                     fns = {f"{name}1t": with_threads(fn, 1), f"{name}2t": with_threads(fn, 2)}
                     times = {k: [] for k in fns}
                     for _ in range(40):
